@@ -1,0 +1,1 @@
+"""Chain access: contract artifacts, deployment, the signer with its nonce manager, reverts."""
