@@ -49,7 +49,10 @@ class Settings(BaseSettings):
     rpc_url: str = "http://127.0.0.1:8545"
     chain_id: int | None = None
     confirmations: int = Field(0, ge=0)
-    signer_key: SecretStr | None = Field(None, description="orchestrator/agent key (0x-hex)")
+    orchestrator_key: SecretStr | None = Field(
+        None, description="orchestrator key: writes checkpoints, restocks (0x-hex)"
+    )
+    agent_key: SecretStr | None = Field(None, description="procurement agent key (pays escrow)")
     approver_key: SecretStr | None = Field(None, description="key that grants approved exceptions")
     deployments_file: Path | None = None
     registry_address: str | None = None

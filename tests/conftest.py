@@ -5,16 +5,30 @@ Every service is started on free ports, so the suite also runs while `make run` 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 
+from ledgerflow.anchorer import Anchorer
+from ledgerflow.chain.deploy import (
+    Deployment,
+    deploy_all,
+    load_deployment,
+    save_deployment,
+    seed_demo,
+)
+from ledgerflow.client import LedgerflowClient
+from ledgerflow.runtime import Runtime
+from ledgerflow.settings import ANVIL_DEFAULT_KEYS, Settings
 from ledgerflow.stack import free_port, start_anvil, start_temporal
+from ledgerflow.worker import build_worker, ensure_search_attributes
 
 PG_URL = os.environ.get("LEDGERFLOW_TEST_PG_URL", "postgresql+psycopg://root@127.0.0.1:5432/test")
 
@@ -63,3 +77,72 @@ async def temporal_client(temporal_address: str) -> AsyncIterator[Client]:
 @pytest.fixture(scope="session")
 def pg_url() -> str:
     return PG_URL
+
+
+# ---- the whole stack: contracts deployed, a worker with the anchorer, an SDK client -------------
+
+DEV = ANVIL_DEFAULT_KEYS
+
+
+@dataclass
+class Stack:
+    settings: Settings
+    runtime: Runtime
+    client: LedgerflowClient
+    deployment: Deployment
+
+
+@pytest.fixture(scope="session")
+def deployment_file(anvil: Anvil, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = deploy_all(anvil.rpc_url, DEV[0], agent_key=DEV[1], approver_key=DEV[2])
+    seed_demo(anvil.rpc_url, d, DEV[0], DEV[1])
+    path = tmp_path_factory.mktemp("deploy") / "deployments.json"
+    save_deployment(path, d)
+    return path
+
+
+@pytest.fixture(scope="session")
+def stack_settings(
+    anvil: Anvil,
+    temporal_address: str,
+    deployment_file: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Settings:
+    home = tmp_path_factory.mktemp("ledgerflow-home")
+    return Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        home=home,
+        rpc_url=anvil.rpc_url,
+        temporal_address=temporal_address,
+        task_queue=f"ledgerflow-test-{uuid.uuid4().hex[:8]}",
+        database_url=f"sqlite:///{home}/store.db",
+        deployments_file=deployment_file,
+        anchor_batch_size=64,
+        anchor_max_wait_seconds=0.2,
+        llm_provider="offline",
+    )
+
+
+@pytest.fixture(scope="session")
+async def stack(stack_settings: Settings, temporal_client: Client) -> AsyncIterator[Stack]:
+    """A worker (workflows, activities, anchorer) on its own task queue for the session."""
+    runtime = Runtime(stack_settings)
+    runtime.store.migrate()
+    await ensure_search_attributes(temporal_client, "default")
+    worker = build_worker(temporal_client, runtime, task_queue=stack_settings.task_queue)
+    stop = asyncio.Event()
+    anchorer = Anchorer(
+        runtime,
+        batch_size=stack_settings.anchor_batch_size,
+        max_wait=stack_settings.anchor_max_wait_seconds,
+    )
+    tasks = [asyncio.create_task(worker.run()), asyncio.create_task(anchorer.run(stop))]
+    client = LedgerflowClient(temporal_client, stack_settings, runtime)
+    try:
+        yield Stack(stack_settings, runtime, client, load_deployment(stack_settings.deployments_path))
+    finally:
+        stop.set()
+        await worker.shutdown()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t

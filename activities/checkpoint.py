@@ -1,0 +1,171 @@
+"""Checkpoint activities: store step preimages, anchor per step, wait for batch anchoring."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities._errors import mapped_errors
+from ledgerflow.errors import ContractRevert
+from ledgerflow.runtime import Runtime
+from ledgerflow.store import AnchorRow, StepRow
+from ledgerflow.types import AnchorInfo, CheckpointAck, CheckpointBatch
+
+__all__ = ["CheckpointActivities", "anchor_infos"]
+
+#: How long the final flush waits for the anchorer before the local activity retries.
+ANCHOR_WAIT_SECONDS = 45.0
+
+
+def _rows(batch: CheckpointBatch) -> list[StepRow]:
+    return [
+        StepRow(
+            workflow_id=batch.workflow_id,
+            run_id=batch.run_id,
+            seq=s.seq,
+            kind=s.kind,
+            name=s.name,
+            status=s.status,
+            input_hash=s.input_hash,
+            output_hash=s.output_hash,
+            prev=s.prev,
+            step_hash=s.step_hash,
+            head=s.head,
+            input_preimage=s.input_preimage,
+            output_preimage=s.output_preimage,
+            anchor_mode=batch.anchor_mode,
+        )
+        for s in batch.steps
+    ]
+
+
+def anchor_infos(steps: list[StepRow], anchors: dict[int, AnchorRow]) -> list[AnchorInfo]:
+    """One entry per distinct confirmed anchor of ``steps`` (per-step anchors name their step)."""
+    out: list[AnchorInfo] = []
+    seen: set[int] = set()
+    for st in steps:
+        a = anchors.get(st.anchor_id) if st.anchor_id is not None else None
+        if a is None or a.status != "confirmed" or a.id in seen or a.tx_hash is None:
+            continue
+        seen.add(a.id)  # type: ignore[arg-type]
+        out.append(
+            AnchorInfo(
+                mode=a.mode,  # type: ignore[arg-type]
+                tx_hash=a.tx_hash,
+                block_number=a.block_number or 0,
+                root=a.root,
+                step=st.seq if a.mode == "per-step" else None,
+            )
+        )
+    return out
+
+
+class CheckpointActivities:
+    def __init__(self, runtime: Runtime) -> None:
+        self.rt = runtime
+
+    async def _save(self, batch: CheckpointBatch) -> None:
+        store = self.rt.store
+        await asyncio.to_thread(
+            store.ensure_run,
+            workflow_id=batch.workflow_id,
+            run_id=batch.run_id,
+            workflow_type=batch.workflow_type,
+            run_key=batch.run_key,
+            anchor_mode=batch.anchor_mode,
+        )
+        await asyncio.to_thread(store.save_steps, _rows(batch))
+        if batch.final_status is not None:
+            await asyncio.to_thread(
+                store.finish_run, batch.workflow_id, batch.run_id, batch.final_status
+            )
+
+    async def _anchors(self, batch: CheckpointBatch) -> tuple[bool, list[AnchorInfo]]:
+        store = self.rt.store
+        steps = await asyncio.to_thread(store.get_steps, batch.workflow_id, batch.run_id)
+        anchors = await asyncio.to_thread(store.get_anchors, [s.anchor_id for s in steps if s.anchor_id])
+        infos = anchor_infos(steps, anchors)
+        pending = await asyncio.to_thread(store.unanchored_count, batch.workflow_id, batch.run_id)
+        return pending == 0, infos
+
+    @activity.defn(name="checkpoint.store_steps")
+    @mapped_errors
+    async def store_steps(self, batch: CheckpointBatch) -> CheckpointAck:
+        """Batched mode (run as a local activity): store records; on the last flush, wait until
+        the anchorer has anchored every step of the run."""
+        await self._save(batch)
+        anchored, infos = False, []
+        if batch.wait_for_anchor:
+            deadline = time.monotonic() + ANCHOR_WAIT_SECONDS
+            while True:
+                anchored, infos = await self._anchors(batch)
+                if anchored:
+                    break
+                if time.monotonic() > deadline:
+                    raise ApplicationError(
+                        "steps are stored but not anchored yet; is the anchorer running?",
+                        type="AnchorPending",
+                    )
+                await asyncio.sleep(0.05)
+        return CheckpointAck(
+            step_hashes=[s.step_hash for s in batch.steps], anchored=anchored, anchors=infos
+        )
+
+    @activity.defn(name="checkpoint.anchor_steps")
+    @mapped_errors
+    async def anchor_steps(self, batch: CheckpointBatch) -> CheckpointAck:
+        """Per-step mode: store the records, then one registry transaction per step, in order."""
+        await self._save(batch)
+        registry = self.rt.contract("CheckpointRegistry")
+        signer = await self.rt.signer("orchestrator")
+        run = bytes.fromhex(batch.run_key[2:])
+        infos: list[AnchorInfo] = []
+        for s in batch.steps:
+            call = registry.functions.checkpoint(
+                run, s.seq, bytes.fromhex(s.prev[2:]), bytes.fromhex(s.step_hash[2:])
+            )
+            key = f"checkpoint:{batch.run_key}:{s.seq}"
+            try:
+                receipt = await signer.send(key, call, contract="CheckpointRegistry")
+                tx_hash, block = receipt.tx_hash, receipt.block_number
+            except ContractRevert as exc:
+                found = await self._existing_checkpoint(run, s.seq, s.step_hash)
+                if exc.error != "CheckpointSeqMismatch" or found is None:
+                    raise
+                tx_hash, block = found
+            await asyncio.to_thread(
+                self.rt.store.record_step_anchor,
+                batch.workflow_id,
+                batch.run_id,
+                s.seq,
+                tx_hash=tx_hash,
+                block_number=block,
+                chain_id=self.rt.chain_id,
+                registry=registry.address,
+            )
+            infos.append(AnchorInfo(mode="per-step", tx_hash=tx_hash, block_number=block, step=s.seq))
+        if batch.final_status is not None:
+            _, infos = await self._anchors(batch)
+        return CheckpointAck(
+            step_hashes=[s.step_hash for s in batch.steps], anchored=True, anchors=infos
+        )
+
+    async def _existing_checkpoint(
+        self, run: bytes, seq: int, step_hash: str
+    ) -> tuple[str, int] | None:
+        """The transaction that already checkpointed this very step (a retry after a lost
+        outbox row), or None when the chain holds something else at this seq."""
+        registry = self.rt.contract("CheckpointRegistry")
+        logs = await registry.events.Checkpointed.get_logs(
+            argument_filters={"run": run, "seq": seq}, from_block=0
+        )
+        for log in logs:
+            if "0x" + bytes(log["args"]["stepHash"]).hex() == step_hash:
+                return "0x" + bytes(log["transactionHash"]).hex(), int(log["blockNumber"])
+        return None
+
+    def all(self) -> list[object]:
+        return [self.store_steps, self.anchor_steps]

@@ -1,0 +1,220 @@
+"""The ``ledgerflow`` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from ledgerflow.errors import LedgerflowError
+from ledgerflow.log import configure_logging
+from ledgerflow.settings import Settings, get_settings
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="ledgerflow",
+    help="Durable workflows where AI decides and a blockchain keeps the books.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console()
+err = Console(stderr=True)
+
+
+def _settings() -> Settings:
+    s = get_settings()
+    configure_logging(s.log_level, s.log_format)
+    return s
+
+
+def _emit(data: Any, as_json: bool) -> None:
+    if as_json:
+        sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+    else:
+        for k, v in data.items():
+            out.print(f"[bold]{k}[/bold]: {v}")
+
+
+@app.command()
+def up(demo: Annotated[bool, typer.Option(help="run one demo workflow")] = True) -> None:
+    """Start the embedded stack, deploy, run a demo, and serve until Ctrl-C."""
+    from ledgerflow.up import run_up
+
+    raise typer.Exit(run_up(_settings(), demo=demo))
+
+
+@app.command()
+def worker(
+    anchorer: Annotated[bool, typer.Option(help="also run the batch anchorer")] = True,
+) -> None:
+    """Run a worker (workflows, activities and the batch anchorer)."""
+    import signal
+
+    from ledgerflow.worker import run_worker
+
+    settings = _settings()
+
+    async def _main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await run_worker(settings, stop, anchorer=anchorer)
+
+    asyncio.run(_main())
+
+
+@app.command()
+def api() -> None:
+    """Serve the HTTP API (webhooks, health, OpenAPI at /docs)."""
+    import signal
+
+    from ledgerflow.api import serve_api
+
+    settings = _settings()
+
+    async def _main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await serve_api(settings, stop)
+
+    asyncio.run(_main())
+
+
+@app.command()
+def deploy(
+    seed: Annotated[bool, typer.Option(help="seed the procurement demo data")] = True,
+    force: Annotated[bool, typer.Option(help="deploy even if the file is current")] = False,
+) -> None:
+    """Deploy the contracts and write the deployment file."""
+    from ledgerflow.chain import deploy as d
+
+    settings = _settings()
+    path = settings.deployments_path
+    if not force and path.exists() and d.deployment_is_current(settings.rpc_url, d.load_deployment(path)):
+        out.print(f"deployment at {path} is current; use --force to redeploy")
+        return
+    keys = [
+        (k.get_secret_value() if k else settings.dev_key(i))
+        for i, k in enumerate(
+            (settings.orchestrator_key, settings.agent_key, settings.approver_key)
+        )
+    ]
+    dep = d.deploy_all(settings.rpc_url, keys[0], agent_key=keys[1], approver_key=keys[2])
+    d.save_deployment(path, dep)
+    if seed:
+        d.seed_demo(settings.rpc_url, dep, keys[0], keys[1])
+    _emit({"deployment": str(path), **dep.contracts}, False)
+
+
+def _run(coro: Any) -> Any:
+    try:
+        return asyncio.run(coro)
+    except LedgerflowError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def start(
+    workflow_type: Annotated[str, typer.Argument(help="e.g. ProcurementWorkflow")],
+    input: Annotated[str, typer.Option("--input", "-i", help="the input as JSON")] = "{}",
+    id: Annotated[str | None, typer.Option("--id", help="workflow id")] = None,
+    wait: Annotated[bool, typer.Option(help="wait for the result")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Start a workflow."""
+    from ledgerflow.client import LedgerflowClient
+
+    settings = _settings()
+
+    async def _main() -> dict[str, Any]:
+        lf = await LedgerflowClient.connect(settings)
+        handle = await lf.start(workflow_type, input, workflow_id=id)
+        data: dict[str, Any] = {"workflow_id": handle.id, "run_id": handle.result_run_id}
+        if wait:
+            if not as_json:
+                err.print(f"started {handle.id}; waiting for the result…")
+            data["result"] = await lf.result(handle.id)
+        return data
+
+    _emit(_run(_main()), as_json)
+
+
+@app.command()
+def status(
+    workflow_id: str,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Show a run's status, steps, head and anchor state."""
+    from ledgerflow.client import LedgerflowClient
+
+    settings = _settings()
+
+    async def _main() -> dict[str, Any]:
+        lf = await LedgerflowClient.connect(settings)
+        return (await lf.status(workflow_id)).model_dump()
+
+    _emit(_run(_main()), as_json)
+
+
+@app.command()
+def verify(
+    workflow_id: str,
+    run_id: Annotated[str | None, typer.Option(help="a specific run")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+    no_history: Annotated[
+        bool, typer.Option("--no-history", help="skip the Temporal cross-check")
+    ] = False,
+) -> None:
+    """Verify a run against its preimages, the chain and Temporal history. Exit 0 only if ok."""
+    from ledgerflow.runtime import Runtime
+    from ledgerflow.temporal import connect
+    from ledgerflow.verify import verify_run
+
+    settings = _settings()
+
+    async def _main() -> Any:
+        client = None
+        if not no_history:
+            try:
+                client = await connect(settings.temporal_address, settings.namespace, timeout=5)
+            except LedgerflowError:
+                err.print("note: Temporal is not reachable; verifying without history")
+        return await verify_run(Runtime(settings), workflow_id, run_id, client=client)
+
+    report = _run(_main())
+    if as_json:
+        sys.stdout.write(report.model_dump_json(indent=2) + "\n")
+    else:
+        mark = "[green]ok[/green]" if report.ok else "[red]FAILED[/red]"
+        out.print(f"{report.workflow_id} ({report.run_id}): {mark}")
+        out.print(f"steps {report.steps}, head {report.head}, mode {report.anchor_mode}")
+        for p in report.problems:
+            out.print(f"  - {p}")
+        if report.first_bad_step is not None:
+            out.print(f"first bad step: {report.first_bad_step}")
+    raise typer.Exit(0 if report.ok else 1)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console-script entry point."""
+    try:
+        app(args=list(argv) if argv is not None else None)
+    except LedgerflowError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,198 @@
+"""The Python SDK: a typed, async client for starting, steering and verifying runs."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
+from temporalio.common import (
+    SearchAttributeKey,
+    SearchAttributePair,
+    TypedSearchAttributes,
+    WorkflowIDConflictPolicy,
+)
+
+from ledgerflow.errors import ConfigError
+from ledgerflow.runtime import Runtime
+from ledgerflow.settings import Settings, get_settings
+from ledgerflow.temporal import connect
+from ledgerflow.types import (
+    ApprovalDecision,
+    DeliveryConfirmation,
+    ProcurementRequest,
+)
+
+__all__ = ["WORKFLOW_INPUTS", "LedgerflowClient", "RunStatus", "parse_input"]
+
+#: Workflow type (Temporal name) → its one input model.
+WORKFLOW_INPUTS: dict[str, type[BaseModel]] = {
+    "ProcurementWorkflow": ProcurementRequest,
+}
+
+_SA_STATUS = SearchAttributeKey.for_keyword("LedgerflowStatus")
+_SA_MODE = SearchAttributeKey.for_keyword("LedgerflowAnchorMode")
+
+
+def parse_input(workflow_type: str, data: Any) -> BaseModel:
+    """Validate ``data`` (a dict or JSON text) as the input of ``workflow_type``.
+
+    Raises:
+        ConfigError: unknown workflow type, or input that fails the workflow's model (the message
+            says which field and why).
+    """
+    model = WORKFLOW_INPUTS.get(workflow_type)
+    if model is None:
+        known = ", ".join(sorted(WORKFLOW_INPUTS))
+        raise ConfigError(f"unknown workflow type {workflow_type!r}; known: {known}")
+    try:
+        if isinstance(data, str | bytes):
+            return model.model_validate_json(data)
+        return model.model_validate(data)
+    except ValidationError as exc:
+        details = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or '(input)'}: {e['msg']}" for e in exc.errors()
+        )
+        raise ConfigError(f"invalid input for {workflow_type}: {details}") from None
+
+
+class RunStatus(BaseModel):
+    workflow_id: str
+    run_id: str
+    workflow_type: str
+    status: str
+    anchor_state: str | None = None
+    steps: int | None = None
+    head: str | None = None
+    result: dict[str, Any] | None = None
+    state: dict[str, Any] | None = None
+
+
+class LedgerflowClient:
+    """Async client. ``async with LedgerflowClient.connect() as lf: ...``"""
+
+    def __init__(self, client: Client, settings: Settings, runtime: Runtime | None = None) -> None:
+        self.temporal = client
+        self.settings = settings
+        self._runtime = runtime
+
+    @classmethod
+    async def connect(cls, settings: Settings | None = None) -> LedgerflowClient:
+        settings = settings or get_settings()
+        client = await connect(settings.temporal_address, settings.namespace, timeout=10)
+        return cls(client, settings)
+
+    async def __aenter__(self) -> LedgerflowClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+    @property
+    def runtime(self) -> Runtime:
+        if self._runtime is None:
+            self._runtime = Runtime(self.settings)
+        return self._runtime
+
+    async def start(
+        self,
+        workflow_type: str,
+        input: BaseModel | dict[str, Any] | str,
+        *,
+        workflow_id: str | None = None,
+        conflict_policy: WorkflowIDConflictPolicy = WorkflowIDConflictPolicy.FAIL,
+    ) -> WorkflowHandle[Any, Any]:
+        """Start a run. ``anchor_mode`` left empty takes the global setting."""
+        arg = input if isinstance(input, BaseModel) else parse_input(workflow_type, input)
+        if getattr(arg, "anchor_mode", "unset") is None:
+            arg = arg.model_copy(update={"anchor_mode": self.settings.anchor_mode})
+        wf_id = workflow_id or f"{_kebab(workflow_type)}-{uuid.uuid4().hex[:12]}"
+        return await self.temporal.start_workflow(
+            workflow_type,
+            arg,
+            id=wf_id,
+            task_queue=self.settings.task_queue,
+            id_conflict_policy=conflict_policy,
+            search_attributes=TypedSearchAttributes(
+                [
+                    SearchAttributePair(_SA_STATUS, "running"),
+                    SearchAttributePair(_SA_MODE, getattr(arg, "anchor_mode", None) or "batched"),
+                ]
+            ),
+        )
+
+    async def result(self, workflow_id: str, run_id: str | None = None) -> dict[str, Any]:
+        handle = self.temporal.get_workflow_handle(workflow_id, run_id=run_id)
+        value = await handle.result()
+        return value.model_dump() if isinstance(value, BaseModel) else dict(value)
+
+    async def status(self, workflow_id: str, run_id: str | None = None) -> RunStatus:
+        handle = self.temporal.get_workflow_handle(workflow_id, run_id=run_id)
+        desc = await handle.describe()
+        status = desc.status.name.lower() if desc.status else "unknown"
+        out = RunStatus(
+            workflow_id=workflow_id,
+            run_id=desc.run_id,
+            workflow_type=desc.workflow_type,
+            status=status,
+            anchor_state=desc.typed_search_attributes.get(
+                SearchAttributeKey.for_keyword("LedgerflowAnchorState")
+            ),
+        )
+        if desc.status == WorkflowExecutionStatus.COMPLETED:
+            out.result = await self.result(workflow_id, desc.run_id)
+            out.steps = out.result.get("steps")
+            out.head = out.result.get("head")
+        elif desc.status == WorkflowExecutionStatus.RUNNING:
+            try:
+                state = await handle.query("state")
+                out.state = state if isinstance(state, dict) else None
+                if out.state:
+                    out.steps, out.head = out.state.get("steps"), out.state.get("head")
+            except Exception:  # noqa: BLE001 - a query is best effort (no worker, other type)
+                out.state = None
+        try:
+            run = await asyncio.to_thread(self.runtime.store.get_run, workflow_id, desc.run_id)
+            pending = await asyncio.to_thread(
+                self.runtime.store.unanchored_count, workflow_id, desc.run_id
+            )
+            out.anchor_state = "anchored" if pending == 0 and run.steps else "pending"
+        except Exception:  # noqa: BLE001 - the store may not know the run yet
+            pass
+        return out
+
+    async def approve(self, workflow_id: str, approver: str = "operator", reason: str = "") -> str:
+        handle = self.temporal.get_workflow_handle(workflow_id)
+        return str(
+            await handle.execute_update("approve", ApprovalDecision(approver=approver, reason=reason))
+        )
+
+    async def reject(self, workflow_id: str, approver: str = "operator", reason: str = "") -> str:
+        handle = self.temporal.get_workflow_handle(workflow_id)
+        return str(
+            await handle.execute_update("reject", ApprovalDecision(approver=approver, reason=reason))
+        )
+
+    async def confirm_delivery(self, workflow_id: str, reference: str = "") -> None:
+        handle = self.temporal.get_workflow_handle(workflow_id)
+        await handle.signal("confirm_delivery", DeliveryConfirmation(reference=reference))
+
+    async def verify(self, workflow_id: str, run_id: str | None = None) -> Any:
+        from ledgerflow.verify import verify_run
+
+        return await verify_run(self.runtime, workflow_id, run_id, client=self.temporal)
+
+    async def list_runs(self, limit: int = 20) -> list[dict[str, Any]]:
+        rows = await asyncio.to_thread(self.runtime.store.list_runs, limit)
+        return [r.model_dump(mode="json") for r in rows]
+
+
+def _kebab(name: str) -> str:
+    out = []
+    for i, ch in enumerate(name.removesuffix("Workflow")):
+        if ch.isupper() and i:
+            out.append("-")
+        out.append(ch.lower())
+    return "".join(out)

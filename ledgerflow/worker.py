@@ -1,0 +1,97 @@
+"""The worker: Temporal workflows and activities, plus the batch anchorer, in one process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Sequence
+
+import structlog
+from temporalio.api.enums.v1 import IndexedValueType
+from temporalio.api.operatorservice.v1 import (
+    AddSearchAttributesRequest,
+    ListSearchAttributesRequest,
+)
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from ledgerflow.anchorer import Anchorer
+from ledgerflow.runtime import Runtime
+from ledgerflow.settings import Settings
+from ledgerflow.stack import SEARCH_ATTRIBUTES
+from ledgerflow.temporal import connect
+
+__all__ = ["build_worker", "ensure_search_attributes", "run_worker", "workflow_classes"]
+
+log = structlog.get_logger(__name__)
+
+
+def workflow_classes() -> list[type]:
+    from workflows.procurement import ProcurementWorkflow
+
+    return [ProcurementWorkflow]
+
+
+def activity_functions(runtime: Runtime) -> list[object]:
+    from activities.chain import ChainActivities
+    from activities.checkpoint import CheckpointActivities
+    from activities.llm import choose_supplier
+
+    return [*ChainActivities(runtime).all(), *CheckpointActivities(runtime).all(), choose_supplier]
+
+
+async def ensure_search_attributes(client: Client, namespace: str) -> None:
+    """Register ledgerflow's search attributes if the namespace lacks them (dev server)."""
+    resp = await client.operator_service.list_search_attributes(
+        ListSearchAttributesRequest(namespace=namespace)
+    )
+    missing = {k: v for k, v in SEARCH_ATTRIBUTES.items() if k not in resp.custom_attributes}
+    if not missing:
+        return
+    kinds = {"Keyword": IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD}
+    await client.operator_service.add_search_attributes(
+        AddSearchAttributesRequest(
+            namespace=namespace, search_attributes={k: kinds[v] for k, v in missing.items()}
+        )
+    )
+    log.info("search attributes registered", names=sorted(missing))
+
+
+def build_worker(
+    client: Client,
+    runtime: Runtime,
+    *,
+    task_queue: str,
+    workflows: Sequence[type] | None = None,
+    activities: Sequence[object] | None = None,
+) -> Worker:
+    return Worker(
+        client,
+        task_queue=task_queue,
+        workflows=list(workflows if workflows is not None else workflow_classes()),
+        activities=list(activities if activities is not None else activity_functions(runtime)),
+        max_concurrent_activities=200,
+    )
+
+
+async def run_worker(settings: Settings, stop: asyncio.Event, *, anchorer: bool = True) -> None:
+    """Run the worker (and the anchorer) until ``stop`` is set."""
+    runtime = Runtime(settings)
+    await asyncio.to_thread(runtime.store.migrate)
+    client = await connect(settings.temporal_address, settings.namespace)
+    await ensure_search_attributes(client, settings.namespace)
+    worker = build_worker(client, runtime, task_queue=settings.task_queue)
+    tasks = [asyncio.create_task(worker.run(), name="worker")]
+    if anchorer:
+        batcher = Anchorer(
+            runtime,
+            batch_size=settings.anchor_batch_size,
+            max_wait=settings.anchor_max_wait_seconds,
+        )
+        tasks.append(asyncio.create_task(batcher.run(stop), name="anchorer"))
+    log.info("worker started", task_queue=settings.task_queue, anchorer=anchorer)
+    await stop.wait()
+    await worker.shutdown()
+    for t in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await t

@@ -1,0 +1,1 @@
+"""Deterministic workflow code only: no I/O here, everything else happens in activities."""
