@@ -445,6 +445,15 @@ class Store:
             s.commit()
             return tx
 
+    def outbox_replace(self, key: str, nonce: int, raw: str, tx_hash: str) -> OutboxTx:
+        """Re-sign a dead transaction (its nonce taken by another) under the same key."""
+        with self.session() as s:
+            row = s.exec(select(OutboxTx).where(OutboxTx.key == key)).one()
+            row.nonce, row.raw, row.tx_hash, row.status = nonce, raw, tx_hash, "signed"
+            s.add(row)
+            s.commit()
+            return row
+
     def outbox_mark(self, key: str, status: str, block_number: int | None) -> None:
         with self.session() as s:
             s.exec(

@@ -29,6 +29,7 @@ from ledgerflow.runtime import Runtime
 from ledgerflow.settings import ANVIL_DEFAULT_KEYS, Settings
 from ledgerflow.stack import free_port, start_anvil, start_temporal
 from ledgerflow.worker import build_worker, ensure_search_attributes
+from tests.support.chain import ChainAdmin
 
 PG_URL = os.environ.get("LEDGERFLOW_TEST_PG_URL", "postgresql+psycopg://root@127.0.0.1:5432/test")
 
@@ -96,6 +97,10 @@ class Stack:
 def deployment_file(anvil: Anvil, tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = deploy_all(anvil.rpc_url, DEV[0], agent_key=DEV[1], approver_key=DEV[2])
     seed_demo(anvil.rpc_url, d, DEV[0], DEV[1])
+    # Many tests pay: give the agent room (the demo's own limits are tested in test_contracts).
+    admin = ChainAdmin(anvil.rpc_url, d)
+    admin.set_agent_limits(cap_tusd=5_000, budget_tusd=10_000_000)
+    admin.mint(d.agent, 5_000_000)
     path = tmp_path_factory.mktemp("deploy") / "deployments.json"
     save_deployment(path, d)
     return path

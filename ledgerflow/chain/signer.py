@@ -26,7 +26,11 @@ __all__ = ["Receipt", "Signer"]
 
 log = structlog.get_logger(__name__)
 
-_BENIGN_REBROADCAST = ("already known", "nonce too low", "known transaction", "already imported")
+_KNOWN = ("already known", "known transaction", "already imported")
+
+
+class _DeadTransaction(Exception):
+    """A signed transaction whose nonce another transaction took: it can never be mined."""
 
 
 class Receipt(dict[str, Any]):
@@ -71,6 +75,7 @@ class Signer:
         self._nonce: int | None = None
         self._fees: tuple[float, dict[str, int]] | None = None
         self.nonce_errors = 0
+        self._pumped = False
 
     def owns(self, private_key: str) -> bool:
         """Whether this signer signs for ``private_key`` (one signer per key per process)."""
@@ -86,6 +91,9 @@ class Signer:
 
         A second call with the same key, from a retried activity or after a crash, does not sign a
         new transaction: it returns the first one's receipt, rebroadcasting its raw bytes if needed.
+        Only when the chain proves the first transaction can never be mined (its nonce was taken
+        by another transaction of this key, e.g. sent by another tool) is it signed again, under
+        the same key, with a fresh nonce.
 
         Raises:
             ContractRevert: the call reverts (decoded custom error); nothing was signed.
@@ -96,15 +104,32 @@ class Signer:
             async with self._lock:
                 row = await asyncio.to_thread(self.store.outbox_get, key)
                 if row is None:
-                    row = await self._sign_and_broadcast(key, call, value, contract, gas)
-        return await self._settle(row, contract)
+                    row = await self._sign_and_broadcast(key, call, value, contract, gas, None)
+        receipt = await self._receipt(row)
+        if receipt is None and not await self._broadcast(row):
+            receipt = await self._receipt(row)
+            if receipt is None:
+                # Its nonce is used by another transaction: this one is dead, sign anew.
+                async with self._lock:
+                    self._nonce = None
+                    row = await self._sign_and_broadcast(key, call, value, contract, gas, row)
+        try:
+            return await self._settle(row, contract, receipt)
+        except _DeadTransaction:
+            async with self._lock:
+                self._nonce = None
+                row = await self._sign_and_broadcast(key, call, value, contract, gas, row)
+            return await self._settle(row, contract, None)
 
     async def _sign_and_broadcast(
-        self, key: str, call: Any, value: int, contract: str, gas: int | None
+        self,
+        key: str,
+        call: Any,
+        value: int,
+        contract: str,
+        gas: int | None,
+        replacing: OutboxTx | None,
     ) -> OutboxTx:
-        if self._nonce is None:
-            await self._init_nonce()
-        assert self._nonce is not None
         params: dict[str, Any] = {"from": self.address, "value": value}
         if gas is None:
             try:
@@ -112,38 +137,54 @@ class Signer:
             except ContractLogicError as exc:
                 raise revert_from_exception(exc, contract=contract) from None
             gas = gas + gas // 5 + 10_000
-        params.update(
-            {"nonce": self._nonce, "gas": gas, "chainId": self.chain_id, **(await self._fee_fields())}
-        )
-        tx = await call.build_transaction(params)
-        signed = self._account.sign_transaction(tx)
-        row = OutboxTx(
-            key=key,
-            chain_id=self.chain_id,
-            sender=self.address,
-            nonce=self._nonce,
-            raw="0x" + bytes(signed.raw_transaction).hex(),
-            tx_hash="0x" + bytes(signed.hash).hex(),
-        )
-        try:
-            await asyncio.to_thread(self.store.outbox_put, row)
-        except IntegrityError:
-            # Another process used this nonce: the key is shared, which this design forbids.
+        for _ in range(3):
+            if self._nonce is None:
+                await self._init_nonce()
+            assert self._nonce is not None
+            params.update(
+                {"nonce": self._nonce, "gas": gas, "chainId": self.chain_id, **(await self._fee_fields())}
+            )
+            tx = await call.build_transaction(params)
+            signed = self._account.sign_transaction(tx)
+            raw = "0x" + bytes(signed.raw_transaction).hex()
+            tx_hash = "0x" + bytes(signed.hash).hex()
+            if replacing is None:
+                row = OutboxTx(
+                    key=key,
+                    chain_id=self.chain_id,
+                    sender=self.address,
+                    nonce=self._nonce,
+                    raw=raw,
+                    tx_hash=tx_hash,
+                )
+                try:
+                    await asyncio.to_thread(self.store.outbox_put, row)
+                except IntegrityError:
+                    self.nonce_errors += 1
+                    self._nonce = None
+                    continue
+            else:
+                row = await asyncio.to_thread(
+                    self.store.outbox_replace, key, self._nonce, raw, tx_hash
+                )
+            replacing = row
+            if await self._broadcast(row):
+                self._nonce += 1
+                log.info("tx sent", key=key, tx_hash=row.tx_hash, nonce=row.nonce)
+                return row
+            # The node says this nonce is used: our counter drifted (another sender with this key).
             self.nonce_errors += 1
             self._nonce = None
-            raise ChainError(
-                f"nonce {row.nonce} of {self.address} is already taken in the outbox; "
-                "is another process signing with the same key?"
-            ) from None
-        self._nonce += 1
-        await self._broadcast(row)
-        log.info("tx sent", key=key, tx_hash=row.tx_hash, nonce=row.nonce, sender=self.address)
-        return row
+        raise ChainError(f"could not find a free nonce for {self.address} after 3 tries")
 
     async def _init_nonce(self) -> None:
+        if self._pumped:
+            self._nonce = int(await self.w3.eth.get_transaction_count(self.address, "pending"))
+            return
         chain_nonce = int(await self.w3.eth.get_transaction_count(self.address, "pending"))
         stored = await asyncio.to_thread(self.store.outbox_max_nonce, self.chain_id, self.address)
         self._nonce = max(chain_nonce, -1 if stored is None else stored + 1)
+        self._pumped = True
         await self.pump()
 
     async def pump(self) -> int:
@@ -154,19 +195,24 @@ class Signer:
         """
         rows = await asyncio.to_thread(self.store.outbox_unmined, self.chain_id, self.address)
         for row in rows:
-            await self._broadcast(row)
+            if not await self._broadcast(row) and await self._receipt(row) is None:
+                log.warning("outbox tx can no longer be mined", key=row.key, nonce=row.nonce)
         return len(rows)
 
-    async def _broadcast(self, row: OutboxTx) -> None:
+    async def _broadcast(self, row: OutboxTx) -> bool:
+        """Send the raw bytes; False when the node says the nonce is already used."""
         try:
             await self.w3.eth.send_raw_transaction(row.raw)
         except Web3RPCError as exc:
             message = str(exc).lower()
-            if any(s in message for s in _BENIGN_REBROADCAST):
-                return  # the node has it, or it is mined: the receipt lookup settles it
+            if any(s in message for s in _KNOWN):
+                return True  # the node has it already: the receipt lookup settles it
+            if "nonce too low" in message:
+                return False
             if "nonce too high" in message:
                 self.nonce_errors += 1
             raise ChainError(f"node refused transaction {row.tx_hash}: {exc}") from None
+        return True
 
     async def _fee_fields(self) -> dict[str, int]:
         now = time.monotonic()
@@ -177,10 +223,8 @@ class Signer:
             self._fees = (now, {"maxFeePerGas": 2 * base + tip, "maxPriorityFeePerGas": tip})
         return self._fees[1]
 
-    async def _settle(self, row: OutboxTx, contract: str) -> Receipt:
-        receipt = await self._receipt(row)
+    async def _settle(self, row: OutboxTx, contract: str, receipt: Receipt | None) -> Receipt:
         if receipt is None:
-            await self._broadcast(row)
             receipt = await self._wait_receipt(row)
         if int(receipt["status"]) != 1:
             await asyncio.to_thread(
@@ -205,12 +249,17 @@ class Signer:
     async def _wait_receipt(self, row: OutboxTx) -> Receipt:
         deadline = time.monotonic() + self.timeout
         delay = self.poll
+        next_rebroadcast = time.monotonic() + 2.0
         while time.monotonic() < deadline:
             r = await self._receipt(row)
             if r is not None:
                 return r
+            if time.monotonic() > next_rebroadcast:
+                next_rebroadcast = time.monotonic() + 2.0
+                if not await self._broadcast(row) and await self._receipt(row) is None:
+                    raise _DeadTransaction(row.tx_hash)
             await asyncio.sleep(delay)
-            delay = min(delay * 1.5, 1.0)
+            delay = min(delay * 1.5, 0.5)
         raise ChainError(f"no receipt for {row.tx_hash} after {self.timeout:.0f}s (it stays queued)")
 
     async def _wait_confirmations(self, block: int) -> None:

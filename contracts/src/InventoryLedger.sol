@@ -1,0 +1,120 @@
+// SPDX-License-Identifier: Apache-2.0
+pragma solidity ^0.8.24;
+
+import {AccessControl} from "@openzeppelin/contracts/access/AccessControl.sol";
+
+/// @title InventoryLedger
+/// @notice Stock levels per SKU with a reorder threshold and target. Consumption below the
+/// threshold emits `ShortfallDetected`, which starts a procurement workflow; restocks are keyed
+/// by an order id applied at most once, so a retried activity cannot restock twice.
+contract InventoryLedger is AccessControl {
+    /// @notice Role allowed to restock (the orchestrator, after a purchase settles).
+    bytes32 public constant ORCHESTRATOR_ROLE = keccak256("ORCHESTRATOR_ROLE");
+    /// @notice Role allowed to consume stock (warehouse operators, point-of-sale systems).
+    bytes32 public constant OPERATOR_ROLE = keccak256("OPERATOR_ROLE");
+
+    struct Item {
+        uint256 stock;
+        uint256 threshold;
+        uint256 target;
+        bool configured;
+    }
+
+    mapping(bytes32 sku => Item) private _items;
+    mapping(bytes32 orderId => bool) private _appliedOrders;
+
+    /// @notice An item was configured (or reconfigured) by the admin.
+    event ItemConfigured(bytes32 indexed sku, uint256 stock, uint256 threshold, uint256 target);
+    /// @notice `qty` units were consumed, leaving `stock`.
+    event Consumed(bytes32 indexed sku, uint256 qty, uint256 stock);
+    /// @notice `qty` units arrived for `orderId`, giving `stock`.
+    event Restocked(bytes32 indexed sku, bytes32 indexed orderId, uint256 qty, uint256 stock);
+    /// @notice Stock is below the threshold; `needed` units bring it back to the target.
+    event ShortfallDetected(bytes32 indexed sku, uint256 stock, uint256 threshold, uint256 needed);
+
+    /// @notice The SKU was never configured.
+    error InventoryUnknownSku(bytes32 sku);
+    /// @notice Consuming `qty` would take the stock below zero.
+    error InventoryInsufficientStock(bytes32 sku, uint256 stock, uint256 qty);
+    /// @notice A restock with this order id was applied before.
+    error InventoryOrderAlreadyApplied(bytes32 orderId);
+    /// @notice The target must be at least the threshold.
+    error InventoryInvalidTarget(uint256 threshold, uint256 target);
+
+    /// @notice The deployer becomes the admin; roles are granted explicitly.
+    constructor() {
+        _grantRole(DEFAULT_ADMIN_ROLE, msg.sender);
+    }
+
+    /// @notice Configure `sku` with its current stock, reorder threshold and target level.
+    /// @param sku The SKU (UTF-8, right-padded with zero bytes).
+    /// @param stock Units on hand.
+    /// @param threshold Below this stock level a shortfall is reported.
+    /// @param target The level a restock should bring the stock back to (>= threshold).
+    function setItem(bytes32 sku, uint256 stock, uint256 threshold, uint256 target)
+        external
+        onlyRole(DEFAULT_ADMIN_ROLE)
+    {
+        if (target < threshold) revert InventoryInvalidTarget(threshold, target);
+        _items[sku] = Item({stock: stock, threshold: threshold, target: target, configured: true});
+        emit ItemConfigured(sku, stock, threshold, target);
+        if (stock < threshold) emit ShortfallDetected(sku, stock, threshold, target - stock);
+    }
+
+    /// @notice Take `qty` units of `sku` out of stock; reports a shortfall below the threshold.
+    /// @param sku The SKU.
+    /// @param qty Units consumed.
+    function consume(bytes32 sku, uint256 qty) external onlyRole(OPERATOR_ROLE) {
+        Item storage it = _knownItem(sku);
+        uint256 stock = it.stock;
+        if (qty > stock) revert InventoryInsufficientStock(sku, stock, qty);
+        stock -= qty;
+        it.stock = stock;
+        emit Consumed(sku, qty, stock);
+        uint256 threshold = it.threshold;
+        if (stock < threshold) emit ShortfallDetected(sku, stock, threshold, it.target - stock);
+    }
+
+    /// @notice Add `qty` units of `sku` delivered under `orderId`; each order id applies once.
+    /// @param sku The SKU.
+    /// @param qty Units received.
+    /// @param orderId The purchase order's idempotency key.
+    function restock(bytes32 sku, uint256 qty, bytes32 orderId) external onlyRole(ORCHESTRATOR_ROLE) {
+        Item storage it = _knownItem(sku);
+        if (_appliedOrders[orderId]) revert InventoryOrderAlreadyApplied(orderId);
+        _appliedOrders[orderId] = true;
+        uint256 stock = it.stock + qty;
+        it.stock = stock;
+        emit Restocked(sku, orderId, qty, stock);
+    }
+
+    /// @notice The stock, threshold and target of `sku` (all zero if unknown).
+    /// @param sku The SKU.
+    /// @return stock Units on hand.
+    /// @return threshold The reorder threshold.
+    /// @return target The restock target.
+    function item(bytes32 sku) external view returns (uint256 stock, uint256 threshold, uint256 target) {
+        Item storage it = _items[sku];
+        return (it.stock, it.threshold, it.target);
+    }
+
+    /// @notice Units needed to bring `sku` back to its target, if it is below its threshold.
+    /// @param sku The SKU.
+    /// @return target - stock when stock < threshold, else 0.
+    function shortfall(bytes32 sku) external view returns (uint256) {
+        Item storage it = _items[sku];
+        return it.stock < it.threshold ? it.target - it.stock : 0;
+    }
+
+    /// @notice Whether a restock with `orderId` was applied.
+    /// @param orderId The purchase order's idempotency key.
+    /// @return True once the order has been applied.
+    function orderApplied(bytes32 orderId) external view returns (bool) {
+        return _appliedOrders[orderId];
+    }
+
+    function _knownItem(bytes32 sku) private view returns (Item storage it) {
+        it = _items[sku];
+        if (!it.configured) revert InventoryUnknownSku(sku);
+    }
+}

@@ -1,0 +1,70 @@
+"""Test-side chain administration: new SKUs, offers, policy changes, balances (sync web3)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from web3 import Web3
+
+from ledgerflow.chain.deploy import DEV_KEYS, TUSD, Deployment, connect, contract, sku_to_bytes32
+
+
+class ChainAdmin:
+    def __init__(self, rpc_url: str, deployment: Deployment) -> None:
+        self.w3: Web3 = connect(rpc_url)
+        self.d = deployment
+
+    def c(self, name: str) -> Any:
+        return contract(self.w3, name, self.d.contracts[name])
+
+    def send(self, key: str, fn: Any) -> Any:
+        acct = self.w3.eth.account.from_key(key)
+        tx = fn.build_transaction(
+            {"from": acct.address, "nonce": self.w3.eth.get_transaction_count(acct.address, "pending")}
+        )
+        receipt = self.w3.eth.wait_for_transaction_receipt(
+            self.w3.eth.send_raw_transaction(acct.sign_transaction(tx).raw_transaction)
+        )
+        assert receipt["status"] == 1
+        return receipt
+
+    def address(self, key: str) -> str:
+        return self.w3.eth.account.from_key(key).address
+
+    def new_sku(self, sku: str, *, stock: int, threshold: int, target: int) -> None:
+        inv = self.c("InventoryLedger")
+        self.send(DEV_KEYS[0], inv.functions.setItem(sku_to_bytes32(sku), stock, threshold, target))
+
+    def post_offer(
+        self, supplier_key: str, sku: str, price_tusd: float, lead: int, max_qty: int, text: str
+    ) -> None:
+        m = self.c("Marketplace")
+        price = int(round(price_tusd * TUSD))
+        self.send(supplier_key, m.functions.postOffer(sku_to_bytes32(sku), price, lead, max_qty, text))
+
+    def allow(self, supplier_key: str, allowed: bool = True) -> None:
+        p = self.c("AgentPolicy")
+        self.send(DEV_KEYS[0], p.functions.setCounterparty(self.address(supplier_key), allowed))
+
+    def set_agent_limits(self, cap_tusd: int, budget_tusd: int) -> None:
+        p = self.c("AgentPolicy")
+        self.send(
+            DEV_KEYS[0],
+            p.functions.setAgent(self.d.agent, cap_tusd * TUSD, budget_tusd * TUSD, 86_400),
+        )
+
+    def mint(self, to: str, amount_tusd: int) -> None:
+        self.send(DEV_KEYS[0], self.c("TestUSD").functions.mint(to, amount_tusd * TUSD))
+
+    def balance(self, who: str) -> int:
+        return int(self.c("TestUSD").functions.balanceOf(who).call())
+
+    def escrow_opened_events(self, order_id: str) -> int:
+        esc = self.c("Escrow")
+        logs = esc.events.EscrowOpened.get_logs(
+            argument_filters={"orderId": bytes.fromhex(order_id[2:])}, from_block=0
+        )
+        return len(logs)
+
+    def stock(self, sku: str) -> int:
+        return int(self.c("InventoryLedger").functions.item(sku_to_bytes32(sku)).call()[0])
