@@ -1,31 +1,780 @@
-"""The HTTP API (FastAPI): health, and webhooks that start and steer workflows."""
+"""The HTTP API (FastAPI): health, and webhooks that start and steer workflows.
+
+Every webhook route is authenticated per the Standard Webhooks spec: headers ``webhook-id``,
+``webhook-timestamp`` and ``webhook-signature``; the signature is
+``v1,<base64 HMAC-SHA256 of "{id}.{timestamp}." + raw body>`` under the secret
+``LEDGERFLOW_WEBHOOK_SECRET`` (``whsec_<base64>``). The raw bytes are verified before anything is
+parsed. Deliveries are at least once, so the receiver deduplicates: the workflow id of a start is
+derived from the ``webhook-id`` and every accepted delivery is recorded in the store
+(``WebhookDelivery``), so a replay answers the original run instead of starting a new one.
+
+Routes:
+
+- ``POST /webhooks/{workflow_type}`` starts a run (202 ``{"workflow_id", "run_id"}``);
+- ``POST /webhooks/{workflow_type}/{workflow_id}/signal/{name}`` signals a running run (202);
+- ``POST /webhooks/{workflow_type}/{workflow_id}/update/{name}`` updates a running run (200).
+
+See ``docs/webhooks.md``.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import base64
+import binascii
+import contextlib
+import hashlib
+import hmac
+import json
+import re
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal
 
+import structlog
 import uvicorn
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field, ValidationError
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import select
+from temporalio.client import WorkflowExecutionStatus, WorkflowUpdateFailedError
+from temporalio.common import WorkflowIDConflictPolicy
+from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.service import RPCError, RPCStatusCode
 
 from ledgerflow import __version__
+from ledgerflow.client import WORKFLOW_INPUTS, LedgerflowClient, parse_input
+from ledgerflow.errors import ConfigError, WebhookError
 from ledgerflow.settings import Settings
+from ledgerflow.store import Store, WebhookDelivery
+from ledgerflow.types import ApprovalDecision, DeliveryConfirmation
 
-__all__ = ["create_app", "serve_api"]
+__all__ = [
+    "STEERING",
+    "TOLERANCE_SECONDS",
+    "Problem",
+    "SteerAccepted",
+    "WebhookAccepted",
+    "create_app",
+    "decode_secret",
+    "serve_api",
+    "verify_signature",
+    "webhook_workflow_id",
+]
+
+log = structlog.get_logger("ledgerflow.api")
+
+#: Standard Webhooks: a delivery whose timestamp is further than this from now is refused.
+TOLERANCE_SECONDS = 300
+#: How long an update route waits for the workflow to answer before 504.
+UPDATE_TIMEOUT_SECONDS = 30.0
+
+SteerKind = Literal["signal", "update"]
+
+#: What a webhook may send to a running run: workflow type → kind → message name → body model.
+STEERING: dict[str, dict[SteerKind, dict[str, type[BaseModel]]]] = {
+    "ProcurementWorkflow": {
+        "signal": {"confirm_delivery": DeliveryConfirmation},
+        "update": {"approve": ApprovalDecision, "reject": ApprovalDecision},
+    },
+}
+
+_WEBHOOK_ID = re.compile(r"[\x21-\x7e]{1,255}")  # printable ASCII, no spaces; fits the store column
+_TIMESTAMP = re.compile(r"[0-9]{1,15}")
+_SECRET_PREFIX = "whsec_"
 
 
-def create_app(settings: Settings) -> FastAPI:
+# ---- response models (documented in OpenAPI) --------------------------------------------------
+
+
+class WebhookAccepted(BaseModel):
+    """A start delivery was accepted: the run it started (or, for a replay, started before)."""
+
+    workflow_id: str = Field(description="deterministic from the webhook-id")
+    run_id: str
+
+
+class SteerAccepted(BaseModel):
+    """A signal or update delivery was accepted by a running run."""
+
+    workflow_id: str
+    run_id: str
+    kind: SteerKind
+    name: str
+    result: str | None = Field(default=None, description="the update's answer (null for a signal)")
+    duplicate: bool = Field(default=False, description="this webhook-id was delivered before")
+
+
+class Problem(BaseModel):
+    """Every refusal answers a JSON object with a readable ``detail``."""
+
+    detail: str
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": Problem, "description": "missing, malformed, stale or wrong signature"},
+    404: {"model": Problem, "description": "unknown workflow type, message or run"},
+    409: {"model": Problem, "description": "webhook-id reused for another route, or conflict"},
+    413: {"model": Problem, "description": "body larger than LEDGERFLOW_WEBHOOK_MAX_BODY_BYTES"},
+    422: {"model": Problem, "description": "body is not JSON or fails the model"},
+    503: {"model": Problem, "description": "webhooks disabled, or the workflow engine is down"},
+}
+
+_SIGNATURE_HEADERS = [
+    {
+        "name": "webhook-id",
+        "in": "header",
+        "required": True,
+        "schema": {"type": "string", "maxLength": 255},
+        "description": "unique id of the message; retries of one message reuse it",
+    },
+    {
+        "name": "webhook-timestamp",
+        "in": "header",
+        "required": True,
+        "schema": {"type": "string", "pattern": "^[0-9]+$"},
+        "description": f"unix seconds; refused when more than {TOLERANCE_SECONDS} s off",
+    },
+    {
+        "name": "webhook-signature",
+        "in": "header",
+        "required": True,
+        "schema": {"type": "string"},
+        "description": "space-separated `v1,<base64 HMAC-SHA256>` entries (several for rotation)",
+    },
+]
+
+
+# ---- signature verification -------------------------------------------------------------------
+
+
+def decode_secret(secret: str) -> bytes:
+    """The HMAC key of a ``whsec_<base64>`` secret (the prefix is optional).
+
+    Raises:
+        ConfigError: the secret is not base64 or is empty (the message never contains it).
+    """
+    raw = secret.strip().removeprefix(_SECRET_PREFIX)
+    try:
+        key = base64.b64decode(raw + "=" * (-len(raw) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        raise ConfigError(
+            "LEDGERFLOW_WEBHOOK_SECRET is not valid: expected 'whsec_' followed by base64"
+        ) from None
+    if not key:
+        raise ConfigError("LEDGERFLOW_WEBHOOK_SECRET is empty")
+    return key
+
+
+def verify_signature(
+    key: bytes,
+    headers: Any,
+    body: bytes,
+    *,
+    now: float | None = None,
+    tolerance: int = TOLERANCE_SECONDS,
+) -> str:
+    """Verify a Standard Webhooks delivery; returns its ``webhook-id``.
+
+    ``headers`` is any mapping with case-insensitive ``get`` (Starlette's headers) or lower-case
+    keys. Entries of ``webhook-signature`` with another version than ``v1`` are ignored; one
+    matching ``v1`` entry suffices (key rotation).
+
+    Raises:
+        WebhookError: 401 for a missing or malformed header, a timestamp outside the tolerance
+            or no matching signature.
+    """
+    msg_id = headers.get("webhook-id")
+    stamp = headers.get("webhook-timestamp")
+    signature = headers.get("webhook-signature")
+    missing = [
+        name
+        for name, value in (
+            ("webhook-id", msg_id),
+            ("webhook-timestamp", stamp),
+            ("webhook-signature", signature),
+        )
+        if not value
+    ]
+    if missing:
+        raise WebhookError(401, f"missing Standard Webhooks header(s): {', '.join(missing)}")
+    assert msg_id is not None and stamp is not None and signature is not None
+    if not _WEBHOOK_ID.fullmatch(msg_id):
+        raise WebhookError(401, "malformed webhook-id: 1 to 255 printable ASCII characters")
+    if not _TIMESTAMP.fullmatch(stamp):
+        raise WebhookError(401, "malformed webhook-timestamp: expected integer unix seconds")
+    now = time.time() if now is None else now
+    skew = int(stamp) - now
+    if skew < -tolerance:
+        raise WebhookError(
+            401, f"webhook-timestamp is too old: outside the tolerance of ±{tolerance} s"
+        )
+    if skew > tolerance:
+        raise WebhookError(
+            401, f"webhook-timestamp is in the future: outside the tolerance of ±{tolerance} s"
+        )
+
+    entries = []
+    for entry in signature.split():
+        version, sep, value = entry.partition(",")
+        if sep and version and value:
+            entries.append((version, value))
+    if not entries:
+        raise WebhookError(
+            401,
+            "malformed webhook-signature: expected space-separated 'v1,<base64>' entries",
+        )
+    expected = hmac.new(key, f"{msg_id}.{stamp}.".encode() + body, hashlib.sha256).digest()
+    matched = False
+    for version, value in entries:
+        if version != "v1":
+            continue
+        try:
+            given = base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            continue
+        if hmac.compare_digest(expected, given):
+            matched = True
+    if not matched:
+        raise WebhookError(401, "no valid v1 signature in webhook-signature")
+    return msg_id
+
+
+def webhook_workflow_id(workflow_type: str, webhook_id: str) -> str:
+    """The workflow id a start delivery gets: the same webhook-id always gives the same id."""
+    digest = hashlib.sha256(webhook_id.encode()).hexdigest()[:16]
+    return f"{_kebab(workflow_type)}-wh-{digest}"
+
+
+def _kebab(name: str) -> str:
+    out = []
+    for i, ch in enumerate(name.removesuffix("Workflow")):
+        if ch.isupper() and i:
+            out.append("-")
+        out.append(ch.lower())
+    return "".join(out)
+
+
+# ---- the store: one row per accepted webhook-id -----------------------------------------------
+
+
+def _get_delivery(store: Store, webhook_id: str) -> WebhookDelivery | None:
+    with store.session() as s:
+        return s.exec(
+            select(WebhookDelivery).where(WebhookDelivery.webhook_id == webhook_id)
+        ).first()
+
+
+def _claim(
+    store: Store, webhook_id: str, route: str, workflow_id: str, run_id: str | None
+) -> WebhookDelivery | None:
+    """Record a delivery; ``None`` if this call recorded it, else the row recorded before."""
+    existing = _get_delivery(store, webhook_id)
+    if existing is not None:
+        return existing
+    with store.session() as s:
+        s.add(
+            WebhookDelivery(
+                webhook_id=webhook_id, workflow_type=route, workflow_id=workflow_id, run_id=run_id
+            )
+        )
+        try:
+            s.commit()
+            return None
+        except IntegrityError:
+            s.rollback()
+    existing = _get_delivery(store, webhook_id)
+    if existing is None:  # pragma: no cover - deleted in between; treat as ours
+        return _claim(store, webhook_id, route, workflow_id, run_id)
+    return existing
+
+
+def _set_run(store: Store, webhook_id: str, run_id: str) -> str:
+    """Fill in the run of a claimed delivery (first writer wins); returns the recorded run."""
+    with store.session() as s:
+        row = s.exec(
+            select(WebhookDelivery).where(WebhookDelivery.webhook_id == webhook_id)
+        ).first()
+        if row is None:  # pragma: no cover - the claim was removed; nothing to fill in
+            return run_id
+        if row.run_id is None:
+            row.run_id = run_id
+            s.add(row)
+            s.commit()
+        return row.run_id or run_id
+
+
+def _release(store: Store, webhook_id: str) -> None:
+    """Forget a claim whose action failed, so the sender's retry is tried again."""
+    with store.session() as s:
+        row = s.exec(
+            select(WebhookDelivery).where(WebhookDelivery.webhook_id == webhook_id)
+        ).first()
+        if row is not None:
+            s.delete(row)
+            s.commit()
+
+
+# ---- the handlers -----------------------------------------------------------------------------
+
+
+def _validation_message(what: str, exc: ValidationError) -> str:
+    details = "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or '(input)'}: {e['msg']}" for e in exc.errors()
+    )
+    return f"invalid body for {what}: {details}"
+
+
+def _parse_json(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise WebhookError(422, f"body is not valid JSON: {exc}") from None
+
+
+def _not_found(workflow_type: str) -> WebhookError:
+    known = ", ".join(sorted(WORKFLOW_INPUTS)) or "(none)"
+    return WebhookError(404, f"unknown workflow type {workflow_type!r}; known: {known}")
+
+
+class _Webhooks:
+    """State and logic behind the webhook routes."""
+
+    def __init__(self, settings: Settings, client: LedgerflowClient | None) -> None:
+        self.settings = settings
+        self._client = client
+        self._lock = asyncio.Lock()
+        self._key: bytes | None = None
+        self._key_error: str | None = None
+        if settings.webhook_secret is not None:
+            try:
+                self._key = decode_secret(settings.webhook_secret.get_secret_value())
+            except ConfigError as exc:
+                self._key_error = str(exc)
+
+    # -- shared steps --
+
+    def key(self) -> bytes:
+        if self._key is not None:
+            return self._key
+        if self._key_error is not None:
+            raise WebhookError(503, f"webhooks disabled: {self._key_error}")
+        raise WebhookError(503, "webhooks disabled: set LEDGERFLOW_WEBHOOK_SECRET")
+
+    async def read_body(self, request: Request) -> bytes:
+        limit = self.settings.webhook_max_body_bytes
+        too_large = WebhookError(413, f"body larger than {limit} bytes")
+        declared = request.headers.get("content-length")
+        if declared is not None:
+            if not declared.strip().isdigit():
+                raise WebhookError(400, "malformed Content-Length")
+            if int(declared) > limit:
+                raise too_large
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise too_large
+        return bytes(body)
+
+    async def authenticate(self, request: Request) -> tuple[str, bytes]:
+        key = self.key()
+        body = await self.read_body(request)
+        return verify_signature(key, request.headers, body), body
+
+    async def client(self) -> LedgerflowClient:
+        if self._client is not None:
+            return self._client
+        async with self._lock:
+            if self._client is None:
+                try:
+                    client = await LedgerflowClient.connect(self.settings)
+                except Exception as exc:
+                    log.warning("api.temporal_unreachable", error=type(exc).__name__)
+                    raise WebhookError(
+                        503, "the workflow engine is unreachable; try again later"
+                    ) from None
+                try:
+                    await asyncio.to_thread(client.runtime.store.migrate)
+                except Exception as exc:
+                    log.warning("api.store_migrate_failed", error=type(exc).__name__)
+                self._client = client
+        return self._client
+
+    # -- POST /webhooks/{workflow_type} --
+
+    async def start(self, request: Request, workflow_type: str) -> WebhookAccepted:
+        webhook_id, body = await self.authenticate(request)
+        model = WORKFLOW_INPUTS.get(workflow_type)
+        if model is None:
+            raise _not_found(workflow_type)
+        data = _parse_json(body)
+        if isinstance(data, dict) and "trigger" in model.model_fields:
+            data = {**data, "trigger": f"webhook:{webhook_id}"}
+        try:
+            arg = parse_input(workflow_type, data)
+        except ConfigError as exc:
+            raise WebhookError(422, str(exc)) from None
+
+        client = await self.client()
+        store = client.runtime.store
+        workflow_id = webhook_workflow_id(workflow_type, webhook_id)
+        prior = await asyncio.to_thread(_claim, store, webhook_id, workflow_type, workflow_id, None)
+        if prior is not None:
+            if prior.workflow_type != workflow_type or prior.workflow_id != workflow_id:
+                raise WebhookError(
+                    409, f"webhook-id {webhook_id!r} was already delivered to another route"
+                )
+            if prior.run_id is not None:
+                log.info(
+                    "webhook.replay",
+                    webhook_id=webhook_id,
+                    workflow_id=workflow_id,
+                    run_id=prior.run_id,
+                )
+                return WebhookAccepted(workflow_id=workflow_id, run_id=prior.run_id)
+
+        run_id = await self._existing_run(client, workflow_id)
+        if run_id is None:
+            try:
+                handle = await client.start(
+                    workflow_type,
+                    arg,
+                    workflow_id=workflow_id,
+                    conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+                )
+                run_id = handle.result_run_id
+            except WorkflowAlreadyStartedError as exc:
+                run_id = exc.run_id or await self._existing_run(client, workflow_id)
+            except RPCError as exc:
+                log.warning("webhook.start_failed", webhook_id=webhook_id, status=exc.status.name)
+                raise WebhookError(
+                    503, "the workflow engine refused the start; retry later"
+                ) from None
+        if not run_id:  # pragma: no cover - Temporal always answers a run id
+            raise WebhookError(503, "the workflow engine did not return a run id; retry later")
+        run_id = await asyncio.to_thread(_set_run, store, webhook_id, run_id)
+        log.info(
+            "webhook.accepted",
+            webhook_id=webhook_id,
+            workflow_type=workflow_type,
+            workflow_id=workflow_id,
+            run_id=run_id,
+        )
+        return WebhookAccepted(workflow_id=workflow_id, run_id=run_id)
+
+    @staticmethod
+    async def _existing_run(client: LedgerflowClient, workflow_id: str) -> str | None:
+        """The latest run of ``workflow_id`` (running or closed), or None if there is none."""
+        try:
+            desc = await client.temporal.get_workflow_handle(workflow_id).describe()
+        except RPCError as exc:
+            if exc.status == RPCStatusCode.NOT_FOUND:
+                return None
+            log.warning("webhook.describe_failed", workflow_id=workflow_id, status=exc.status.name)
+            raise WebhookError(503, "the workflow engine is unavailable; retry later") from None
+        return desc.run_id
+
+    # -- POST /webhooks/{workflow_type}/{workflow_id}/{signal|update}/{name} --
+
+    async def steer(
+        self, request: Request, workflow_type: str, workflow_id: str, kind: SteerKind, name: str
+    ) -> SteerAccepted:
+        webhook_id, body = await self.authenticate(request)
+        if workflow_type not in WORKFLOW_INPUTS:
+            raise _not_found(workflow_type)
+        names = STEERING.get(workflow_type, {}).get(kind, {})
+        model = names.get(name)
+        if model is None:
+            known = ", ".join(sorted(names)) or "(none)"
+            raise WebhookError(404, f"{workflow_type} has no {kind} {name!r}; known: {known}")
+        try:
+            arg = model.model_validate_json(body)
+        except ValidationError as exc:
+            if any(e["type"] == "json_invalid" for e in exc.errors()):
+                _parse_json(body)  # raises with json's own message
+            raise WebhookError(422, _validation_message(f"{kind} {name}", exc)) from None
+
+        client = await self.client()
+        store = client.runtime.store
+        desc = await self._describe(client, workflow_type, workflow_id)
+        running = desc.status == WorkflowExecutionStatus.RUNNING
+        route = f"{workflow_type}/{kind}/{name}"
+        prior = await asyncio.to_thread(_get_delivery, store, webhook_id)
+        if prior is not None and (prior.workflow_type != route or prior.workflow_id != workflow_id):
+            raise WebhookError(
+                409, f"webhook-id {webhook_id!r} was already delivered to another route"
+            )
+        if prior is None:
+            if not running:
+                status = desc.status.name.lower() if desc.status else "closed"
+                raise WebhookError(
+                    409, f"run {workflow_id!r} is {status}; it no longer accepts a {kind}"
+                )
+            prior = await asyncio.to_thread(
+                _claim, store, webhook_id, route, workflow_id, desc.run_id
+            )
+            if prior is not None and (
+                prior.workflow_type != route or prior.workflow_id != workflow_id
+            ):
+                raise WebhookError(
+                    409, f"webhook-id {webhook_id!r} was already delivered to another route"
+                )
+        duplicate = prior is not None
+        run_id = (prior.run_id if prior is not None else None) or desc.run_id
+        handle = client.temporal.get_workflow_handle(workflow_id, run_id=run_id)
+
+        if kind == "signal":
+            if not duplicate:
+                try:
+                    await handle.signal(name, arg)
+                except RPCError as exc:
+                    await asyncio.to_thread(_release, store, webhook_id)
+                    raise self._rpc_error(exc, workflow_id, kind) from None
+            log.info(
+                "webhook.signal",
+                webhook_id=webhook_id,
+                workflow_id=workflow_id,
+                name=name,
+                duplicate=duplicate,
+            )
+            return SteerAccepted(
+                workflow_id=workflow_id, run_id=run_id, kind=kind, name=name, duplicate=duplicate
+            )
+
+        # Updates carry an id derived from the webhook-id: Temporal itself deduplicates them, so a
+        # replay (or a concurrent duplicate) gets the first answer.
+        if duplicate and not running:
+            return SteerAccepted(
+                workflow_id=workflow_id, run_id=run_id, kind=kind, name=name, duplicate=True
+            )
+        update_id = f"webhook-{hashlib.sha256(webhook_id.encode()).hexdigest()[:32]}"
+        try:
+            result = await asyncio.wait_for(
+                handle.execute_update(name, arg, id=update_id), UPDATE_TIMEOUT_SECONDS
+            )
+        except WorkflowUpdateFailedError as exc:
+            if not duplicate:
+                await asyncio.to_thread(_release, store, webhook_id)
+            cause = getattr(exc.cause, "message", None) or str(exc.cause)
+            raise WebhookError(409, f"update {name} was rejected: {cause}") from None
+        except RPCError as exc:
+            if not duplicate:
+                await asyncio.to_thread(_release, store, webhook_id)
+            raise self._rpc_error(exc, workflow_id, kind) from None
+        except TimeoutError:
+            raise WebhookError(
+                504,
+                f"update {name} got no answer within {UPDATE_TIMEOUT_SECONDS:.0f} s "
+                "(is a worker running?); retry with the same webhook-id",
+            ) from None
+        log.info(
+            "webhook.update",
+            webhook_id=webhook_id,
+            workflow_id=workflow_id,
+            name=name,
+            duplicate=duplicate,
+        )
+        return SteerAccepted(
+            workflow_id=workflow_id,
+            run_id=run_id,
+            kind=kind,
+            name=name,
+            result=None if result is None else str(result),
+            duplicate=duplicate,
+        )
+
+    @staticmethod
+    async def _describe(client: LedgerflowClient, workflow_type: str, workflow_id: str) -> Any:
+        if not _WEBHOOK_ID.fullmatch(workflow_id):
+            raise WebhookError(404, f"no run with workflow id {workflow_id!r}")
+        try:
+            desc = await client.temporal.get_workflow_handle(workflow_id).describe()
+        except RPCError as exc:
+            if exc.status in (RPCStatusCode.NOT_FOUND, RPCStatusCode.INVALID_ARGUMENT):
+                raise WebhookError(404, f"no run with workflow id {workflow_id!r}") from None
+            log.warning("webhook.describe_failed", workflow_id=workflow_id, status=exc.status.name)
+            raise WebhookError(503, "the workflow engine is unavailable; retry later") from None
+        if desc.workflow_type != workflow_type:
+            raise WebhookError(404, f"no {workflow_type} run with workflow id {workflow_id!r}")
+        return desc
+
+    @staticmethod
+    def _rpc_error(exc: RPCError, workflow_id: str, kind: str) -> WebhookError:
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            return WebhookError(
+                409, f"run {workflow_id!r} has finished; it no longer accepts a {kind}"
+            )
+        log.warning("webhook.steer_failed", workflow_id=workflow_id, status=exc.status.name)
+        return WebhookError(503, "the workflow engine is unavailable; retry later")
+
+
+# ---- the app ----------------------------------------------------------------------------------
+
+
+def _body_doc(model: type[BaseModel]) -> dict[str, Any]:
+    return {
+        "parameters": list(_SIGNATURE_HEADERS),
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}
+            },
+        },
+    }
+
+
+def _documented_models() -> list[type[BaseModel]]:
+    models: dict[str, type[BaseModel]] = {}
+    for model in WORKFLOW_INPUTS.values():
+        models[model.__name__] = model
+    for kinds in STEERING.values():
+        for names in kinds.values():
+            for model in names.values():
+                models[model.__name__] = model
+    return list(models.values())
+
+
+def create_app(settings: Settings, client: LedgerflowClient | None = None) -> FastAPI:
+    """The API. ``client`` is the SDK client to use (tests); by default one is connected lazily
+    on the first webhook, so the API starts even while Temporal is still coming up."""
     app = FastAPI(
         title="ledgerflow",
         version=__version__,
-        description="Start and steer ledgerflow workflows over HTTP (Standard Webhooks).",
+        description=(
+            "Start and steer ledgerflow workflows over HTTP. Every `/webhooks` route is signed "
+            "per the Standard Webhooks spec (headers `webhook-id`, `webhook-timestamp`, "
+            "`webhook-signature`; secret `LEDGERFLOW_WEBHOOK_SECRET`). The body is the workflow "
+            "input (or the signal/update argument) as JSON. A replayed `webhook-id` answers the "
+            "run it started before."
+        ),
     )
+    hooks = _Webhooks(settings, client)
+
+    @app.exception_handler(WebhookError)
+    async def _refused(request: Request, exc: WebhookError) -> JSONResponse:
+        log.info(
+            "webhook.refused",
+            path=request.url.path,
+            status=exc.status,
+            reason=str(exc),
+            webhook_id=request.headers.get("webhook-id"),
+        )
+        return JSONResponse({"detail": str(exc)}, status_code=exc.status)
+
+    @app.exception_handler(Exception)
+    async def _crashed(request: Request, exc: Exception) -> JSONResponse:
+        log.error("api.error", path=request.url.path, error=type(exc).__name__, exc_info=exc)
+        return JSONResponse({"detail": "internal error; see the server log"}, status_code=500)
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        return {"status": "ok", "version": __version__, "task_queue": settings.task_queue}
+        return {
+            "status": "ok",
+            "version": __version__,
+            "task_queue": settings.task_queue,
+            "webhooks": "enabled" if settings.webhook_secret is not None else "disabled",
+        }
 
+    # One documented route per workflow type and message, then generic ones that answer 404 for
+    # anything else (after authentication, so unsigned callers learn nothing).
+    for workflow_type, model in WORKFLOW_INPUTS.items():
+        app.add_api_route(
+            f"/webhooks/{workflow_type}",
+            _start_route(hooks, workflow_type),
+            methods=["POST"],
+            status_code=202,
+            response_model=WebhookAccepted,
+            responses=_ERRORS,
+            openapi_extra=_body_doc(model),
+            summary=f"Start a {workflow_type} run",
+            description=(
+                f"The body is a `{model.__name__}`; its `trigger` is set to "
+                "`webhook:<webhook-id>`. The workflow id is derived from the webhook-id, so "
+                "retries and replays answer the same run."
+            ),
+            operation_id=f"start_{workflow_type}",
+            tags=["webhooks"],
+        )
+    for workflow_type, kinds in STEERING.items():
+        for kind, names in kinds.items():
+            for name, model in names.items():
+                app.add_api_route(
+                    f"/webhooks/{workflow_type}/{{workflow_id}}/{kind}/{name}",
+                    _steer_route(hooks, workflow_type, kind, name),
+                    methods=["POST"],
+                    status_code=202 if kind == "signal" else 200,
+                    response_model=SteerAccepted,
+                    responses=_ERRORS,
+                    openapi_extra=_body_doc(model),
+                    summary=f"{kind.capitalize()} `{name}` to a running {workflow_type}",
+                    description=f"The body is a `{model.__name__}`.",
+                    operation_id=f"{kind}_{workflow_type}_{name}",
+                    tags=["webhooks"],
+                )
+
+    @app.post("/webhooks/{workflow_type}", include_in_schema=False, status_code=202)
+    async def start_any(request: Request, workflow_type: str) -> WebhookAccepted:
+        return await hooks.start(request, workflow_type)
+
+    @app.post(
+        "/webhooks/{workflow_type}/{workflow_id}/{kind}/{name}",
+        include_in_schema=False,
+        status_code=202,
+    )
+    async def steer_any(
+        request: Request, workflow_type: str, workflow_id: str, kind: str, name: str
+    ) -> SteerAccepted:
+        await hooks.authenticate(request)
+        if kind not in ("signal", "update"):
+            raise WebhookError(404, f"unknown route kind {kind!r}; use signal or update")
+        if workflow_type not in WORKFLOW_INPUTS:
+            raise _not_found(workflow_type)
+        names = STEERING.get(workflow_type, {}).get(kind, {})  # type: ignore[call-overload]
+        known = ", ".join(sorted(names)) or "(none)"
+        raise WebhookError(404, f"{workflow_type} has no {kind} {name!r}; known: {known}")
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title,
+                version=app.version,
+                description=app.description,
+                routes=app.routes,
+            )
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            for model in _documented_models():
+                doc = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                for name, sub in doc.pop("$defs", {}).items():
+                    components.setdefault(name, sub)
+                components[model.__name__] = doc
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app
+
+
+def _start_route(
+    hooks: _Webhooks, workflow_type: str
+) -> Callable[[Request], Awaitable[WebhookAccepted]]:
+    async def endpoint(request: Request) -> WebhookAccepted:
+        return await hooks.start(request, workflow_type)
+
+    endpoint.__name__ = f"start_{workflow_type}"
+    return endpoint
+
+
+def _steer_route(
+    hooks: _Webhooks, workflow_type: str, kind: SteerKind, name: str
+) -> Callable[[Request, str], Awaitable[SteerAccepted]]:
+    async def endpoint(request: Request, workflow_id: str) -> SteerAccepted:
+        return await hooks.steer(request, workflow_type, workflow_id, kind, name)
+
+    endpoint.__name__ = f"{kind}_{workflow_type}_{name}"
+    return endpoint
 
 
 async def serve_api(settings: Settings, stop: asyncio.Event) -> None:
@@ -38,7 +787,8 @@ async def serve_api(settings: Settings, stop: asyncio.Event) -> None:
         lifespan="on",
     )
     server = uvicorn.Server(config)
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    # The caller owns SIGINT/SIGTERM (it sets ``stop``); uvicorn must not take them over.
+    server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
     task = asyncio.create_task(server.serve())
     await stop.wait()
     server.should_exit = True

@@ -23,7 +23,7 @@ from ledgerflow.stack import ManagedProcess, port_in_use, start_anvil, start_tem
 __all__ = ["run_up"]
 
 log = structlog.get_logger(__name__)
-console = Console(stderr=False)
+console = Console(stderr=False, soft_wrap=True)
 
 DEMO_SKU = "WIDGET-42"
 
