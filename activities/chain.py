@@ -7,6 +7,9 @@ signed bytes). A revert is a typed, non-retryable business failure that triggers
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from temporalio import activity
 from web3.exceptions import ContractLogicError
 
@@ -78,7 +81,7 @@ class ChainActivities:
         offers = []
         allowed_cache: dict[str, bool] = {}
         for o in raw:
-            offer_id, supplier, sku, unit_price, lead, max_qty, active, description = o
+            offer_id, supplier, sku, unit_price, lead, max_qty, _active, description = o
             if supplier not in allowed_cache:
                 allowed_cache[supplier] = bool(
                     await policy.functions.isCounterpartyAllowed(supplier).call()
@@ -127,9 +130,7 @@ class ChainActivities:
         policy = self.rt.contract("AgentPolicy")
         approver = await self.rt.signer("approver")
         agent = (await self.rt.signer("agent")).address
-        call = policy.functions.grantException(
-            _b32(req.order_id), agent, req.supplier, req.amount
-        )
+        call = policy.functions.grantException(_b32(req.order_id), agent, req.supplier, req.amount)
         receipt = await approver.send(f"policy.grant:{req.order_id}", call, contract="AgentPolicy")
         return _tx(receipt)
 
@@ -181,7 +182,10 @@ class ChainActivities:
         try:
             receipt = await agent.send(f"escrow.{action}:{req.order_id}", call, contract="Escrow")
         except ContractRevert as exc:
-            if exc.error == "EscrowNotOpen" and int(exc.error_args.get("status", -1)) == done_status:
+            if (
+                exc.error == "EscrowNotOpen"
+                and int(exc.error_args.get("status", -1)) == done_status
+            ):
                 return _already()
             raise
         return _tx(receipt)
@@ -202,7 +206,7 @@ class ChainActivities:
             raise
         return _tx(receipt)
 
-    def all(self) -> list[object]:
+    def all(self) -> list[Callable[..., Any]]:
         return [
             self.read_shortfall,
             self.fetch_offers,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
+from typing import Any
 
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
@@ -86,7 +88,9 @@ class CheckpointActivities:
     async def _anchors(self, batch: CheckpointBatch) -> tuple[bool, list[AnchorInfo]]:
         store = self.rt.store
         steps = await asyncio.to_thread(store.get_steps, batch.workflow_id, batch.run_id)
-        anchors = await asyncio.to_thread(store.get_anchors, [s.anchor_id for s in steps if s.anchor_id])
+        anchors = await asyncio.to_thread(
+            store.get_anchors, [s.anchor_id for s in steps if s.anchor_id]
+        )
         infos = anchor_infos(steps, anchors)
         pending = await asyncio.to_thread(store.unanchored_count, batch.workflow_id, batch.run_id)
         return pending == 0, infos
@@ -97,7 +101,7 @@ class CheckpointActivities:
         """Batched mode (run as a local activity): store records; on the last flush, wait until
         the anchorer has anchored every step of the run."""
         await self._save(batch)
-        anchored, infos = False, []
+        anchored, infos = False, list[AnchorInfo]()
         if batch.wait_for_anchor:
             deadline = time.monotonic() + ANCHOR_WAIT_SECONDS
             while True:
@@ -146,7 +150,9 @@ class CheckpointActivities:
                 chain_id=self.rt.chain_id,
                 registry=registry.address,
             )
-            infos.append(AnchorInfo(mode="per-step", tx_hash=tx_hash, block_number=block, step=s.seq))
+            infos.append(
+                AnchorInfo(mode="per-step", tx_hash=tx_hash, block_number=block, step=s.seq)
+            )
         if batch.final_status is not None:
             _, infos = await self._anchors(batch)
         return CheckpointAck(
@@ -167,5 +173,5 @@ class CheckpointActivities:
                 return "0x" + bytes(log["transactionHash"]).hex(), int(log["blockNumber"])
         return None
 
-    def all(self) -> list[object]:
+    def all(self) -> list[Callable[..., Any]]:
         return [self.store_steps, self.anchor_steps]

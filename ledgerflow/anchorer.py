@@ -53,7 +53,7 @@ class Anchorer:
                     await asyncio.wait_for(stop.wait(), self.poll)
             except TimeoutError:
                 continue
-            except Exception:  # noqa: BLE001 - keep anchoring; the batch stays pending
+            except Exception:
                 log.exception("anchoring failed; will retry")
                 await asyncio.sleep(1.0)
 
@@ -111,7 +111,11 @@ class Anchorer:
         )
         self.anchored_roots += 1
         log.info(
-            "root anchored", root=anchor.root, leaves=anchor.leaf_count, tx_hash=tx_hash, block=block
+            "root anchored",
+            root=anchor.root,
+            leaves=anchor.leaf_count,
+            tx_hash=tx_hash,
+            block=block,
         )
 
     async def _find_anchor_tx(self, root: bytes) -> tuple[str, int]:

@@ -16,7 +16,15 @@ __all__ = ["SPEC_VERSION", "CanonicalError", "canonical_bytes", "hash_obj", "kec
 
 SPEC_VERSION = 1
 
-_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+_ESCAPES = {
+    '"': '\\"',
+    "\\": "\\\\",
+    "\b": "\\b",
+    "\f": "\\f",
+    "\n": "\\n",
+    "\r": "\\r",
+    "\t": "\\t",
+}
 
 
 class CanonicalError(ValueError):

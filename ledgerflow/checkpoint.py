@@ -26,14 +26,22 @@ __all__ = [
 
 StepKind = Literal["llm", "chain", "activity", "signal", "update", "timer", "compensation"]
 StepStatus = Literal["ok", "failed"]
-STEP_KINDS: tuple[str, ...] = ("llm", "chain", "activity", "signal", "update", "timer", "compensation")
+STEP_KINDS: tuple[str, ...] = (
+    "llm",
+    "chain",
+    "activity",
+    "signal",
+    "update",
+    "timer",
+    "compensation",
+)
 
 #: Domain separation byte for Merkle leaves (internal nodes hash 64 bytes, leaves 33).
 LEAF_PREFIX = b"\x00"
 
 
 def run_key(workflow_id: str, run_id: str) -> bytes:
-    """The run's key on chain and the genesis head: keccak256(LCE({"spec","workflow_id","run_id"}))."""
+    """The run's key on chain and its genesis head (checkpoint spec v1, section "Run key")."""
     return keccak(
         canonical_bytes({"spec": SPEC_VERSION, "workflow_id": workflow_id, "run_id": run_id})
     )

@@ -6,7 +6,6 @@ import asyncio
 import json
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -101,7 +100,11 @@ def deploy(
 
     settings = _settings()
     path = settings.deployments_path
-    if not force and path.exists() and d.deployment_is_current(settings.rpc_url, d.load_deployment(path)):
+    if (
+        not force
+        and path.exists()
+        and d.deployment_is_current(settings.rpc_url, d.load_deployment(path))
+    ):
         out.print(f"deployment at {path} is current; use --force to redeploy")
         return
     keys = [

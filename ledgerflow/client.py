@@ -151,7 +151,7 @@ class LedgerflowClient:
                 out.state = state if isinstance(state, dict) else None
                 if out.state:
                     out.steps, out.head = out.state.get("steps"), out.state.get("head")
-            except Exception:  # noqa: BLE001 - a query is best effort (no worker, other type)
+            except Exception:
                 out.state = None
         try:
             run = await asyncio.to_thread(self.runtime.store.get_run, workflow_id, desc.run_id)
@@ -159,20 +159,24 @@ class LedgerflowClient:
                 self.runtime.store.unanchored_count, workflow_id, desc.run_id
             )
             out.anchor_state = "anchored" if pending == 0 and run.steps else "pending"
-        except Exception:  # noqa: BLE001 - the store may not know the run yet
+        except Exception:
             pass
         return out
 
     async def approve(self, workflow_id: str, approver: str = "operator", reason: str = "") -> str:
         handle = self.temporal.get_workflow_handle(workflow_id)
         return str(
-            await handle.execute_update("approve", ApprovalDecision(approver=approver, reason=reason))
+            await handle.execute_update(
+                "approve", ApprovalDecision(approver=approver, reason=reason)
+            )
         )
 
     async def reject(self, workflow_id: str, approver: str = "operator", reason: str = "") -> str:
         handle = self.temporal.get_workflow_handle(workflow_id)
         return str(
-            await handle.execute_update("reject", ApprovalDecision(approver=approver, reason=reason))
+            await handle.execute_update(
+                "reject", ApprovalDecision(approver=approver, reason=reason)
+            )
         )
 
     async def confirm_delivery(self, workflow_id: str, reference: str = "") -> None:

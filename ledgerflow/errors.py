@@ -55,7 +55,9 @@ class ChainError(LedgerflowError):
 class ContractRevert(ChainError):
     """A contract refused a call. ``error`` is the custom error's name, ``args`` its values."""
 
-    def __init__(self, error: str, args: dict[str, Any] | None = None, *, contract: str = "") -> None:
+    def __init__(
+        self, error: str, args: dict[str, Any] | None = None, *, contract: str = ""
+    ) -> None:
         self.error = error
         self.error_args = dict(args or {})
         self.contract = contract

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
@@ -13,7 +14,7 @@ __all__ = ["configure_logging", "redact"]
 _SECRET_KEYS = ("key", "secret", "token", "password", "authorization")
 
 
-def redact(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:
+def redact(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """Never let a secret-looking field reach a log line."""
     for k in list(event):
         if any(s in k.lower() for s in _SECRET_KEYS) and k not in ("key_id",):

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import asyncio
 from functools import cached_property
-from typing import Any
+from typing import Any, cast
 
+from eth_typing import ChecksumAddress
 from web3 import AsyncHTTPProvider, AsyncWeb3
 from web3.contract import AsyncContract
 
@@ -65,7 +66,8 @@ class Runtime:
             raise ConfigError(f"contract {name} is not in the deployment file") from None
 
     def contract(self, name: str) -> AsyncContract:
-        return self.w3.eth.contract(address=self.address(name), abi=load_artifact(name).abi)  # type: ignore[arg-type]
+        address = cast(ChecksumAddress, self.address(name))
+        return self.w3.eth.contract(address=address, abi=load_artifact(name).abi)
 
     @property
     def chain_id(self) -> int:

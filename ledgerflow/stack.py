@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -109,7 +110,7 @@ class ManagedProcess:
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     def start(self) -> ManagedProcess:
-        out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
+        out: Any = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         self.proc = subprocess.Popen(
             list(self.argv),
             stdout=out,
@@ -137,7 +138,9 @@ class ManagedProcess:
                 return
             time.sleep(0.1)
         self.stop()
-        raise StackError(f"{self.name} did not become ready within {timeout:.0f}s{self._log_tail()}")
+        raise StackError(
+            f"{self.name} did not become ready within {timeout:.0f}s{self._log_tail()}"
+        )
 
     def _log_tail(self) -> str:
         if not self.log_path or not self.log_path.exists():
@@ -177,7 +180,13 @@ def start_anvil(
         state_file.parent.mkdir(parents=True, exist_ok=True)
         # --state loads the file if present and dumps to it on exit; the interval bounds the loss
         # on a hard kill.
-        argv += ["--state", str(state_file), "--state-interval", "5", "--preserve-historical-states"]
+        argv += [
+            "--state",
+            str(state_file),
+            "--state-interval",
+            "5",
+            "--preserve-historical-states",
+        ]
     if block_time is not None:
         argv += ["--block-time", str(block_time)]
     argv += list(extra_args)

@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import Index, UniqueConstraint, event, func, text, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Field, Session, SQLModel, create_engine, select
+from sqlmodel import Field, Session, SQLModel, col, create_engine, select
 
 from ledgerflow.errors import StoreError
 
@@ -185,7 +185,9 @@ class Store:
     ) -> RunRow:
         with self.session() as s:
             row = s.exec(
-                select(RunRow).where(RunRow.workflow_id == workflow_id, RunRow.run_id == run_id)
+                select(RunRow).where(
+                    col(RunRow.workflow_id) == workflow_id, col(RunRow.run_id) == run_id
+                )
             ).first()
             if row is not None:
                 return row
@@ -250,9 +252,9 @@ class Store:
             s.exec(
                 update(RunRow)  # type: ignore[call-overload]
                 .where(
-                    RunRow.workflow_id == wf,
-                    RunRow.run_id == run,
-                    RunRow.steps <= last.seq,
+                    col(RunRow.workflow_id) == wf,
+                    col(RunRow.run_id) == run,
+                    col(RunRow.steps) <= last.seq,
                 )
                 .values(head=last.head, steps=last.seq + 1, updated_at=_now())
             )
@@ -263,7 +265,7 @@ class Store:
         with self.session() as s:
             s.exec(
                 update(RunRow)  # type: ignore[call-overload]
-                .where(RunRow.workflow_id == workflow_id, RunRow.run_id == run_id)
+                .where(col(RunRow.workflow_id) == workflow_id, col(RunRow.run_id) == run_id)
                 .values(status=status, updated_at=_now())
             )
             s.commit()
@@ -275,9 +277,9 @@ class Store:
             StoreError: no such run is stored.
         """
         with self.session() as s:
-            q = select(RunRow).where(RunRow.workflow_id == workflow_id)
+            q = select(RunRow).where(col(RunRow.workflow_id) == workflow_id)
             if run_id:
-                q = q.where(RunRow.run_id == run_id)
+                q = q.where(col(RunRow.run_id) == run_id)
             row = s.exec(q.order_by(RunRow.id.desc())).first()  # type: ignore[union-attr]
             if row is None:
                 raise StoreError(f"no checkpointed run for workflow {workflow_id!r}")
@@ -292,7 +294,7 @@ class Store:
         with self.session() as s:
             q = (
                 select(StepRow)
-                .where(StepRow.workflow_id == workflow_id, StepRow.run_id == run_id)
+                .where(col(StepRow.workflow_id) == workflow_id, col(StepRow.run_id) == run_id)
                 .order_by(StepRow.id)  # type: ignore[arg-type]
             )
             return list(s.exec(q))
@@ -312,7 +314,7 @@ class Store:
                 StepRow.run_id == run_id,
                 (StepRow.anchor_id.is_(None))  # type: ignore[union-attr]
                 | StepRow.anchor_id.in_(  # type: ignore[union-attr]
-                    select(AnchorRow.id).where(AnchorRow.status != "confirmed")
+                    select(AnchorRow.id).where(col(AnchorRow.status) != "confirmed")
                 ),
             )
             return int(s.exec(q).one())
@@ -373,7 +375,7 @@ class Store:
     def unfinished_anchors(self) -> list[AnchorRow]:
         with self.session() as s:
             q = select(AnchorRow).where(
-                AnchorRow.status != "confirmed", AnchorRow.mode == "batched"
+                col(AnchorRow.status) != "confirmed", col(AnchorRow.mode) == "batched"
             )
             return list(s.exec(q.order_by(AnchorRow.id)))  # type: ignore[arg-type]
 
@@ -381,7 +383,7 @@ class Store:
         with self.session() as s:
             s.exec(
                 update(AnchorRow)  # type: ignore[call-overload]
-                .where(AnchorRow.id == anchor_id)
+                .where(col(AnchorRow.id) == anchor_id)
                 .values(
                     status="confirmed",
                     tx_hash=tx_hash,
@@ -406,9 +408,9 @@ class Store:
         with self.session() as s:
             step = s.exec(
                 select(StepRow).where(
-                    StepRow.workflow_id == workflow_id,
-                    StepRow.run_id == run_id,
-                    StepRow.seq == seq,
+                    col(StepRow.workflow_id) == workflow_id,
+                    col(StepRow.run_id) == run_id,
+                    col(StepRow.seq) == seq,
                 )
             ).one()
             if step.anchor_id is not None:
@@ -436,7 +438,7 @@ class Store:
 
     def outbox_get(self, key: str) -> OutboxTx | None:
         with self.session() as s:
-            return s.exec(select(OutboxTx).where(OutboxTx.key == key)).first()
+            return s.exec(select(OutboxTx).where(col(OutboxTx.key) == key)).first()
 
     def outbox_put(self, tx: OutboxTx) -> OutboxTx:
         """Persist a signed transaction; raises IntegrityError if the key or nonce is taken."""
@@ -448,7 +450,7 @@ class Store:
     def outbox_replace(self, key: str, nonce: int, raw: str, tx_hash: str) -> OutboxTx:
         """Re-sign a dead transaction (its nonce taken by another) under the same key."""
         with self.session() as s:
-            row = s.exec(select(OutboxTx).where(OutboxTx.key == key)).one()
+            row = s.exec(select(OutboxTx).where(col(OutboxTx.key) == key)).one()
             row.nonce, row.raw, row.tx_hash, row.status = nonce, raw, tx_hash, "signed"
             s.add(row)
             s.commit()
@@ -458,7 +460,7 @@ class Store:
         with self.session() as s:
             s.exec(
                 update(OutboxTx)  # type: ignore[call-overload]
-                .where(OutboxTx.key == key)
+                .where(col(OutboxTx.key) == key)
                 .values(status=status, block_number=block_number)
             )
             s.commit()
@@ -466,7 +468,7 @@ class Store:
     def outbox_max_nonce(self, chain_id: int, sender: str) -> int | None:
         with self.session() as s:
             q = select(func.max(OutboxTx.nonce)).where(
-                OutboxTx.chain_id == chain_id, OutboxTx.sender == sender
+                col(OutboxTx.chain_id) == chain_id, col(OutboxTx.sender) == sender
             )
             value = s.exec(q).one()
             return None if value is None else int(value)
@@ -474,9 +476,9 @@ class Store:
     def outbox_unmined(self, chain_id: int, sender: str) -> list[OutboxTx]:
         with self.session() as s:
             q = select(OutboxTx).where(
-                OutboxTx.chain_id == chain_id,
-                OutboxTx.sender == sender,
-                OutboxTx.status == "signed",
+                col(OutboxTx.chain_id) == chain_id,
+                col(OutboxTx.sender) == sender,
+                col(OutboxTx.status) == "signed",
             )
             return list(s.exec(q.order_by(OutboxTx.nonce)))  # type: ignore[arg-type]
 

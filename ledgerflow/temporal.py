@@ -29,7 +29,7 @@ async def connect(address: str, namespace: str = "default", *, timeout: float = 
             # The port opens before the namespace is ready; a cheap call proves readiness.
             await client.count_workflows()
             return client
-        except Exception as exc:  # noqa: BLE001 - any failure here means "not up yet"
+        except Exception as exc:
             last = exc
             await asyncio.sleep(0.25)
     raise StackError(

@@ -100,7 +100,7 @@ def simulate_sales(settings: Settings) -> None:
     w3.eth.wait_for_transaction_receipt(
         w3.eth.send_raw_transaction(admin.sign_transaction(tx).raw_transaction)
     )
-    console.print(f"demo: recorded sales of {sold} × {DEMO_SKU}; stock now {stock - sold}")
+    console.print(f"demo: recorded sales of {sold} x {DEMO_SKU}; stock now {stock - sold}")
 
 
 async def run_demo(settings: Settings) -> bool:
@@ -116,7 +116,7 @@ async def run_demo(settings: Settings) -> bool:
         console.print(f"demo: watch it in the Temporal UI: {ui}")
         result = await lf.result(handle.id)
         console.print(
-            f"demo: outcome [bold]{result['outcome']}[/bold] — bought {result.get('quantity')} × "
+            f"demo: outcome [bold]{result['outcome']}[/bold] — bought {result.get('quantity')} x "
             f"{DEMO_SKU} from {result.get('supplier')} for "
             f"{(result.get('total') or 0) / 1e6:,.2f} tUSD (decided by {result.get('decided_by')})"
         )

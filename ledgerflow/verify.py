@@ -113,9 +113,7 @@ async def _check_per_step(
 ) -> None:
     registry = rt.contract("CheckpointRegistry")
     rk = bytes.fromhex(run.run_key[2:])
-    logs = await registry.events.Checkpointed.get_logs(
-        argument_filters={"run": rk}, from_block=0
-    )
+    logs = await registry.events.Checkpointed.get_logs(argument_filters={"run": rk}, from_block=0)
     on_chain = {int(e["args"]["seq"]): bytes(e["args"]["stepHash"]) for e in logs}
     for seq, sh in enumerate(hashes):
         got = on_chain.get(seq)
@@ -198,17 +196,18 @@ async def _check_history(
     result: Any = None
     for ev in history.events:
         if ev.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
-            attrs = ev.activity_task_scheduled_event_attributes
-            activity_types[ev.event_id] = attrs.activity_type.name
+            scheduled = ev.activity_task_scheduled_event_attributes
+            activity_types[ev.event_id] = scheduled.activity_type.name
         elif ev.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED:
-            attrs = ev.activity_task_completed_event_attributes
-            if activity_types.get(attrs.scheduled_event_id) in CHECKPOINT_ACTIVITIES:
-                acked += (_payload_json(attrs.result) or {}).get("step_hashes", [])
+            completed = ev.activity_task_completed_event_attributes
+            if activity_types.get(completed.scheduled_event_id, "") in CHECKPOINT_ACTIVITIES:
+                acked += (_payload_json(completed.result) or {}).get("step_hashes", [])
         elif ev.event_type == EventType.EVENT_TYPE_MARKER_RECORDED:
-            attrs = ev.marker_recorded_event_attributes
-            data = _payload_json(attrs.details.get("data")) if "data" in attrs.details else None
+            marker = ev.marker_recorded_event_attributes
+            data = _payload_json(marker.details["data"]) if "data" in marker.details else None
             if isinstance(data, dict) and data.get("activityType") in CHECKPOINT_ACTIVITIES:
-                acked += (_payload_json(attrs.details.get("result")) or {}).get("step_hashes", [])
+                result_payloads = marker.details["result"] if "result" in marker.details else None  # noqa: SIM401
+                acked += (_payload_json(result_payloads) or {}).get("step_hashes", [])
         elif ev.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED:
             result = _payload_json(ev.workflow_execution_completed_event_attributes.result)
     ours = [_hex(h) for h in hashes]

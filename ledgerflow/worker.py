@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import structlog
 from temporalio.api.enums.v1 import IndexedValueType
@@ -32,7 +33,7 @@ def workflow_classes() -> list[type]:
     return [ProcurementWorkflow]
 
 
-def activity_functions(runtime: Runtime) -> list[object]:
+def activity_functions(runtime: Runtime) -> list[Callable[..., Any]]:
     from activities.chain import ChainActivities
     from activities.checkpoint import CheckpointActivities
     from activities.llm import choose_supplier
@@ -63,7 +64,7 @@ def build_worker(
     *,
     task_queue: str,
     workflows: Sequence[type] | None = None,
-    activities: Sequence[object] | None = None,
+    activities: Sequence[Callable[..., Any]] | None = None,
 ) -> Worker:
     return Worker(
         client,

@@ -144,7 +144,9 @@ async def stack(stack_settings: Settings, temporal_client: Client) -> AsyncItera
     tasks = [asyncio.create_task(worker.run()), asyncio.create_task(anchorer.run(stop))]
     client = LedgerflowClient(temporal_client, stack_settings, runtime)
     try:
-        yield Stack(stack_settings, runtime, client, load_deployment(stack_settings.deployments_path))
+        yield Stack(
+            stack_settings, runtime, client, load_deployment(stack_settings.deployments_path)
+        )
     finally:
         stop.set()
         await worker.shutdown()

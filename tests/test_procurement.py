@@ -134,8 +134,9 @@ async def test_over_cap_rejected_moves_no_money(stack: Stack, admin: ChainAdmin)
         await _wait_phase(stack, wf_id, "awaiting-approval")
         await stack.client.reject(wf_id, approver="cfo@acme", reason="too expensive")
 
-    res = await _run(stack, ProcurementRequest(sku="TURBINE-10"), deliver=False,
-                     before_delivery=reject)
+    res = await _run(
+        stack, ProcurementRequest(sku="TURBINE-10"), deliver=False, before_delivery=reject
+    )
     assert res["outcome"] == "rejected" and "too expensive" in res["reason"]
     assert admin.balance(stack.deployment.agent) == before
     assert _names(stack, res["id"])[-1] == "approval.reject"
@@ -203,9 +204,12 @@ async def test_crash_between_broadcast_and_completion_pays_exactly_once(
         return result
 
     queue = f"crash-{uuid.uuid4().hex[:6]}"
-    acts = [a for a in activity_functions(stack.runtime) if getattr(a, "__name__", "") != "open_escrow"]
-    worker = build_worker(temporal_client, stack.runtime, task_queue=queue,
-                          activities=[*acts, flaky_open])
+    acts = [
+        a for a in activity_functions(stack.runtime) if getattr(a, "__name__", "") != "open_escrow"
+    ]
+    worker = build_worker(
+        temporal_client, stack.runtime, task_queue=queue, activities=[*acts, flaky_open]
+    )
     settings = stack.settings.model_copy(update={"task_queue": queue})
     lf = LedgerflowClient(temporal_client, settings, stack.runtime)
     before = admin.balance(stack.deployment.agent)
@@ -245,8 +249,11 @@ async def test_prompt_injected_answers_move_no_money_outside_policy(
     with OpenAIStub() as stub:
         set_provider(
             OpenAIProvider(
-                api_key="sk-test-SECRET-injection", base_url=stub.base_url, model="gpt-test",
-                timeout=10, max_tokens=400,
+                api_key="sk-test-SECRET-injection",
+                base_url=stub.base_url,
+                model="gpt-test",
+                timeout=10,
+                max_tokens=400,
             )
         )
         try:

@@ -210,4 +210,3 @@ class Ledger:
                 _sa_anchor_mode.value_set(self.mode),
             ]
         )
-

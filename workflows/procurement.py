@@ -11,6 +11,7 @@ money. A failure after money moved runs the compensations in reverse, each one c
 from __future__ import annotations
 
 import asyncio
+import functools
 from datetime import timedelta
 from typing import Any
 
@@ -38,7 +39,6 @@ with workflow.unsafe.imports_passed_through():
         SkuRequest,
         TxResult,
     )
-
     from workflows._ledger import Ledger, failure_output
 
 __all__ = ["ProcurementWorkflow"]
@@ -174,8 +174,10 @@ class ProcurementWorkflow:
         sku = SkuRequest(sku=req.sku)
         self._state.phase = "reading-shortfall"
         shortfall: Shortfall = await ledger.step(
-            "chain", "inventory.read_shortfall", sku, lambda: self._read(
-                "inventory.read_shortfall", sku, Shortfall)
+            "chain",
+            "inventory.read_shortfall",
+            sku,
+            lambda: self._read("inventory.read_shortfall", sku, Shortfall),
         )
         quantity = req.quantity or shortfall.needed
         if quantity <= 0:
@@ -183,8 +185,10 @@ class ProcurementWorkflow:
 
         self._state.phase = "fetching-offers"
         offers: OfferList = await ledger.step(
-            "chain", "marketplace.fetch_offers", sku, lambda: self._read(
-                "marketplace.fetch_offers", sku, OfferList)
+            "chain",
+            "marketplace.fetch_offers",
+            sku,
+            lambda: self._read("marketplace.fetch_offers", sku, OfferList),
         )
         if not offers.offers:
             raise _Stop("rejected", f"no offers for {req.sku}")
@@ -226,8 +230,10 @@ class ProcurementWorkflow:
         self._state.phase = "policy-check"
         check_req = PolicyCheckRequest(supplier=supplier, amount=total, order_id=order_id)
         check: PolicyCheck = await ledger.step(
-            "chain", "policy.precheck", check_req, lambda: self._read(
-                "policy.precheck", check_req, PolicyCheck)
+            "chain",
+            "policy.precheck",
+            check_req,
+            lambda: self._read("policy.precheck", check_req, PolicyCheck),
         )
         if not check.ok and check.error in ESCALATING_ERRORS:
             approver = await self._escalate(req, check)
@@ -236,8 +242,10 @@ class ProcurementWorkflow:
                 order_id=order_id, supplier=supplier, amount=total, approver=approver.approver
             )
             await ledger.step(
-                "chain", "policy.grant_exception", grant, lambda: self._tx(
-                    "policy.grant_exception", grant)
+                "chain",
+                "policy.grant_exception",
+                grant,
+                lambda: self._tx("policy.grant_exception", grant),
             )
 
         # Register the refund before the payment: a timed-out open may still have succeeded.
@@ -255,9 +263,13 @@ class ProcurementWorkflow:
         await self._await_delivery(req)
 
         self._state.phase = "releasing"
-        await ledger.step("chain", "escrow.release", order, lambda: self._tx("escrow.release", order))
+        await ledger.step(
+            "chain", "escrow.release", order, lambda: self._tx("escrow.release", order)
+        )
         compensations.clear()  # the supplier is paid for a delivered order: nothing to undo
-        restock = RestockRequest(sku=req.sku, quantity=decision.decision.quantity, order_id=order_id)
+        restock = RestockRequest(
+            sku=req.sku, quantity=decision.decision.quantity, order_id=order_id
+        )
         self._state.phase = "restocking"
         await ledger.step(
             "chain", "inventory.restock", restock, lambda: self._tx("inventory.restock", restock)
@@ -314,11 +326,15 @@ class ProcurementWorkflow:
         except TimeoutError:
             if simulate is not None and wait == simulate:
                 self._delivery = DeliveryConfirmation(reference="simulated-supplier")
-                ledger.record("timer", "delivery.simulated", {"after_seconds": simulate},
-                              self._delivery)
+                ledger.record(
+                    "timer", "delivery.simulated", {"after_seconds": simulate}, self._delivery
+                )
                 return
             ledger.record(
-                "timer", "delivery.deadline", {"deadline_seconds": wait}, {"expired": True},
+                "timer",
+                "delivery.deadline",
+                {"deadline_seconds": wait},
+                {"expired": True},
                 ok=False,
             )
             raise _Compensate("delivery deadline passed") from None
@@ -333,7 +349,7 @@ class ProcurementWorkflow:
         self._state.phase = "compensating"
         done: list[str] = []
         for name, arg in reversed(compensations):
-            await ledger.step("compensation", name, arg, lambda n=name, a=arg: self._tx(n, a))
+            await ledger.step("compensation", name, arg, functools.partial(self._tx, name, arg))
             done.append(name)
         compensations.clear()
         return done

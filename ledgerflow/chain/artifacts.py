@@ -1,4 +1,4 @@
-"""Compiled contract artifacts, committed under ``contracts/artifacts/`` by ``contracts/build.js``."""
+"""Compiled contract artifacts, committed under contracts/artifacts/ by contracts/build.js."""
 
 from __future__ import annotations
 

@@ -57,13 +57,17 @@ def decode_revert(data: bytes | str | None, *, contract: str = "") -> ContractRe
         return ContractRevert("Reverted", {}, contract=contract)
     known = _selectors().get(data[:4])
     if known is None:
-        return ContractRevert("UnknownError", {"selector": "0x" + data[:4].hex()}, contract=contract)
+        return ContractRevert(
+            "UnknownError", {"selector": "0x" + data[:4].hex()}, contract=contract
+        )
     name, names, types = known
     try:
         values = abi_decode(types, data[4:])
-    except Exception:  # noqa: BLE001 - malformed data still gets a name
+    except Exception:
         return ContractRevert(name, {}, contract=contract)
-    return ContractRevert(name, dict(zip(names, map(_plain, values), strict=True)), contract=contract)
+    return ContractRevert(
+        name, dict(zip(names, map(_plain, values), strict=True)), contract=contract
+    )
 
 
 def revert_from_exception(exc: ContractLogicError, *, contract: str = "") -> ContractRevert:

@@ -14,6 +14,7 @@ from typing import Any
 import structlog
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
+from eth_typing import ChecksumAddress, HexStr
 from sqlalchemy.exc import IntegrityError
 from web3 import AsyncWeb3
 from web3.exceptions import ContractLogicError, TransactionNotFound, Web3RPCError
@@ -65,7 +66,7 @@ class Signer:
     ) -> None:
         self.w3 = w3
         self._account: LocalAccount = Account.from_key(private_key)
-        self.address: str = self._account.address
+        self.address: ChecksumAddress = self._account.address
         self.store = store
         self.chain_id = chain_id
         self.confirmations = confirmations
@@ -142,7 +143,12 @@ class Signer:
                 await self._init_nonce()
             assert self._nonce is not None
             params.update(
-                {"nonce": self._nonce, "gas": gas, "chainId": self.chain_id, **(await self._fee_fields())}
+                {
+                    "nonce": self._nonce,
+                    "gas": gas,
+                    "chainId": self.chain_id,
+                    **(await self._fee_fields()),
+                }
             )
             tx = await call.build_transaction(params)
             signed = self._account.sign_transaction(tx)
@@ -202,7 +208,7 @@ class Signer:
     async def _broadcast(self, row: OutboxTx) -> bool:
         """Send the raw bytes; False when the node says the nonce is already used."""
         try:
-            await self.w3.eth.send_raw_transaction(row.raw)
+            await self.w3.eth.send_raw_transaction(HexStr(row.raw))
         except Web3RPCError as exc:
             message = str(exc).lower()
             if any(s in message for s in _KNOWN):
@@ -260,7 +266,9 @@ class Signer:
                     raise _DeadTransaction(row.tx_hash)
             await asyncio.sleep(delay)
             delay = min(delay * 1.5, 0.5)
-        raise ChainError(f"no receipt for {row.tx_hash} after {self.timeout:.0f}s (it stays queued)")
+        raise ChainError(
+            f"no receipt for {row.tx_hash} after {self.timeout:.0f}s (it stays queued)"
+        )
 
     async def _wait_confirmations(self, block: int) -> None:
         deadline = time.monotonic() + self.timeout * max(1, self.confirmations)
@@ -269,7 +277,9 @@ class Signer:
                 raise ChainError(f"block {block} did not reach {self.confirmations} confirmations")
             await asyncio.sleep(0.5)
 
-    async def _explain_revert(self, row: OutboxTx, receipt: Receipt, contract: str) -> ContractRevert:
+    async def _explain_revert(
+        self, row: OutboxTx, receipt: Receipt, contract: str
+    ) -> ContractRevert:
         tx = await self.w3.eth.get_transaction(row.tx_hash)  # type: ignore[arg-type]
         call = {"from": tx["from"], "to": tx["to"], "data": tx["input"], "value": tx["value"]}
         try:

@@ -20,7 +20,10 @@ class ChainAdmin:
     def send(self, key: str, fn: Any) -> Any:
         acct = self.w3.eth.account.from_key(key)
         tx = fn.build_transaction(
-            {"from": acct.address, "nonce": self.w3.eth.get_transaction_count(acct.address, "pending")}
+            {
+                "from": acct.address,
+                "nonce": self.w3.eth.get_transaction_count(acct.address, "pending"),
+            }
         )
         receipt = self.w3.eth.wait_for_transaction_receipt(
             self.w3.eth.send_raw_transaction(acct.sign_transaction(tx).raw_transaction)
@@ -39,8 +42,10 @@ class ChainAdmin:
         self, supplier_key: str, sku: str, price_tusd: float, lead: int, max_qty: int, text: str
     ) -> None:
         m = self.c("Marketplace")
-        price = int(round(price_tusd * TUSD))
-        self.send(supplier_key, m.functions.postOffer(sku_to_bytes32(sku), price, lead, max_qty, text))
+        price = round(price_tusd * TUSD)
+        self.send(
+            supplier_key, m.functions.postOffer(sku_to_bytes32(sku), price, lead, max_qty, text)
+        )
 
     def allow(self, supplier_key: str, allowed: bool = True) -> None:
         p = self.c("AgentPolicy")
