@@ -6,6 +6,7 @@ import asyncio
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -208,6 +209,64 @@ def verify(
         if report.first_bad_step is not None:
             out.print(f"first bad step: {report.first_bad_step}")
     raise typer.Exit(0 if report.ok else 1)
+
+
+@app.command()
+def proof(
+    workflow_id: str,
+    step: Annotated[int, typer.Option("--step", "-n", help="the step's seq (0-based)")],
+    run_id: Annotated[str | None, typer.Option(help="a specific run")] = None,
+    output: Annotated[Path | None, typer.Option("--out", "-o", help="write to this file")] = None,
+    include_preimages: Annotated[
+        bool, typer.Option(help="disclose this step's own input and output values")
+    ] = False,
+) -> None:
+    """Write the self-contained proof document of one step (reveals no other step)."""
+    from ledgerflow.proofs import build_step_proof
+    from ledgerflow.runtime import Runtime
+
+    settings = _settings()
+    doc = _run(
+        build_step_proof(
+            Runtime(settings), workflow_id, step, run_id, include_preimages=include_preimages
+        )
+    )
+    text = json.dumps(doc, indent=2, sort_keys=True) + "\n"
+    if output is None:
+        sys.stdout.write(text)
+    else:
+        output.write_text(text)
+        err.print(f"wrote the proof of step {step} of {workflow_id} to {output}")
+
+
+@app.command("verify-proof")
+def verify_proof(
+    file: Annotated[Path, typer.Argument(help="a proof document written by `ledgerflow proof`")],
+    offline: Annotated[bool, typer.Option(help="skip the chain checks")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Check a step proof offline and against the chain (RPC from settings). Exit 0 only if ok."""
+    from ledgerflow.proofs import verify_proof_document
+
+    settings = _settings()
+    w3 = None
+    if not offline:
+        from ledgerflow.chain.deploy import connect as connect_chain
+
+        w3 = connect_chain(settings.rpc_url)
+    try:
+        check = verify_proof_document(file.read_text(), w3=w3)
+    except (OSError, LedgerflowError) as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    if as_json:
+        sys.stdout.write(check.model_dump_json(indent=2) + "\n")
+    else:
+        mark = "[green]ok[/green]" if check.ok else "[red]FAILED[/red]"
+        out.print(f"{file}: {mark}")
+        for p in check.problems:
+            out.print(f"  - {p}")
+    raise typer.Exit(0 if check.ok else 1)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
