@@ -106,8 +106,15 @@ class LedgerflowClient:
     ) -> WorkflowHandle[Any, Any]:
         """Start a run. ``anchor_mode`` left empty takes the global setting."""
         arg = input if isinstance(input, BaseModel) else parse_input(workflow_type, input)
-        if getattr(arg, "anchor_mode", "unset") is None:
-            arg = arg.model_copy(update={"anchor_mode": self.settings.anchor_mode})
+        # Per-run checkpoint options left empty take the global settings, fixed at start so that
+        # the run replays the same way whatever the worker's settings are later.
+        defaults = {
+            "anchor_mode": self.settings.anchor_mode,
+            "wait_for_anchor": self.settings.wait_for_anchor,
+        }
+        fill = {k: v for k, v in defaults.items() if getattr(arg, k, "unset") is None}
+        if fill:
+            arg = arg.model_copy(update=fill)
         wf_id = workflow_id or f"{_kebab(workflow_type)}-{uuid.uuid4().hex[:12]}"
         return await self.temporal.start_workflow(
             workflow_type,

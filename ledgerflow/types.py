@@ -110,6 +110,9 @@ class ProcurementRequest(_Model):
     anchor_mode: AnchorMode | None = Field(
         None, description="per-run anchoring mode; null = the starter's or workflow default"
     )
+    wait_for_anchor: bool | None = Field(
+        None, description="complete only after the last step is anchored; null = default (true)"
+    )
     trigger: str | None = Field(None, description="what started the run (webhook id, event, ...)")
 
 

@@ -129,7 +129,9 @@ class ProcurementWorkflow:
 
     @workflow.run
     async def run(self, request: ProcurementRequest) -> ProcurementResult:
-        ledger = self._ledger = Ledger(request.anchor_mode)
+        ledger = self._ledger = Ledger(
+            request.anchor_mode, wait_for_anchor=request.wait_for_anchor is not False
+        )
         order_id = to_hex(
             hash_obj({"purpose": "procurement-order", "workflow_id": workflow.info().workflow_id})
         )
