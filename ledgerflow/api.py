@@ -45,7 +45,12 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from ledgerflow import __version__
-from ledgerflow.client import WORKFLOW_INPUTS, LedgerflowClient, parse_input
+from ledgerflow.client import (
+    WORKFLOW_INPUTS,
+    LedgerflowClient,
+    parse_input,
+    workflow_id_prefix,
+)
 from ledgerflow.errors import ConfigError, WebhookError
 from ledgerflow.settings import Settings
 from ledgerflow.store import Store, WebhookDelivery
@@ -245,16 +250,7 @@ def verify_signature(
 def webhook_workflow_id(workflow_type: str, webhook_id: str) -> str:
     """The workflow id a start delivery gets: the same webhook-id always gives the same id."""
     digest = hashlib.sha256(webhook_id.encode()).hexdigest()[:16]
-    return f"{_kebab(workflow_type)}-wh-{digest}"
-
-
-def _kebab(name: str) -> str:
-    out = []
-    for i, ch in enumerate(name.removesuffix("Workflow")):
-        if ch.isupper() and i:
-            out.append("-")
-        out.append(ch.lower())
-    return "".join(out)
+    return f"{workflow_id_prefix(workflow_type)}-wh-{digest}"
 
 
 # ---- the store: one row per accepted webhook-id -----------------------------------------------

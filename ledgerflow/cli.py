@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -35,6 +35,20 @@ def _settings() -> Settings:
     return s
 
 
+def _until_signal(serve: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+    """Run ``serve(stop)`` until SIGINT or SIGTERM sets ``stop``."""
+    import signal
+
+    async def _main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(stop)
+
+    asyncio.run(_main())
+
+
 def _emit(data: Any, as_json: bool) -> None:
     if as_json:
         sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
@@ -56,39 +70,19 @@ def worker(
     anchorer: Annotated[bool, typer.Option(help="also run the batch anchorer")] = True,
 ) -> None:
     """Run a worker (workflows, activities and the batch anchorer)."""
-    import signal
-
     from ledgerflow.worker import run_worker
 
     settings = _settings()
-
-    async def _main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await run_worker(settings, stop, anchorer=anchorer)
-
-    asyncio.run(_main())
+    _until_signal(lambda stop: run_worker(settings, stop, anchorer=anchorer))
 
 
 @app.command()
 def api() -> None:
     """Serve the HTTP API (webhooks, health, OpenAPI at /docs)."""
-    import signal
-
     from ledgerflow.api import serve_api
 
     settings = _settings()
-
-    async def _main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await serve_api(settings, stop)
-
-    asyncio.run(_main())
+    _until_signal(lambda stop: serve_api(settings, stop))
 
 
 @app.command()

@@ -25,7 +25,13 @@ from ledgerflow.types import (
     ProcurementRequest,
 )
 
-__all__ = ["WORKFLOW_INPUTS", "LedgerflowClient", "RunStatus", "parse_input"]
+__all__ = [
+    "WORKFLOW_INPUTS",
+    "LedgerflowClient",
+    "RunStatus",
+    "parse_input",
+    "workflow_id_prefix",
+]
 
 #: Workflow type (Temporal name) → its one input model.
 WORKFLOW_INPUTS: dict[str, type[BaseModel]] = {
@@ -115,7 +121,7 @@ class LedgerflowClient:
         fill = {k: v for k, v in defaults.items() if getattr(arg, k, "unset") is None}
         if fill:
             arg = arg.model_copy(update=fill)
-        wf_id = workflow_id or f"{_kebab(workflow_type)}-{uuid.uuid4().hex[:12]}"
+        wf_id = workflow_id or f"{workflow_id_prefix(workflow_type)}-{uuid.uuid4().hex[:12]}"
         return await self.temporal.start_workflow(
             workflow_type,
             arg,
@@ -200,7 +206,8 @@ class LedgerflowClient:
         return [r.model_dump(mode="json") for r in rows]
 
 
-def _kebab(name: str) -> str:
+def workflow_id_prefix(name: str) -> str:
+    """``ProcurementWorkflow`` → ``procurement``: the prefix of generated workflow ids."""
     out = []
     for i, ch in enumerate(name.removesuffix("Workflow")):
         if ch.isupper() and i:
