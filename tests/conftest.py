@@ -60,7 +60,9 @@ def anvil(logs_dir: Path) -> Iterator[Anvil]:
 @pytest.fixture(scope="session")
 def temporal_address(logs_dir: Path) -> Iterator[str]:
     port = free_port()
-    proc = start_temporal(port, log_path=logs_dir / "temporal.log")
+    ui_port = free_port()
+    proc = start_temporal(port, ui_port=ui_port, log_path=logs_dir / "temporal.log")
+    os.environ["LEDGERFLOW_TEST_UI_URL"] = f"http://127.0.0.1:{ui_port}"
     try:
         yield f"127.0.0.1:{port}"
     finally:
