@@ -142,11 +142,42 @@ def start(
         data: dict[str, Any] = {"workflow_id": handle.id, "run_id": handle.result_run_id}
         if wait:
             if not as_json:
-                err.print(f"started {handle.id}; waiting for the result…")
-            data["result"] = await lf.result(handle.id)
+                err.print(f"started {handle.id}; waiting for the result (Ctrl-C stops waiting)")
+            data["result"] = await _wait_with_progress(lf, handle.id, show=not as_json)
         return data
 
     _emit(_run(_main()), as_json)
+
+
+async def _wait_with_progress(lf: Any, workflow_id: str, *, show: bool) -> dict[str, Any]:
+    """Wait for the result; meanwhile print each phase and step count as the run moves."""
+    result_task = asyncio.ensure_future(lf.result(workflow_id))
+    last: tuple[Any, ...] = ()
+    while not result_task.done():
+        if show:
+            try:
+                st = await lf.status(workflow_id)
+            except Exception:  # progress is best effort; the result decides
+                st = None
+            if st is not None and st.state:
+                now = (st.state.get("phase"), st.steps, st.anchor_state)
+                if now != last:
+                    last = now
+                    waiting = (
+                        f", waiting for {st.state['awaiting']}" if st.state.get("awaiting") else ""
+                    )
+                    err.print(
+                        f"  {now[0]}: {now[1]} step(s) checkpointed, anchors {now[2] or 'pending'}"
+                        f"{waiting}"
+                    )
+        await asyncio.wait([result_task], timeout=0.5)
+    result: dict[str, Any] = result_task.result()
+    if show:
+        err.print(
+            f"  done: {result.get('outcome')} after {result.get('steps')} steps, "
+            f"{'anchored' if result.get('anchored') else 'anchoring pending'}"
+        )
+    return result
 
 
 @app.command()
@@ -261,6 +292,53 @@ def verify_proof(
         for p in check.problems:
             out.print(f"  - {p}")
     raise typer.Exit(0 if check.ok else 1)
+
+
+@app.command()
+def bench(
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+    quick: Annotated[bool, typer.Option(help="tiny sizes: a smoke run")] = False,
+    only: Annotated[
+        str | None, typer.Option(help="sections, e.g. throughput,gas,signer,verification,webhook")
+    ] = None,
+    runs: Annotated[int | None, typer.Option(help="throughput: N concurrent runs")] = None,
+    steps: Annotated[int | None, typer.Option(help="throughput: K steps per run")] = None,
+    rounds: Annotated[int | None, typer.Option(help="throughput: rounds of all modes")] = None,
+    gas_sizes: Annotated[str | None, typer.Option(help="gas: batch sizes, e.g. 1,16")] = None,
+    signer_txs: Annotated[int | None, typer.Option(help="signer: M concurrent sends")] = None,
+    verify_steps: Annotated[int | None, typer.Option(help="verification: steps")] = None,
+    webhooks: Annotated[int | None, typer.Option(help="webhook: starts per path")] = None,
+) -> None:
+    """Measure checkpointing against its baselines on a throw-away stack of its own."""
+    from ledgerflow.bench import config_from_options, progress_printer, render_report, run_bench
+
+    configure_logging("WARNING", "auto")
+    try:
+        cfg = config_from_options(
+            quick=quick,
+            sections=only,
+            runs=runs,
+            steps=steps,
+            rounds=rounds,
+            gas_batch_sizes=gas_sizes,
+            signer_txs=signer_txs,
+            verify_steps=verify_steps,
+            webhooks=webhooks,
+        )
+    except LedgerflowError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    report = _run(run_bench(cfg, progress=progress_printer()))
+    if as_json:
+        sys.stdout.write(json.dumps(report, indent=2, default=str) + "\n")
+    else:
+        render_report(report, out)
+
+
+from ledgerflow.cli_schedule import schedule_app, watch  # noqa: E402
+
+app.add_typer(schedule_app, name="schedule")
+app.command()(watch)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
