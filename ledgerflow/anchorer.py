@@ -46,15 +46,19 @@ class Anchorer:
         self.anchored_roots = 0
 
     async def run(self, stop: asyncio.Event) -> None:
-        await self.resume()
+        unfinished = True  # batches claimed by an earlier process, or by a failed attempt
         while not stop.is_set():
             try:
+                if unfinished:
+                    await self.resume()
+                    unfinished = False
                 if not await self.tick():
                     await asyncio.wait_for(stop.wait(), self.poll)
             except TimeoutError:
                 continue
-            except Exception:
+            except Exception:  # keep anchoring: the claimed batch stays pending, retried next
                 log.exception("anchoring failed; will retry")
+                unfinished = True
                 await asyncio.sleep(1.0)
 
     async def tick(self, *, force: bool = False) -> bool:

@@ -29,7 +29,12 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 from sqlmodel import select
 from web3 import AsyncWeb3, Web3
-from web3.exceptions import TransactionNotFound
+from web3.exceptions import (
+    BadFunctionCallOutput,
+    ContractLogicError,
+    TransactionNotFound,
+    Web3Exception,
+)
 
 from ledgerflow.anchorer import build_batch
 from ledgerflow.canonical import SPEC_VERSION, CanonicalError, canonical_bytes, keccak
@@ -383,6 +388,7 @@ class _Facts(BaseModel):
 
     chain_id: int
     has_code: bool
+    call_error: str | None = None
     anchored_at: int | None = None
     verify_step: bool | None = None
     receipt: dict[str, Any] | None = None
@@ -409,6 +415,8 @@ def _judge(parsed: _Parsed, facts: _Facts) -> list[str]:
         return p
     if not facts.has_code:
         return [f"no contract at registry {parsed.registry} on chain {parsed.chain_id}"]
+    if facts.call_error is not None:
+        return [f"{parsed.registry} does not answer as a CheckpointRegistry: {facts.call_error}"]
     if parsed.mode == "batched":
         if not facts.anchored_at:
             p.append("the registry never anchored root")
@@ -473,16 +481,20 @@ def _facts_sync(w3: Web3, parsed: _Parsed) -> _Facts:
             return facts
         if parsed.mode == "batched":
             reg = _registry(w3, parsed.registry)
-            facts.anchored_at = int(reg.functions.anchoredAt(parsed.root).call())
-            facts.verify_step = bool(
-                reg.functions.verifyStep(parsed.root, parsed.step_hash, parsed.proof).call()
-            )
+            try:
+                facts.anchored_at = int(reg.functions.anchoredAt(parsed.root).call())
+                facts.verify_step = bool(
+                    reg.functions.verifyStep(parsed.root, parsed.step_hash, parsed.proof).call()
+                )
+            except (ContractLogicError, BadFunctionCallOutput) as exc:
+                facts.call_error = type(exc).__name__
+                return facts
         try:
             facts.receipt = dict(w3.eth.get_transaction_receipt(parsed.tx_hash))  # type: ignore[arg-type]
         except TransactionNotFound:
             facts.receipt = None
         return facts
-    except (OSError, ValueError) as exc:
+    except (OSError, Web3Exception) as exc:
         raise ChainError(f"chain query failed while verifying a proof: {exc}") from None
 
 
@@ -498,16 +510,22 @@ async def _facts_async(w3: AsyncWeb3, parsed: _Parsed) -> _Facts:
             return facts
         if parsed.mode == "batched":
             reg = _registry(w3, parsed.registry)
-            facts.anchored_at = int(await reg.functions.anchoredAt(parsed.root).call())
-            facts.verify_step = bool(
-                await reg.functions.verifyStep(parsed.root, parsed.step_hash, parsed.proof).call()
-            )
+            try:
+                facts.anchored_at = int(await reg.functions.anchoredAt(parsed.root).call())
+                facts.verify_step = bool(
+                    await reg.functions.verifyStep(
+                        parsed.root, parsed.step_hash, parsed.proof
+                    ).call()
+                )
+            except (ContractLogicError, BadFunctionCallOutput) as exc:
+                facts.call_error = type(exc).__name__
+                return facts
         try:
             facts.receipt = dict(await w3.eth.get_transaction_receipt(parsed.tx_hash))  # type: ignore[arg-type]
         except TransactionNotFound:
             facts.receipt = None
         return facts
-    except (OSError, ValueError) as exc:
+    except (OSError, Web3Exception) as exc:
         raise ChainError(f"chain query failed while verifying a proof: {exc}") from None
 
 

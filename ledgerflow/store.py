@@ -341,6 +341,9 @@ class Store:
         crash leaves either no batch or a complete pending one (resumed by the anchorer).
         """
         with self.session() as s:
+            if self.is_sqlite:
+                # Take the write lock before reading, so two claimers never read the same steps.
+                s.connection().exec_driver_sql("BEGIN IMMEDIATE")
             q = (
                 select(StepRow)
                 .where(

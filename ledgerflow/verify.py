@@ -21,6 +21,7 @@ from pydantic import BaseModel, Field
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 from temporalio.service import RPCError
+from web3.logs import DISCARD
 
 from ledgerflow.canonical import SPEC_VERSION, canonical_bytes, keccak
 from ledgerflow.checkpoint import leaf_hash, next_head, run_key
@@ -170,7 +171,12 @@ async def _root_on_chain(rt: Runtime, registry: Any, anchor: AnchorRow) -> bool:
     if not anchor.tx_hash:
         return True
     receipt = await rt.w3.eth.get_transaction_receipt(anchor.tx_hash)  # type: ignore[arg-type]
-    for event in registry.events.RootAnchored().process_receipt(receipt):
+    if int(receipt["status"]) != 1 or int(receipt["blockNumber"]) != block:
+        return False
+    for event in registry.events.RootAnchored().process_receipt(receipt, errors=DISCARD):
+        # process_receipt decodes any log with the event's shape: insist on our registry.
+        if str(event["address"]).lower() != str(registry.address).lower():
+            continue
         if bytes(event["args"]["root"]) == root:
             return True
     return False
@@ -205,7 +211,12 @@ async def _check_history(
         elif ev.event_type == EventType.EVENT_TYPE_MARKER_RECORDED:
             marker = ev.marker_recorded_event_attributes
             data = _payload_json(marker.details["data"]) if "data" in marker.details else None
-            if isinstance(data, dict) and data.get("activityType") in CHECKPOINT_ACTIVITIES:
+            kind = (
+                (data.get("activity_type") or data.get("activityType"))
+                if isinstance(data, dict)
+                else None
+            )
+            if kind in CHECKPOINT_ACTIVITIES:
                 result_payloads = marker.details["result"] if "result" in marker.details else None  # noqa: SIM401
                 acked += (_payload_json(result_payloads) or {}).get("step_hashes", [])
         elif ev.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED:
