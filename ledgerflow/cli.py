@@ -220,7 +220,11 @@ def verify(
                 client = await connect(settings.temporal_address, settings.namespace, timeout=5)
             except LedgerflowError:
                 err.print("note: Temporal is not reachable; verifying without history")
-        return await verify_run(Runtime(settings), workflow_id, run_id, client=client)
+        runtime = Runtime(settings)
+        try:
+            return await verify_run(runtime, workflow_id, run_id, client=client)
+        finally:
+            await runtime.aclose()
 
     report = _run(_main())
     if as_json:
@@ -251,11 +255,17 @@ def proof(
     from ledgerflow.runtime import Runtime
 
     settings = _settings()
-    doc = _run(
-        build_step_proof(
-            Runtime(settings), workflow_id, step, run_id, include_preimages=include_preimages
-        )
-    )
+
+    async def _main() -> dict[str, Any]:
+        runtime = Runtime(settings)
+        try:
+            return await build_step_proof(
+                runtime, workflow_id, step, run_id, include_preimages=include_preimages
+            )
+        finally:
+            await runtime.aclose()
+
+    doc = _run(_main())
     text = json.dumps(doc, indent=2, sort_keys=True) + "\n"
     if output is None:
         sys.stdout.write(text)

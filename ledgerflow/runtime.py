@@ -39,6 +39,11 @@ class Runtime:
     def w3(self) -> AsyncWeb3:
         return AsyncWeb3(AsyncHTTPProvider(self.settings.rpc_url, request_kwargs={"timeout": 30}))
 
+    async def aclose(self) -> None:
+        """Close the JSON-RPC session (if one was opened)."""
+        if "w3" in self.__dict__:
+            await self.w3.provider.disconnect()  # type: ignore[attr-defined]
+
     @property
     def deployment(self) -> Any:
         """The contracts' addresses, from ``.ledgerflow/deployments.json`` (read once).

@@ -110,11 +110,23 @@ def verify_steps(
 
 
 async def _check_per_step(
-    rt: Runtime, run: RunRow, rows: list[StepRow], hashes: list[bytes], head: bytes, f: _Findings
+    rt: Runtime,
+    run: RunRow,
+    rows: list[StepRow],
+    hashes: list[bytes],
+    head: bytes,
+    anchors: dict[int, AnchorRow],
+    f: _Findings,
 ) -> None:
     registry = rt.contract("CheckpointRegistry")
     rk = bytes.fromhex(run.run_key[2:])
-    logs = await registry.events.Checkpointed.get_logs(argument_filters={"run": rk}, from_block=0)
+    # Scan from the first anchoring block (not genesis) when this chain is that long.
+    first = min((a.block_number for a in anchors.values() if a.block_number), default=0)
+    if first > int(await rt.w3.eth.block_number):
+        first = 0
+    logs = await registry.events.Checkpointed.get_logs(
+        argument_filters={"run": rk}, from_block=first
+    )
     on_chain = {int(e["args"]["seq"]): bytes(e["args"]["stepHash"]) for e in logs}
     for seq, sh in enumerate(hashes):
         got = on_chain.get(seq)
@@ -254,9 +266,20 @@ async def verify_run(
     anchors = await asyncio.to_thread(
         store.get_anchors, [r.anchor_id for r in rows if r.anchor_id is not None]
     )
+    node_chain = int(await rt.w3.eth.chain_id)
+    if node_chain != rt.chain_id:
+        f.bad(None, f"the node is chain {node_chain}, the deployment says chain {rt.chain_id}")
+    registry_address = rt.address("CheckpointRegistry").lower()
+    for a in sorted(anchors.values(), key=lambda a: a.id or 0):
+        if (a.chain_id is not None and a.chain_id != node_chain) or (
+            a.registry_address and a.registry_address.lower() != registry_address
+        ):
+            seqs = [r.seq for r in rows if r.anchor_id == a.id]
+            f.bad(min(seqs) if seqs else None, "anchored on another chain or registry")
+            break
     pending = 0
     if run.anchor_mode == "per-step":
-        await _check_per_step(rt, run, rows, hashes, head, f)
+        await _check_per_step(rt, run, rows, hashes, head, anchors, f)
     else:
         pending = await _check_batched(rt, rows, hashes, anchors, f)
     history_checked = False
