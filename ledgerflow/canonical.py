@@ -7,24 +7,16 @@ Temporal's workflow sandbox.
 
 from __future__ import annotations
 
+from json.encoder import encode_basestring as _encode_basestring  # type: ignore[attr-defined]
 from typing import Any
 
-from Crypto.Hash import keccak as _keccak
 from pydantic import BaseModel
+
+from ledgerflow.merkle import keccak256 as _fast_keccak
 
 __all__ = ["SPEC_VERSION", "CanonicalError", "canonical_bytes", "hash_obj", "keccak", "to_hex"]
 
 SPEC_VERSION = 1
-
-_ESCAPES = {
-    '"': '\\"',
-    "\\": "\\\\",
-    "\b": "\\b",
-    "\f": "\\f",
-    "\n": "\\n",
-    "\r": "\\r",
-    "\t": "\\t",
-}
 
 
 class CanonicalError(ValueError):
@@ -33,9 +25,7 @@ class CanonicalError(ValueError):
 
 def keccak(data: bytes) -> bytes:
     """Return the 32-byte Keccak-256 digest (Ethereum's, not SHA3-256) of ``data``."""
-    h = _keccak.new(digest_bits=256)
-    h.update(data)
-    return h.digest()
+    return _fast_keccak(data)
 
 
 def to_hex(data: bytes) -> str:
@@ -43,18 +33,15 @@ def to_hex(data: bytes) -> str:
     return "0x" + data.hex()
 
 
+def encode_string(s: str) -> str:
+    """A JSON string literal per LCE-1 (used by fast paths that build records by hand)."""
+    return _string(s)
+
+
 def _string(s: str) -> str:
-    out = ['"']
-    for ch in s:
-        esc = _ESCAPES.get(ch)
-        if esc is not None:
-            out.append(esc)
-        elif ord(ch) < 0x20:
-            out.append(f"\\u{ord(ch):04x}")
-        else:
-            out.append(ch)
-    out.append('"')
-    return "".join(out)
+    # The stdlib's C encoder (ensure_ascii=False) writes exactly LCE-1's escapes: \" \\ \b \f
+    # \n \r \t, other controls as lower-case \u00xx, everything else literal (tests pin it).
+    return _encode_basestring(s)
 
 
 def _encode(value: Any, out: list[str]) -> None:

@@ -23,6 +23,7 @@ are checked against each other at import time.
 from __future__ import annotations
 
 import ctypes
+import threading
 from collections.abc import Callable, Iterable, Sequence
 
 from Crypto.Hash import keccak as _keccak_mod
@@ -45,6 +46,9 @@ _Hash64 = Callable[[bytes], bytes]
 
 def _slow_keccak256(data: bytes) -> bytes:
     return _keccak_mod.new(data=data, digest_bits=256).digest()
+
+
+_PER_THREAD = threading.local()
 
 
 class _RawKeccak:
@@ -76,15 +80,18 @@ class _RawKeccak:
         return state, ctypes.create_string_buffer(32)
 
     def one(self, data: bytes) -> bytes:
-        state, buf = self.open()
-        try:
-            if self.absorb(state, data, ctypes.c_size_t(len(data))) or self.digest(
-                state, buf, self.out_len, self.padding
-            ):
-                raise RuntimeError("keccak failed")
-            return buf.raw
-        finally:
-            self.destroy(state)
+        # One reusable C state per thread (never shared between threads): reset, absorb, digest.
+        cached = getattr(_PER_THREAD, "keccak", None)
+        if cached is None:
+            cached = _PER_THREAD.keccak = self.open()
+        state, buf = cached
+        if (
+            self.reset(state)
+            | self.absorb(state, data, ctypes.c_size_t(len(data)))
+            | self.digest(state, buf, self.out_len, self.padding)
+        ):
+            raise RuntimeError("keccak failed")
+        return buf.raw
 
     def hasher64(self, state: ctypes.c_void_p, buf: ctypes.Array[ctypes.c_char]) -> _Hash64:
         """A function hashing 64-byte preimages with ``state``; valid until ``state`` is freed."""
