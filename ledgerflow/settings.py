@@ -47,7 +47,6 @@ class Settings(BaseSettings):
 
     # Chain
     rpc_url: str = "http://127.0.0.1:8545"
-    chain_id: int | None = None
     confirmations: int = Field(0, ge=0)
     orchestrator_key: SecretStr | None = Field(
         None, description="orchestrator key: writes checkpoints, restocks (0x-hex)"

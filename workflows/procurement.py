@@ -17,7 +17,7 @@ from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError
+from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from ledgerflow.canonical import hash_obj, to_hex
@@ -132,9 +132,20 @@ class ProcurementWorkflow:
         ledger = self._ledger = Ledger(
             request.anchor_mode, wait_for_anchor=request.wait_for_anchor is not False
         )
+        # One purchase order per workflow execution chain: retries and continue-as-new keep the
+        # first run id (so a retried run never pays twice), a new start under a reused workflow
+        # id is a new order (so it can never pass off an earlier run's payment as its own).
+        info = workflow.info()
         order_id = to_hex(
-            hash_obj({"purpose": "procurement-order", "workflow_id": workflow.info().workflow_id})
+            hash_obj(
+                {
+                    "purpose": "procurement-order",
+                    "workflow_id": info.workflow_id,
+                    "first_run_id": info.first_execution_run_id,
+                }
+            )
         )
+        self._state.order_id = order_id
         result: dict[str, Any] = {"sku": request.sku, "order_id": order_id}
         compensations: list[tuple[str, Any]] = []
         outcome, reason = "completed", ""
@@ -144,7 +155,17 @@ class ProcurementWorkflow:
             outcome, reason = stop.outcome, stop.reason
         except (ActivityError, _Compensate, asyncio.CancelledError) as err:
             outcome, reason = "compensated", _reason(err)
-            done = await asyncio.shield(asyncio.ensure_future(self._compensate(compensations)))
+            try:
+                done = await asyncio.shield(asyncio.ensure_future(self._compensate(compensations)))
+            except ActivityError as comp_err:
+                # Never swallowed: the run fails loudly, after its steps (the failed compensation
+                # included) are checkpointed, so the record shows what needs a human.
+                await ledger.finish("compensation-failed")
+                raise ApplicationError(
+                    f"compensation failed after {reason}: {_reason(comp_err)}; needs a human",
+                    type="CompensationFailed",
+                    non_retryable=True,
+                ) from comp_err
             result["compensations"] = done
             if isinstance(err, asyncio.CancelledError):
                 await ledger.finish("cancelled")
@@ -293,7 +314,7 @@ class ProcurementWorkflow:
                 "timer",
                 "approval.timeout",
                 {"timeout_seconds": req.approval_timeout_seconds, "error": check.error},
-                {"expired": True},
+                {"error": {"type": "ApprovalTimeout", "message": "no approval before the timeout"}},
                 ok=False,
             )
             raise _Stop("rejected", "approval timed out") from None
@@ -336,7 +357,7 @@ class ProcurementWorkflow:
                 "timer",
                 "delivery.deadline",
                 {"deadline_seconds": wait},
-                {"expired": True},
+                {"error": {"type": "DeliveryDeadline", "message": "no delivery by the deadline"}},
                 ok=False,
             )
             raise _Compensate("delivery deadline passed") from None
