@@ -320,7 +320,7 @@ def bench(
     webhooks: Annotated[int | None, typer.Option(help="webhook: starts per path")] = None,
 ) -> None:
     """Measure checkpointing against its baselines on a throw-away stack of its own."""
-    from ledgerflow.bench import config_from_options, progress_printer, render_report, run_bench
+    from ledgerflow.bench import config_from_options, progress_printer, render_report, run_bench_cli
 
     configure_logging("WARNING", "auto")
     try:
@@ -338,7 +338,7 @@ def bench(
     except LedgerflowError as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
-    report = _run(run_bench(cfg, progress=progress_printer()))
+    report = _run(run_bench_cli(cfg, progress=progress_printer()))
     if as_json:
         sys.stdout.write(json.dumps(report, indent=2, default=str) + "\n")
     else:

@@ -21,7 +21,9 @@ from ledgerflow.settings import Settings, get_settings
 from ledgerflow.temporal import connect
 from ledgerflow.types import (
     ApprovalDecision,
+    ContentRequest,
     DeliveryConfirmation,
+    InvoiceRequest,
     ProcurementRequest,
 )
 
@@ -36,6 +38,8 @@ __all__ = [
 #: Workflow type (Temporal name) → its one input model.
 WORKFLOW_INPUTS: dict[str, type[BaseModel]] = {
     "ProcurementWorkflow": ProcurementRequest,
+    "InvoiceReconciliationWorkflow": InvoiceRequest,
+    "ContentProvenanceWorkflow": ContentRequest,
 }
 
 _SA_STATUS = SearchAttributeKey.for_keyword("LedgerflowStatus")
@@ -94,7 +98,7 @@ class LedgerflowClient:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        return None
+        await self.close()
 
     @property
     def runtime(self) -> Runtime:
@@ -197,9 +201,36 @@ class LedgerflowClient:
         await handle.signal("confirm_delivery", DeliveryConfirmation(reference=reference))
 
     async def verify(self, workflow_id: str, run_id: str | None = None) -> Any:
+        """Verify a run (preimages, chain, Temporal history); returns a ``VerifyReport``."""
         from ledgerflow.verify import verify_run
 
         return await verify_run(self.runtime, workflow_id, run_id, client=self.temporal)
+
+    async def proof(
+        self,
+        workflow_id: str,
+        step: int,
+        run_id: str | None = None,
+        *,
+        include_preimages: bool = False,
+    ) -> dict[str, Any]:
+        """The self-contained proof document of one step (see docs/checkpoint-spec.md)."""
+        from ledgerflow.proofs import build_step_proof
+
+        return await build_step_proof(
+            self.runtime, workflow_id, step, run_id, include_preimages=include_preimages
+        )
+
+    async def verify_proof(self, document: dict[str, Any] | str) -> Any:
+        """Check a proof document offline and against this client's chain (``ProofCheck``)."""
+        from ledgerflow.proofs import verify_proof_document_async
+
+        return await verify_proof_document_async(document, w3=self.runtime.w3)
+
+    async def close(self) -> None:
+        """Release the chain connection (the Temporal client needs no closing)."""
+        if self._runtime is not None:
+            await self._runtime.aclose()
 
     async def list_runs(self, limit: int = 20) -> list[dict[str, Any]]:
         rows = await asyncio.to_thread(self.runtime.store.list_runs, limit)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+from typing import Any
 from urllib.parse import urlparse
 
 import structlog
@@ -80,9 +81,13 @@ def ensure_deployed(settings: Settings) -> None:
     console.print(f"contracts: deployed and seeded (registry {d.contracts['CheckpointRegistry']})")
 
 
-def simulate_sales(settings: Settings) -> None:
-    """Demo: if the SKU is fully stocked (an earlier demo restocked it), record sales that take
-    it below its reorder threshold, as a shop would; the ledger emits ShortfallDetected."""
+#: What the demo's procurements add to the shortfall: a simulated supplier delivers after 2 s.
+DEMO_PROCUREMENT = {"simulate_delivery_after_seconds": 2}
+
+
+def simulate_sales(settings: Settings) -> Any:
+    """Demo: record sales that leave the SKU below its reorder threshold, as a shop would; the
+    ledger emits ShortfallDetected. Returns the receipt (None if there is no stock to sell)."""
     from ledgerflow.chain import deploy
 
     d = deploy.load_deployment(settings.deployments_path)
@@ -90,28 +95,55 @@ def simulate_sales(settings: Settings) -> None:
     inv = deploy.contract(w3, "InventoryLedger", d.contracts["InventoryLedger"])
     sku = deploy.sku_to_bytes32(DEMO_SKU)
     stock, threshold, _target = inv.functions.item(sku).call()
-    if stock < threshold:
-        return
-    sold = stock - threshold + 30
+    sold = stock - threshold + 30 if stock >= threshold else min(5, stock)
+    if sold <= 0:
+        return None
     admin = w3.eth.account.from_key(settings.dev_key(0))
     tx = inv.functions.consume(sku, sold).build_transaction(
         {"from": admin.address, "nonce": w3.eth.get_transaction_count(admin.address, "pending")}
     )
-    w3.eth.wait_for_transaction_receipt(
+    receipt = w3.eth.wait_for_transaction_receipt(
         w3.eth.send_raw_transaction(admin.sign_transaction(tx).raw_transaction)
     )
     console.print(f"demo: recorded sales of {sold} x {DEMO_SKU}; stock now {stock - sold}")
+    return receipt
 
 
 async def run_demo(settings: Settings) -> bool:
+    """The flagship, event-driven: sales cause an on-chain shortfall, the chain-event watcher
+    starts the procurement for that event (the demo starts the same run with USE_EXISTING, so
+    whoever is first, there is one run), then the run is verified."""
+    from temporalio.common import WorkflowIDConflictPolicy
+
+    from ledgerflow.chain import deploy
     from ledgerflow.client import LedgerflowClient
+    from ledgerflow.schedules import WatcherInput, ensure_watcher, shortfall_starts_in_receipt
 
     async with await LedgerflowClient.connect(settings) as lf:
-        handle = await lf.start(
-            "ProcurementWorkflow",
-            {"sku": DEMO_SKU, "simulate_delivery_after_seconds": 2},
-        )
-        console.print(f"demo: started ProcurementWorkflow [bold]{handle.id}[/bold]")
+        watcher = await ensure_watcher(lf, input=WatcherInput(procurement=DEMO_PROCUREMENT))
+        console.print(f"watcher: following ShortfallDetected events ({watcher})")
+        receipt = await asyncio.to_thread(simulate_sales, settings)
+        starts = []
+        if receipt is not None:
+            d = deploy.load_deployment(settings.deployments_path)
+            inv = deploy.contract(
+                deploy.connect(settings.rpc_url), "InventoryLedger", d.contracts["InventoryLedger"]
+            )
+            starts = shortfall_starts_in_receipt(inv, receipt, d.chain_id, DEMO_PROCUREMENT)
+        if starts:
+            handle = await lf.start(
+                "ProcurementWorkflow",
+                starts[0].request,
+                workflow_id=starts[0].workflow_id,
+                conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            )
+            console.print(
+                f"demo: ShortfallDetected -> ProcurementWorkflow [bold]{handle.id}[/bold] "
+                f"(trigger {starts[0].request.trigger})"
+            )
+        else:
+            handle = await lf.start("ProcurementWorkflow", {"sku": DEMO_SKU, **DEMO_PROCUREMENT})
+            console.print(f"demo: started ProcurementWorkflow [bold]{handle.id}[/bold]")
         ui = f"{settings.temporal_ui_url}/namespaces/{settings.namespace}/workflows/{handle.id}"
         console.print(f"demo: watch it in the Temporal UI: {ui}")
         result = await lf.result(handle.id)
@@ -186,8 +218,6 @@ def run_up(settings: Settings, *, demo: bool = True) -> int:
     )
     try:
         ensure_deployed(settings)
-        if demo:
-            simulate_sales(settings)
         return asyncio.run(_serve(settings, demo=demo))
     finally:
         for p in reversed(procs):

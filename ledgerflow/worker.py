@@ -28,17 +28,40 @@ log = structlog.get_logger(__name__)
 
 
 def workflow_classes() -> list[type]:
+    from workflows.bench import BenchWorkflow
+    from workflows.content import ContentProvenanceWorkflow
+    from workflows.invoice import InvoiceReconciliationWorkflow
     from workflows.procurement import ProcurementWorkflow
+    from workflows.watcher import ChainEventWatcherWorkflow, InventorySweepWorkflow
 
-    return [ProcurementWorkflow]
+    return [
+        ProcurementWorkflow,
+        InvoiceReconciliationWorkflow,
+        ContentProvenanceWorkflow,
+        BenchWorkflow,
+        ChainEventWatcherWorkflow,
+        InventorySweepWorkflow,
+    ]
 
 
 def activity_functions(runtime: Runtime) -> list[Callable[..., Any]]:
+    from activities.bench import bench_step
     from activities.chain import ChainActivities
     from activities.checkpoint import CheckpointActivities
+    from activities.content import content_activities
+    from activities.events import EventActivities
+    from activities.invoice import InvoiceActivities
     from activities.llm import choose_supplier
 
-    return [*ChainActivities(runtime).all(), *CheckpointActivities(runtime).all(), choose_supplier]
+    return [
+        *ChainActivities(runtime).all(),
+        *CheckpointActivities(runtime).all(),
+        choose_supplier,
+        bench_step,
+        *EventActivities(runtime).all(),
+        *InvoiceActivities(runtime).all(),
+        *content_activities(),
+    ]
 
 
 async def ensure_search_attributes(client: Client, namespace: str) -> None:

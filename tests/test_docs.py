@@ -107,6 +107,11 @@ INPUT_RE = re.compile(r"--input '([^']*)'")
 
 
 def _input_model(command: str) -> type[BaseModel]:
+    from ledgerflow.client import WORKFLOW_INPUTS
+
+    for workflow_type, model in WORKFLOW_INPUTS.items():
+        if f"--type {workflow_type}" in command or f"start {workflow_type}" in command:
+            return model
     if "ProcurementWorkflow" in command:
         return ProcurementRequest
     if re.search(r"--name (approve|reject)\b", command):

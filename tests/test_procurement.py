@@ -272,3 +272,33 @@ async def test_prompt_injected_answers_move_no_money_outside_policy(
     assert outcomes[2][0] == "compensated" and "PolicyCounterpartyNotAllowed" in outcomes[2][1]
     assert admin.balance(stack.deployment.agent) == before
     assert admin.balance(attacker) >= 0
+
+
+async def test_reusing_a_workflow_id_is_a_new_order_that_really_pays(
+    stack: Stack, admin: ChainAdmin
+) -> None:
+    """A new start under a finished workflow's id must not pass off the first payment as its
+    own: the order id includes the execution chain's first run id."""
+    wf_id = f"proc-reuse-{uuid.uuid4().hex[:8]}"
+    before = admin.balance(stack.deployment.agent)
+    totals, orders = [], []
+    for _ in range(2):
+        await stack.client.start(
+            "ProcurementWorkflow", ProcurementRequest(quantity=2), workflow_id=wf_id
+        )
+        await stack.client.confirm_delivery(wf_id)
+        res = await stack.client.result(wf_id)
+        assert res["outcome"] == "completed"
+        assert (await stack.client.verify(wf_id)).ok
+        totals.append(res["total"])
+        orders.append(res["order_id"])
+    assert orders[0] != orders[1]
+    assert all(admin.escrow_opened_events(o) == 1 for o in orders)
+    assert admin.balance(stack.deployment.agent) == before - sum(totals)
+
+
+async def test_oversized_sku_is_refused_at_start(stack: Stack) -> None:
+    from ledgerflow.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="32 bytes"):
+        await stack.client.start("ProcurementWorkflow", {"sku": "X" * 33})

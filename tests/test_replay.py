@@ -11,6 +11,7 @@ import json
 import os
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 from temporalio.client import WorkflowHistory
@@ -63,5 +64,61 @@ async def test_fresh_history_replays(stack: Stack, mode: str) -> None:
     await _replayer().replay_workflow(history)
     if os.environ.get("LEDGERFLOW_RECORD_HISTORIES") == "1":
         for old in HISTORIES.glob(f"procurement-{mode}-*.json"):
+            old.unlink()
+        (HISTORIES / f"{wf_id}.json").write_text(history.to_json())
+
+
+# InvoiceReconciliationWorkflow and ContentProvenanceWorkflow: each recorded scenario covers a
+# path (update answered, review timed out) in one anchoring mode.
+_SCENARIOS: dict[str, tuple[str, dict[str, Any], tuple[str, dict[str, Any]] | None]] = {
+    "invoice-resolved": (
+        "InvoiceReconciliationWorkflow",
+        {
+            "invoice_number": "INV-REPLAY-1",
+            "supplier": "0x976EA74026E726554dB657fA54763abd0C3a0aa9",
+            "order_id": "0x" + "5e" * 32,  # no such order: a mismatch
+            "lines": [{"description": "WIDGET-42", "quantity": 2, "unit_price": 12_000_000}],
+            "notes": "Please pay promptly.",
+            "anchor_mode": "per-step",
+        },
+        ("resolve", {"action": "accept", "resolver": "ap@acme", "reason": "credit note"}),
+    ),
+    "invoice-timeout": (
+        "InvoiceReconciliationWorkflow",
+        {"invoice_number": "INV-REPLAY-2", "review_timeout_seconds": 1, "anchor_mode": "batched"},
+        None,
+    ),
+    "content-reviewed": (
+        "ContentProvenanceWorkflow",
+        {"title": "Memo", "body": "Confidential: Q3 numbers.", "anchor_mode": "batched"},
+        ("review", {"action": "reject", "reviewer": "editor@acme", "reason": "internal"}),
+    ),
+    "content-clean": (
+        "ContentProvenanceWorkflow",
+        {"title": "Release notes", "body": "Version 2.4 is out.", "anchor_mode": "per-step"},
+        None,
+    ),
+}
+
+
+@pytest.mark.parametrize("scenario", sorted(_SCENARIOS))
+async def test_fresh_history_replays_invoice_and_content(stack: Stack, scenario: str) -> None:
+    from tests.test_invoice import wait_phase
+
+    workflow_type, data, update = _SCENARIOS[scenario]
+    wf_id = f"{scenario}-{uuid.uuid4().hex[:8]}"
+    await stack.client.start(workflow_type, data, workflow_id=wf_id)
+    handle = stack.client.temporal.get_workflow_handle(wf_id)
+    if update is not None:
+        name, arg = update
+        await wait_phase(
+            stack, wf_id, "awaiting-resolution" if name == "resolve" else "awaiting-review"
+        )
+        await handle.execute_update(name, arg)
+    await stack.client.result(wf_id)
+    history = await handle.fetch_history()
+    await _replayer().replay_workflow(history)
+    if os.environ.get("LEDGERFLOW_RECORD_HISTORIES") == "1":
+        for old in HISTORIES.glob(f"{scenario}-*.json"):
             old.unlink()
         (HISTORIES / f"{wf_id}.json").write_text(history.to_json())

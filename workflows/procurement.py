@@ -20,7 +20,7 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from ledgerflow.canonical import hash_obj, to_hex
+    from ledgerflow.decisions import procurement_order_id
     from ledgerflow.llm import DecisionRequest, DecisionResult
     from ledgerflow.types import (
         ApprovalDecision,
@@ -132,19 +132,8 @@ class ProcurementWorkflow:
         ledger = self._ledger = Ledger(
             request.anchor_mode, wait_for_anchor=request.wait_for_anchor is not False
         )
-        # One purchase order per workflow execution chain: retries and continue-as-new keep the
-        # first run id (so a retried run never pays twice), a new start under a reused workflow
-        # id is a new order (so it can never pass off an earlier run's payment as its own).
         info = workflow.info()
-        order_id = to_hex(
-            hash_obj(
-                {
-                    "purpose": "procurement-order",
-                    "workflow_id": info.workflow_id,
-                    "first_run_id": info.first_execution_run_id,
-                }
-            )
-        )
+        order_id = procurement_order_id(info.workflow_id, info.first_execution_run_id)
         self._state.order_id = order_id
         result: dict[str, Any] = {"sku": request.sku, "order_id": order_id}
         compensations: list[tuple[str, Any]] = []
