@@ -122,3 +122,23 @@ async def test_fresh_history_replays_invoice_and_content(stack: Stack, scenario:
         for old in HISTORIES.glob(f"{scenario}-*.json"):
             old.unlink()
         (HISTORIES / f"{wf_id}.json").write_text(history.to_json())
+
+
+@pytest.mark.parametrize("mode", ["none", "batched"])
+async def test_fresh_history_replays_bench(stack: Stack, mode: str) -> None:
+    from activities.bench import BenchInput
+
+    wf_id = f"bench-{mode}-{uuid.uuid4().hex[:8]}"
+    handle = await stack.client.temporal.start_workflow(
+        "BenchWorkflow",
+        BenchInput(steps=3, mode=mode),  # type: ignore[arg-type]
+        id=wf_id,
+        task_queue=stack.settings.task_queue,
+    )
+    await handle.result()
+    history = await handle.fetch_history()
+    await _replayer().replay_workflow(history)
+    if os.environ.get("LEDGERFLOW_RECORD_HISTORIES") == "1":
+        for old in HISTORIES.glob(f"bench-{mode}-*.json"):
+            old.unlink()
+        (HISTORIES / f"{wf_id}.json").write_text(history.to_json())
