@@ -54,7 +54,12 @@ from ledgerflow.client import (
 from ledgerflow.errors import ConfigError, WebhookError
 from ledgerflow.settings import Settings
 from ledgerflow.store import Store, WebhookDelivery
-from ledgerflow.types import ApprovalDecision, DeliveryConfirmation
+from ledgerflow.types import (
+    ApprovalDecision,
+    DeliveryConfirmation,
+    ResolutionDecision,
+    ReviewDecision,
+)
 
 __all__ = [
     "STEERING",
@@ -84,6 +89,8 @@ STEERING: dict[str, dict[SteerKind, dict[str, type[BaseModel]]]] = {
         "signal": {"confirm_delivery": DeliveryConfirmation},
         "update": {"approve": ApprovalDecision, "reject": ApprovalDecision},
     },
+    "InvoiceReconciliationWorkflow": {"update": {"resolve": ResolutionDecision}},
+    "ContentProvenanceWorkflow": {"update": {"review": ReviewDecision}},
 }
 
 _WEBHOOK_ID = re.compile(r"[\x21-\x7e]{1,255}")  # printable ASCII, no spaces; fits the store column

@@ -576,3 +576,27 @@ async def test_documented_curl_example_starts_a_run(stack: Stack) -> None:
     finally:
         stop.set()
         await asyncio.wait_for(server, 10)
+
+
+async def test_content_review_is_answerable_by_webhook(
+    stack: Stack, api: httpx.AsyncClient
+) -> None:
+    """ContentProvenanceWorkflow: started and reviewed over signed webhooks."""
+    payload = {"title": "Q3 memo", "body": "CONFIDENTIAL - do not distribute.", "author": "cfo"}
+    resp = await post_signed(api, "/webhooks/ContentProvenanceWorkflow", payload)
+    assert resp.status_code == 202, resp.text
+    wf_id = resp.json()["workflow_id"]
+    handle = stack.client.temporal.get_workflow_handle(wf_id)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 60
+    while (await handle.query("state"))["phase"] != "awaiting-review":
+        assert loop.time() < deadline, "the flagged content never waited for review"
+        await asyncio.sleep(0.1)
+    review = {"action": "approve", "reviewer": "editor@example.com", "reason": "redacted"}
+    resp = await post_signed(
+        api, f"/webhooks/ContentProvenanceWorkflow/{wf_id}/update/review", review
+    )
+    assert resp.status_code == 200, resp.text
+    result = await stack.client.result(wf_id)
+    assert result["outcome"] == "approved" and result["reviewed_by"] == "editor@example.com"
+    assert (await stack.client.verify(wf_id)).ok
