@@ -17,6 +17,7 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from ledgerflow.anchorer import Anchorer
+from ledgerflow.interceptors import LoggingInterceptor
 from ledgerflow.runtime import Runtime
 from ledgerflow.settings import Settings
 from ledgerflow.stack import SEARCH_ATTRIBUTES
@@ -95,6 +96,7 @@ def build_worker(
         workflows=list(workflows if workflows is not None else workflow_classes()),
         activities=list(activities if activities is not None else activity_functions(runtime)),
         max_concurrent_activities=200,
+        interceptors=[LoggingInterceptor()],
     )
 
 

@@ -302,3 +302,19 @@ async def test_oversized_sku_is_refused_at_start(stack: Stack) -> None:
 
     with pytest.raises(ConfigError, match="32 bytes"):
         await stack.client.start("ProcurementWorkflow", {"sku": "X" * 33})
+
+
+async def test_activity_logs_carry_the_run_identity(stack: Stack) -> None:
+    import structlog
+
+    merge = [structlog.contextvars.merge_contextvars]
+    with structlog.testing.capture_logs(processors=merge) as logs:
+        res = await _run(stack, ProcurementRequest(sku="WIDGET-42", quantity=1))
+    sent = [e for e in logs if e.get("event") == "tx sent" and e.get("workflow_id") == res["id"]]
+    assert sent, "chain transactions were logged without the run's identity"
+    assert all(e["run_id"] and e["step"] for e in sent)
+    # Secrets never reach a log line.
+    from ledgerflow.settings import ANVIL_DEFAULT_KEYS
+
+    text = repr(logs)
+    assert not any(key[2:] in text for key in ANVIL_DEFAULT_KEYS)
