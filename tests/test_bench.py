@@ -1,0 +1,120 @@
+"""``ledgerflow bench`` at tiny sizes: every section reports figures next to its baseline.
+
+Behaviour only, never timings: the sections run against the bench's own Temporal dev server
+and anvil, and each reports a baseline, a ratio, a target and whether it was met.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+import pytest
+from rich.console import Console
+
+from ledgerflow.bench import (
+    SECTIONS,
+    BenchConfig,
+    config_from_options,
+    percentile,
+    render_report,
+    run_bench,
+)
+from ledgerflow.errors import ConfigError
+
+
+@pytest.fixture(scope="module")
+async def report() -> dict[str, Any]:
+    return await run_bench(BenchConfig.quick())
+
+
+def test_every_section_has_a_baseline_a_ratio_and_a_verdict(report: dict[str, Any]) -> None:
+    json.dumps(report)  # one JSON object, as `ledgerflow bench --json` prints it
+    assert report["machine"]["nproc"] >= 1
+    for section in SECTIONS:
+        part = report[section]
+        assert part["baseline"], section
+        assert isinstance(part["ratio"], float) and part["ratio"] > 0, section
+        assert part["target"], section
+        assert isinstance(part["met"], bool), section
+    assert [row["section"] for row in report["summary"]] == [
+        "throughput",
+        "history events/step",
+        "gas",
+        "signer",
+        "verification",
+        "webhook",
+    ]
+
+
+def test_throughput_runs_every_mode_and_counts_history_events(report: dict[str, Any]) -> None:
+    cfg = BenchConfig.quick()
+    t = report["throughput"]
+    assert t["baseline"]["mode"] == "none"
+    assert set(t["modes"]) == {"none", "batched", "per-step"}
+    for mode, row in t["modes"].items():
+        assert row["runs"] == cfg.runs * cfg.rounds and row["failed"] == 0, mode
+        assert row["runs_per_s"] > 0 and row["p95_ms"] >= row["p50_ms"] > 0, mode
+        assert row["history_events_per_step"] > 0, mode
+    assert t["unanchored_runs"] == 0  # batched runs waited for their anchoring
+    events = t["modes"]
+    # batched adds no activity per step; per-step adds one activity (and a task) per step
+    assert events["batched"]["workflow_tasks_per_run"] == events["none"]["workflow_tasks_per_run"]
+    assert (
+        events["per-step"]["history_events_per_step"] > events["batched"]["history_events_per_step"]
+    )
+    assert set(t["ratios"]) >= {"batched_vs_none", "per_step_vs_none"}
+
+
+def test_gas_rows_cover_every_batch_size_next_to_per_step(report: dict[str, Any]) -> None:
+    g = report["gas"]
+    sizes = [r["steps_per_tx"] for r in g["rows"] if r["mode"] == "batched"]
+    assert sizes == [1, 16, 128, 1024]
+    assert g["baseline"]["mode"] == "per-step"
+    per_step = [r for r in g["rows"] if r["mode"] == "batched"]
+    assert per_step[-1]["gas_per_step"] < per_step[0]["gas_per_step"]
+    assert g["met"]  # amortization is a property of the contract, not of the machine
+
+
+def test_signer_sends_everything_exactly_once_in_order(report: dict[str, Any]) -> None:
+    s = report["signer"]
+    assert s["baseline"]["mined_ok"] == s["baseline"]["txs"]
+    assert s["signer"]["mined_ok"] == s["signer"]["txs"]
+    assert s["signer"]["errors"] == 0
+    assert s["nonce_errors"] == 0 and s["stuck"] == 0
+
+
+def test_verification_and_webhook_sections_verify_and_start(report: dict[str, Any]) -> None:
+    v = report["verification"]
+    assert v["fast"]["ok"] and v["baseline"]["ok"] and v["end_to_end"]["ok"]
+    assert v["roots"] >= 1 and v["fast"]["roots_checked"] == v["roots"]
+    w = report["webhook"]
+    assert w["webhook"]["refused"] == 0
+    assert w["transport"].startswith("real HTTP")
+
+
+def test_report_renders_as_tables(report: dict[str, Any]) -> None:
+    buf = io.StringIO()
+    render_report(report, Console(file=buf, width=140))
+    text = buf.getvalue()
+    for title in ("Throughput", "Gas", "Signer", "Verification", "Webhook", "Targets"):
+        assert title in text
+
+
+def test_options() -> None:
+    cfg = config_from_options(quick=True, sections="gas,signer", gas_batch_sizes="1,16", runs=None)
+    assert cfg.sections == ["gas", "signer"] and cfg.gas_batch_sizes == [1, 16]
+    assert cfg.runs == BenchConfig.quick().runs
+    assert config_from_options(runs=7).runs == 7
+    with pytest.raises(ConfigError, match="steps"):
+        config_from_options(steps=2)  # K >= 5
+    with pytest.raises(ConfigError):
+        config_from_options(sections="throughput,nonsense")
+
+
+def test_percentile() -> None:
+    assert percentile([], 50) == 0.0
+    assert percentile([3.0], 95) == 3.0
+    assert percentile([1, 2, 3, 4], 50) == 2.5
+    assert percentile(list(range(101)), 95) == 95
