@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from typing import Any
@@ -20,6 +21,8 @@ __all__ = ["CheckpointActivities", "anchor_infos"]
 
 #: How long the final flush waits for the anchorer before the local activity retries.
 ANCHOR_WAIT_SECONDS = 45.0
+#: How often a waiting flush looks at the store when no anchorer of this process wakes it.
+ANCHOR_POLL_SECONDS = 1.0
 
 
 def _rows(batch: CheckpointBatch) -> list[StepRow]:
@@ -104,16 +107,25 @@ class CheckpointActivities:
         anchored, infos = False, list[AnchorInfo]()
         if batch.wait_for_anchor:
             deadline = time.monotonic() + ANCHOR_WAIT_SECONDS
+            store = self.rt.store
             while True:
-                anchored, infos = await self._anchors(batch)
-                if anchored:
+                # Woken by this process's anchorer when a batch confirms; the timeout covers an
+                # anchorer in another process. One cheap count per wake-up, the full anchor
+                # list only once.
+                woken = self.rt.anchor_events.wait()
+                pending = await asyncio.to_thread(
+                    store.unanchored_count, batch.workflow_id, batch.run_id
+                )
+                if pending == 0:
+                    anchored, infos = await self._anchors(batch)
                     break
                 if time.monotonic() > deadline:
                     raise ApplicationError(
                         "steps are stored but not anchored yet; is the anchorer running?",
                         type="AnchorPending",
                     )
-                await asyncio.sleep(0.05)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(woken, ANCHOR_POLL_SECONDS)
         return CheckpointAck(
             step_hashes=[s.step_hash for s in batch.steps], anchored=anchored, anchors=infos
         )

@@ -114,6 +114,7 @@ class Anchorer:
             self.rt.store.confirm_anchor, anchor.id, tx_hash=tx_hash, block_number=block
         )
         self.anchored_roots += 1
+        self.rt.anchor_events.notify()
         log.info(
             "root anchored",
             root=anchor.root,

@@ -40,7 +40,7 @@ from pydantic import BaseModel, Field, ValidationError
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import select
 from temporalio.client import WorkflowExecutionStatus, WorkflowUpdateFailedError
-from temporalio.common import WorkflowIDConflictPolicy
+from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -439,23 +439,22 @@ class _Webhooks:
                 )
                 return WebhookAccepted(workflow_id=workflow_id, run_id=prior.run_id)
 
-        run_id = await self._existing_run(client, workflow_id)
-        if run_id is None:
-            try:
-                handle = await client.start(
-                    workflow_type,
-                    arg,
-                    workflow_id=workflow_id,
-                    conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-                )
-                run_id = handle.result_run_id
-            except WorkflowAlreadyStartedError as exc:
-                run_id = exc.run_id or await self._existing_run(client, workflow_id)
-            except RPCError as exc:
-                log.warning("webhook.start_failed", webhook_id=webhook_id, status=exc.status.name)
-                raise WebhookError(
-                    503, "the workflow engine refused the start; retry later"
-                ) from None
+        # One start call: a running run is returned (USE_EXISTING), a closed one refuses the
+        # start (REJECT_DUPLICATE) and is looked up, so a replay never starts a second run.
+        try:
+            handle = await client.start(
+                workflow_type,
+                arg,
+                workflow_id=workflow_id,
+                conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+                reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+            )
+            run_id = handle.result_run_id
+        except WorkflowAlreadyStartedError as exc:
+            run_id = exc.run_id or await self._existing_run(client, workflow_id)
+        except RPCError as exc:
+            log.warning("webhook.start_failed", webhook_id=webhook_id, status=exc.status.name)
+            raise WebhookError(503, "the workflow engine refused the start; retry later") from None
         if not run_id:  # pragma: no cover - Temporal always answers a run id
             raise WebhookError(503, "the workflow engine did not return a run id; retry later")
         run_id = await asyncio.to_thread(_set_run, store, webhook_id, run_id)

@@ -13,6 +13,7 @@ from temporalio.common import (
     SearchAttributePair,
     TypedSearchAttributes,
     WorkflowIDConflictPolicy,
+    WorkflowIDReusePolicy,
 )
 
 from ledgerflow.errors import ConfigError
@@ -113,6 +114,7 @@ class LedgerflowClient:
         *,
         workflow_id: str | None = None,
         conflict_policy: WorkflowIDConflictPolicy = WorkflowIDConflictPolicy.FAIL,
+        reuse_policy: WorkflowIDReusePolicy = WorkflowIDReusePolicy.ALLOW_DUPLICATE,
     ) -> WorkflowHandle[Any, Any]:
         """Start a run. ``anchor_mode`` left empty takes the global setting."""
         arg = input if isinstance(input, BaseModel) else parse_input(workflow_type, input)
@@ -132,6 +134,7 @@ class LedgerflowClient:
             id=wf_id,
             task_queue=self.settings.task_queue,
             id_conflict_policy=conflict_policy,
+            id_reuse_policy=reuse_policy,
             search_attributes=TypedSearchAttributes(
                 [
                     SearchAttributePair(_SA_STATUS, "running"),

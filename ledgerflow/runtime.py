@@ -19,10 +19,28 @@ from ledgerflow.errors import ConfigError
 from ledgerflow.settings import DEV_CHAIN_ID, Settings
 from ledgerflow.store import Store
 
-__all__ = ["Runtime"]
+__all__ = ["AnchorEvents", "Runtime"]
 
 #: Which dev key plays which role when none is configured on a local dev chain.
 _DEV_KEY_INDEX = {"orchestrator": 0, "agent": 1, "approver": 2}
+
+
+class AnchorEvents:
+    """Wakes everyone waiting for an anchoring in this process (the anchorer notifies)."""
+
+    def __init__(self) -> None:
+        self._future: asyncio.Future[None] | None = None
+
+    def wait(self) -> asyncio.Future[None]:
+        """A future that completes at the next :meth:`notify` (take it before checking)."""
+        if self._future is None or self._future.done():
+            self._future = asyncio.get_running_loop().create_future()
+        return asyncio.shield(self._future)
+
+    def notify(self) -> None:
+        if self._future is not None and not self._future.done():
+            self._future.set_result(None)
+        self._future = None
 
 
 class Runtime:
@@ -34,6 +52,7 @@ class Runtime:
         self._signers: dict[str, Signer] = {}
         self._signer_lock = asyncio.Lock()
         self._deployment: Any = None
+        self.anchor_events = AnchorEvents()
 
     @cached_property
     def w3(self) -> AsyncWeb3:
