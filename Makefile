@@ -25,7 +25,7 @@ $(NODE_STAMP): contracts/package.json contracts/package-lock.json
 run: bootstrap
 	$(BIN)/ledgerflow up
 
-test: bootstrap browser
+test: bootstrap browser lint typecheck
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The browser test drives Debian's Chromium (no browser download): install it when we can.

@@ -725,23 +725,15 @@ async def _verify_once(
 ) -> dict[str, Any]:
     from ledgerflow.checkpoint import leaf_hash
     from ledgerflow.merkle import MultiVerifier, verify_proof
-    from ledgerflow.verify import _Findings, verify_steps
+    from ledgerflow.verify import _Findings, decode_proof, verify_steps
 
     findings = _Findings()
     t0 = time.perf_counter()
     hashes, _head = verify_steps(wf, run, rows, findings)
     t1 = time.perf_counter()
     roots = {aid: bytes.fromhex(a.root[2:]) for aid, a in anchors.items()}
-    decoded: dict[str, bytes] = {}  # upper siblings repeat across the proofs of one tree
-
-    def node(h: str) -> bytes:
-        b = decoded.get(h)
-        if b is None:
-            b = decoded[h] = bytes.fromhex(h[2:])
-        return b
-
     triples = [
-        (leaf_hash(sh), [node(p) for p in json.loads(row.proof)], roots[row.anchor_id])
+        (leaf_hash(sh), decode_proof(row.proof), roots[row.anchor_id])
         for row, sh in zip(rows, hashes, strict=True)
     ]
     if memo:

@@ -64,6 +64,23 @@ class _Findings:
             self.first_bad = seq
 
 
+_PROOF_PUNCTUATION = str.maketrans("", "", '[]", ')
+
+
+def decode_proof(text: str | None) -> list[bytes]:
+    """A stored proof (JSON list of 0x-hex siblings) as 32-byte values, decoded in one pass.
+
+    Raises:
+        ValueError: the text is not such a list.
+    """
+    if not text:
+        return []
+    raw = bytes.fromhex(text.replace('"0x', "").translate(_PROOF_PUNCTUATION))
+    if not text.startswith("[") or len(raw) != 32 * text.count('"0x'):
+        raise ValueError("a stored proof must be a JSON list of 32-byte 0x-hex values")
+    return [raw[i : i + 32] for i in range(0, len(raw), 32)]
+
+
 def _hex(b: bytes) -> str:
     return "0x" + b.hex()
 
@@ -159,7 +176,7 @@ async def _check_batched(
         if anchor is None or anchor.status != "confirmed" or anchor.root is None:
             pending += 1
             continue
-        proof = [bytes.fromhex(p[2:]) for p in json.loads(row.proof or "[]")]
+        proof = decode_proof(row.proof)
         root = bytes.fromhex(anchor.root[2:])
         if not verifier.verify(leaf_hash(sh), proof, root):
             f.bad(row.seq, "Merkle proof does not lead to the anchored root")
