@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -353,11 +354,23 @@ app.command()(watch)
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Console-script entry point."""
+    code: int | str | None = 0
     try:
         app(args=list(argv) if argv is not None else None)
     except LedgerflowError as exc:
         err.print(f"[red]error:[/red] {exc}")
-        sys.exit(2)
+        code = 2
+    except SystemExit as exc:
+        code = exc.code
+    # Everything is done and every child stopped. Leave without interpreter finalization: the
+    # Temporal SDK's native runtime can abort it (PyGILState_Release, sdk-python#300), which
+    # would turn a successful command into a crash.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if isinstance(code, str):
+        err.print(code)
+        code = 1
+    os._exit(code or 0)
 
 
 if __name__ == "__main__":
