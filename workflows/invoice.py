@@ -16,7 +16,6 @@ from datetime import timedelta
 from typing import Any
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
@@ -41,27 +40,14 @@ with workflow.unsafe.imports_passed_through():
     )
     from workflows._ledger import Ledger, failure_output
 
-__all__ = ["InvoiceReconciliationWorkflow"]
+from workflows._policies import (
+    CHAIN_READ_START_TO_CLOSE_TIMEOUT,
+    CHAIN_RETRY_POLICY,
+    LLM_RETRY_POLICY,
+    LLM_START_TO_CLOSE_TIMEOUT,
+)
 
-CHAIN_READ_START_TO_CLOSE_TIMEOUT = timedelta(seconds=30)
-LLM_START_TO_CLOSE_TIMEOUT = timedelta(seconds=60)
-CHAIN_RETRY_POLICY = RetryPolicy(
-    initial_interval=timedelta(seconds=1),
-    maximum_interval=timedelta(seconds=30),
-    maximum_attempts=20,
-    non_retryable_error_types=["ContractRevert", "ConfigError"],
-)
-LLM_RETRY_POLICY = RetryPolicy(
-    initial_interval=timedelta(seconds=2),
-    maximum_interval=timedelta(seconds=30),
-    maximum_attempts=3,
-    non_retryable_error_types=[
-        "LLMRefusal",
-        "LLMAuthError",
-        "LLMRequestRejected",
-        "LLMConfigError",
-    ],
-)
+__all__ = ["InvoiceReconciliationWorkflow"]
 
 
 @workflow.defn(name="InvoiceReconciliationWorkflow")

@@ -16,7 +16,6 @@ from datetime import timedelta
 from typing import Any
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
@@ -41,23 +40,16 @@ with workflow.unsafe.imports_passed_through():
     )
     from workflows._ledger import Ledger, failure_output
 
+from workflows._policies import (
+    CHAIN_READ_START_TO_CLOSE_TIMEOUT,
+    CHAIN_RETRY_POLICY,
+    CHAIN_TX_START_TO_CLOSE_TIMEOUT,
+    LLM_RETRY_POLICY,
+    LLM_START_TO_CLOSE_TIMEOUT,
+)
+
 __all__ = ["ProcurementWorkflow"]
 
-CHAIN_READ_START_TO_CLOSE_TIMEOUT = timedelta(seconds=30)
-CHAIN_TX_START_TO_CLOSE_TIMEOUT = timedelta(minutes=2)
-LLM_START_TO_CLOSE_TIMEOUT = timedelta(seconds=60)
-CHAIN_RETRY_POLICY = RetryPolicy(
-    initial_interval=timedelta(seconds=1),
-    maximum_interval=timedelta(seconds=30),
-    maximum_attempts=20,
-    non_retryable_error_types=["ContractRevert"],
-)
-LLM_RETRY_POLICY = RetryPolicy(
-    initial_interval=timedelta(seconds=2),
-    maximum_interval=timedelta(seconds=30),
-    maximum_attempts=3,
-    non_retryable_error_types=["LLMRefusal", "LLMAuthError"],
-)
 #: Cap errors escalate to a human; every other policy error is left to the contract to refuse.
 ESCALATING_ERRORS = frozenset({"PolicyCapExceeded"})
 
