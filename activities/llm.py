@@ -35,7 +35,6 @@ import openai
 import structlog
 from structlog.contextvars import bound_contextvars
 from temporalio import activity
-from temporalio.common import RetryPolicy
 from temporalio.exceptions import ApplicationError
 
 from ledgerflow import llm
@@ -45,8 +44,6 @@ from ledgerflow.settings import get_settings
 
 __all__ = [
     "LLM_ACTIVITY_NAME",
-    "LLM_ACTIVITY_START_TO_CLOSE_TIMEOUT",
-    "LLM_RETRY_POLICY",
     "MAX_RETRY_AFTER",
     "choose_supplier",
     "get_provider",
@@ -62,23 +59,7 @@ def _logger() -> Any:
 
 LLM_ACTIVITY_NAME = "llm.choose_supplier"
 
-#: Longer than the HTTP timeout (``llm_timeout_seconds``, 30 s by default) so that the SDK's
-#: timeout, which names the cause, fires before Temporal's.
-LLM_ACTIVITY_START_TO_CLOSE_TIMEOUT = timedelta(seconds=60)
-
-#: Three attempts in all; a refusal or bad credentials are not retried.
-LLM_RETRY_POLICY = RetryPolicy(
-    initial_interval=timedelta(seconds=2),
-    backoff_coefficient=2.0,
-    maximum_interval=timedelta(seconds=60),
-    maximum_attempts=3,
-    non_retryable_error_types=[
-        "LLMRefusal",
-        "LLMAuthError",
-        "LLMRequestRejected",
-        "LLMConfigError",
-    ],
-)
+# The workflows' timeout and retry policy for this activity live in workflows/_policies.py.
 
 #: Upper bound on a server-requested delay, so one odd header cannot park a workflow for days.
 MAX_RETRY_AFTER = timedelta(minutes=10)

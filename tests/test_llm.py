@@ -690,13 +690,15 @@ async def test_activity_maps_refusal_and_invalid_output(
 
 
 def test_retry_policy_and_timeout_for_workflows() -> None:
-    policy = llm_activity.LLM_RETRY_POLICY
+    from workflows import _policies
+
+    policy = _policies.LLM_RETRY_POLICY
     assert policy.maximum_attempts == 3
     assert {"LLMRefusal", "LLMAuthError"} <= set(policy.non_retryable_error_types or [])
     assert "LLMInvalidOutput" not in (policy.non_retryable_error_types or [])
     assert (
         timedelta(seconds=Settings.model_fields["llm_timeout_seconds"].default)
-        < llm_activity.LLM_ACTIVITY_START_TO_CLOSE_TIMEOUT
+        < _policies.LLM_START_TO_CLOSE_TIMEOUT
     )
     assert llm_activity.choose_supplier.__temporal_activity_definition.name == (  # type: ignore[attr-defined]
         "llm.choose_supplier"
