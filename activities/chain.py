@@ -7,6 +7,7 @@ signed bytes). A revert is a typed, non-retryable business failure that triggers
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -35,8 +36,6 @@ from ledgerflow.types import (
 
 __all__ = ["ChainActivities"]
 
-ESCROW_STATUS = {0: "None", 1: "Open", 2: "Released", 3: "Refunded"}
-
 
 def _b32(hex_str: str) -> bytes:
     return bytes.fromhex(hex_str.removeprefix("0x"))
@@ -48,7 +47,8 @@ def _tx(receipt: Receipt) -> TxResult:
     )
 
 
-def _already(status: str = "") -> TxResult:
+def _already() -> TxResult:
+    """The effect happened before (an earlier attempt or run of this order): nothing sent now."""
     return TxResult(tx_hash="", block_number=0, gas_used=0, already_done=True)
 
 
@@ -167,12 +167,10 @@ class ChainActivities:
         order = await escrow.functions.order(_b32(req.order_id)).call()
         status = int(order[4])
         if status != 1 and not await self._sent_before(f"escrow.refund:{req.order_id}"):
-            return _already(ESCROW_STATUS.get(status, "?"))
+            return _already()
         return await self._settle_order(req, "refund", done_status=3)
 
     async def _sent_before(self, key: str) -> bool:
-        import asyncio
-
         return await asyncio.to_thread(self.rt.store.outbox_get, key) is not None
 
     async def _settle_order(self, req: OrderRef, action: str, *, done_status: int) -> TxResult:
