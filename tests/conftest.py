@@ -155,3 +155,25 @@ async def stack(stack_settings: Settings, temporal_client: Client) -> AsyncItera
         for t in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
+
+
+# ---- leaving the test process -------------------------------------------------------------------
+
+_EXIT_STATUS: list[int] = []
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    _EXIT_STATUS.append(int(exitstatus))
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    # The summary is printed and every fixture (and child process) is torn down. Leave without
+    # interpreter finalization, which the Temporal SDK's native runtime can abort
+    # (PyGILState_Release, sdk-python#300): a green run must not end as a crash.
+    if _EXIT_STATUS and os.environ.get("LEDGERFLOW_TEST_NORMAL_EXIT") != "1":
+        import sys
+
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(_EXIT_STATUS[-1])
