@@ -73,20 +73,21 @@ class CheckpointActivities:
         self.rt = runtime
 
     async def _save(self, batch: CheckpointBatch) -> None:
+        await asyncio.to_thread(self._save_sync, batch)
+
+    def _save_sync(self, batch: CheckpointBatch) -> None:
+        # One thread hop for the whole flush (run row, steps, final status).
         store = self.rt.store
-        await asyncio.to_thread(
-            store.ensure_run,
+        store.ensure_run(
             workflow_id=batch.workflow_id,
             run_id=batch.run_id,
             workflow_type=batch.workflow_type,
             run_key=batch.run_key,
             anchor_mode=batch.anchor_mode,
         )
-        await asyncio.to_thread(store.save_steps, _rows(batch))
+        store.save_steps(_rows(batch))
         if batch.final_status is not None:
-            await asyncio.to_thread(
-                store.finish_run, batch.workflow_id, batch.run_id, batch.final_status
-            )
+            store.finish_run(batch.workflow_id, batch.run_id, batch.final_status)
 
     async def _anchors(self, batch: CheckpointBatch) -> tuple[bool, list[AnchorInfo]]:
         store = self.rt.store
