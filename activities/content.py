@@ -9,10 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from structlog.contextvars import bound_contextvars
 from temporalio import activity
 
-from activities.llm import _identity, _logger, _to_application_error, get_provider
+from activities.llm import _logger, run_with_provider
 from ledgerflow import decisions
 from ledgerflow.decisions import ClassifyRequest, ClassifyResult
 from ledgerflow.types import CanonicalContent, ContentDocument
@@ -33,35 +32,19 @@ async def classify_content(request: ClassifyRequest) -> ClassifyResult:
     Raises:
         ApplicationError: typed as in :mod:`activities.llm`.
     """
-    info = activity.info()
-    with bound_contextvars(
-        workflow_id=info.workflow_id, run_id=info.workflow_run_id, attempt=info.attempt
-    ):
-        provider: Any = None
-        try:
-            provider = get_provider()
-            result = await decisions.classify_content(request, provider)
-        except Exception as exc:
-            redact = getattr(provider, "redact", None) or _identity
-            app_error = _to_application_error(exc, redact)
-            if app_error is None:
-                raise
-            _logger().warning(
-                "llm.classify_failed", error_type=app_error.type, error=app_error.message
-            )
-            raise app_error from None
-        final = result.classification
-        _logger().info(
-            "llm.classify",
-            provider=result.meta.provider,
-            model=result.meta.model,
-            content_hash=request.content_hash,
-            category=final.category,
-            flagged=final.flagged,
-            overridden=result.overridden_by_rules,
-            prompt_hash=result.meta.prompt_hash,
-        )
-        return result
+    result = await run_with_provider(lambda provider: decisions.classify_content(request, provider))
+    final = result.classification
+    _logger().info(
+        "llm.classify",
+        provider=result.meta.provider,
+        model=result.meta.model,
+        content_hash=request.content_hash,
+        category=final.category,
+        flagged=final.flagged,
+        overridden=result.overridden_by_rules,
+        prompt_hash=result.meta.prompt_hash,
+    )
+    return result
 
 
 def content_activities() -> list[Any]:

@@ -12,11 +12,10 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from structlog.contextvars import bound_contextvars
 from temporalio import activity
 
 from activities._errors import mapped_errors
-from activities.llm import _identity, _logger, _to_application_error, get_provider
+from activities.llm import _logger, run_with_provider
 from ledgerflow import decisions
 from ledgerflow.decisions import ReconcileRequest, ReconcileResult
 from ledgerflow.errors import StoreError
@@ -87,31 +86,17 @@ async def reconcile_invoice(request: ReconcileRequest) -> ReconcileResult:
         ApplicationError: typed as in :mod:`activities.llm` (``LLMInvalidOutput`` retries,
             ``LLMRefusal`` does not, ...).
     """
-    info = activity.info()
-    with bound_contextvars(
-        workflow_id=info.workflow_id, run_id=info.workflow_run_id, attempt=info.attempt
-    ):
-        provider: Any = None
-        try:
-            provider = get_provider()
-            result = await decisions.reconcile_invoice(request, provider)
-        except Exception as exc:
-            redact = getattr(provider, "redact", None) or _identity
-            app_error = _to_application_error(exc, redact)
-            if app_error is None:
-                raise
-            _logger().warning(
-                "llm.reconcile_failed", error_type=app_error.type, error=app_error.message
-            )
-            raise app_error from None
-        _logger().info(
-            "llm.reconcile",
-            provider=result.meta.provider,
-            model=result.meta.model,
-            invoice=request.invoice_number,
-            model_status=result.decision.status,
-            status=result.status,
-            overridden=result.overridden_by_rules,
-            prompt_hash=result.meta.prompt_hash,
-        )
-        return result
+    result = await run_with_provider(
+        lambda provider: decisions.reconcile_invoice(request, provider)
+    )
+    _logger().info(
+        "llm.reconcile",
+        provider=result.meta.provider,
+        model=result.meta.model,
+        invoice=request.invoice_number,
+        model_status=result.decision.status,
+        status=result.status,
+        overridden=result.overridden_by_rules,
+        prompt_hash=result.meta.prompt_hash,
+    )
+    return result

@@ -26,14 +26,13 @@ code, request id); the endpoint's free-text error message is left out.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import openai
 import structlog
-from structlog.contextvars import bound_contextvars
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
@@ -42,11 +41,14 @@ from ledgerflow.errors import ConfigError, LLMInvalidOutput, LLMRefusal
 from ledgerflow.llm import DecisionProvider, DecisionRequest, DecisionResult
 from ledgerflow.settings import get_settings
 
+T = TypeVar("T")
+
 __all__ = [
     "LLM_ACTIVITY_NAME",
     "MAX_RETRY_AFTER",
     "choose_supplier",
     "get_provider",
+    "run_with_provider",
     "set_provider",
 ]
 
@@ -182,24 +184,29 @@ async def choose_supplier(request: DecisionRequest) -> DecisionResult:
         ApplicationError: typed as in the module's table; the original exception is not chained,
             so nothing but the written message reaches history.
     """
-    info = activity.info()
-    with bound_contextvars(
-        workflow_id=info.workflow_id, run_id=info.workflow_run_id, attempt=info.attempt
-    ):
-        provider: DecisionProvider | None = None
-        try:
-            provider = get_provider()
-            return await llm.choose_supplier(request, provider)
-        except Exception as exc:
-            # Belt and braces: the provider knows its secret; scrub every message with it.
-            redact = getattr(provider, "redact", None) or _identity
-            app_error = _to_application_error(exc, redact)
-            if app_error is None:
-                raise
-            _logger().warning(
-                "llm.activity_failed",
-                error_type=app_error.type,
-                non_retryable=app_error.non_retryable,
-                next_retry_delay=app_error.next_retry_delay,
-            )
-            raise app_error from None
+    return await run_with_provider(lambda provider: llm.choose_supplier(request, provider))
+
+
+async def run_with_provider(decide: Callable[[DecisionProvider], Awaitable[T]]) -> T:
+    """Run ``decide`` with the worker's provider; map its failures to typed ApplicationErrors.
+
+    Shared by every LLM activity, so each one retries, refuses and scrubs secrets the same way.
+    (The run's identity is bound to log lines by the worker's logging interceptor.)
+    """
+    provider: DecisionProvider | None = None
+    try:
+        provider = get_provider()
+        return await decide(provider)
+    except Exception as exc:
+        # Belt and braces: the provider knows its secret; scrub every message with it.
+        redact = getattr(provider, "redact", None) or _identity
+        app_error = _to_application_error(exc, redact)
+        if app_error is None:
+            raise
+        _logger().warning(
+            "llm.activity_failed",
+            error_type=app_error.type,
+            non_retryable=app_error.non_retryable,
+            next_retry_delay=app_error.next_retry_delay,
+        )
+        raise app_error from None
