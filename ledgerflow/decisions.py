@@ -29,12 +29,12 @@ import re
 import unicodedata
 from typing import Any, TypeVar, cast, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from ledgerflow import llm
 from ledgerflow.canonical import canonical_bytes, hash_obj, keccak, to_hex
-from ledgerflow.errors import LLMError, LLMInvalidOutput
-from ledgerflow.llm import DecisionMeta, OpenAIProvider, TokenUsage, strict_schema
+from ledgerflow.errors import LLMInvalidOutput
+from ledgerflow.llm import DecisionMeta, OpenAIProvider, TokenUsage
 from ledgerflow.types import (
     CanonicalContent,
     ContentCategory,
@@ -684,50 +684,4 @@ async def complete_structured(
     Returns:
         The validated answer and its provenance (model, prompt and response hashes, usage).
     """
-    # Uses the provider's client and helpers of ledgerflow.llm; this belongs on OpenAIProvider
-    # as a public method once that module grows one.
-    from openai import APIError, omit
-
-    secret = provider._api_key.get_secret_value()
-    prompt_hash = to_hex(keccak(canonical_bytes(messages)))
-    response_format = {
-        "type": "json_schema",
-        "json_schema": {"name": schema_name, "strict": True, "schema": strict_schema(model_cls)},
-    }
-    use_completion_field = provider.max_tokens_field == "max_completion_tokens"
-    try:
-        completion = await provider._client.chat.completions.create(
-            model=provider.model,
-            messages=cast(Any, messages),
-            response_format=cast(Any, response_format),
-            max_completion_tokens=provider.max_tokens if use_completion_field else omit,
-            max_tokens=omit if use_completion_field else provider.max_tokens,
-        )
-    except APIError as exc:
-        llm._scrub_exception(exc, secret)
-        raise
-    except json.JSONDecodeError:
-        raise LLMInvalidOutput("endpoint returned a body that is not valid JSON") from None
-    try:
-        content = OpenAIProvider._content_of(completion)
-    except LLMError as exc:
-        raise type(exc)(provider.redact(str(exc))) from None
-    try:
-        answer = model_cls.model_validate_json(content, strict=True)
-    except ValidationError as exc:
-        if any(e["type"] == "json_invalid" for e in exc.errors()):
-            msg = f"model answer is not valid JSON: {llm._quote(content)}"
-        else:
-            detail = llm._describe_validation_error(exc)
-            msg = f"model answer violates the {schema_name} schema: {detail}"
-        raise LLMInvalidOutput(provider.redact(msg)) from None
-    reported = getattr(completion, "model", None)
-    meta = DecisionMeta(
-        provider=provider.name,
-        model=reported if isinstance(reported, str) and reported else provider.model,
-        offline=False,
-        prompt_hash=prompt_hash,
-        response_hash=to_hex(keccak(content.encode("utf-8"))),
-        usage=llm._usage_of(completion),
-    )
-    return answer, meta
+    return await provider.complete_structured(messages, model_cls, schema_name)

@@ -28,7 +28,7 @@ import contextlib
 import copy
 import json
 import re
-from typing import TYPE_CHECKING, Any, Literal, Protocol, cast, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, cast, runtime_checkable
 
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
@@ -40,6 +40,8 @@ if TYPE_CHECKING:
     from openai import AsyncOpenAI
 
     from ledgerflow.settings import Settings
+
+M = TypeVar("M", bound=BaseModel)
 
 __all__ = [
     "MAX_DESCRIPTION_CHARS",
@@ -592,18 +594,54 @@ class OpenAIProvider:
                 not one of the request's choices.
             openai.APIError: the HTTP call failed (status errors, connection errors, timeouts).
         """
+        decision, meta = await self.complete_structured(
+            build_messages(request), SupplierDecision, "decision", schema=self._schema
+        )
+        supplier, total = validate_decision(request, decision)
+        return DecisionResult(decision=decision, supplier=supplier, total=total, meta=meta)
+
+    async def complete_structured(
+        self,
+        messages: list[dict[str, str]],
+        model_cls: type[M],
+        schema_name: str,
+        *,
+        schema: dict[str, Any] | None = None,
+    ) -> tuple[M, DecisionMeta]:
+        """One chat completion answered with ``model_cls``'s strict JSON schema.
+
+        Every LLM decision goes through here: the SDK does not retry, the answer is re-validated
+        with pydantic (strict), and the provenance (model, prompt and response hashes, usage) is
+        returned with it.
+
+        Raises:
+            LLMRefusal: the model refused or a content filter stopped it.
+            LLMInvalidOutput: the answer is truncated, not JSON or off-schema.
+            openai.APIError: the HTTP call failed (the API key scrubbed from it).
+        """
         from openai import APIError, omit
 
         secret = self._api_key.get_secret_value()
-        messages = build_messages(request)
         prompt_hash = to_hex(keccak(canonical_bytes(messages)))
+        response_format = (
+            self.response_format
+            if model_cls is SupplierDecision
+            else {
+                "type": "json_schema",
+                "json_schema": {
+                    "name": schema_name,
+                    "strict": True,
+                    "schema": schema or strict_schema(model_cls),
+                },
+            }
+        )
         use_completion_field = self.max_tokens_field == "max_completion_tokens"
         try:
             completion = await self._client.chat.completions.create(
                 model=self.model,
                 # Plain dicts of the documented wire shape; the SDK's TypedDicts add nothing here.
                 messages=cast(Any, messages),
-                response_format=cast(Any, self.response_format),
+                response_format=cast(Any, response_format),
                 max_completion_tokens=self.max_tokens if use_completion_field else omit,
                 max_tokens=omit if use_completion_field else self.max_tokens,
             )
@@ -619,16 +657,15 @@ class OpenAIProvider:
             raise type(exc)(_redact(str(exc), secret)) from None
 
         try:
-            decision = SupplierDecision.model_validate_json(content, strict=True)
+            answer = model_cls.model_validate_json(content, strict=True)
         except ValidationError as exc:
             if any(e["type"] == "json_invalid" for e in exc.errors()):
                 msg = f"model answer is not valid JSON: {_quote(content)}"
             else:
                 detail = _describe_validation_error(exc)
-                msg = f"model answer violates the decision schema: {detail}"
+                msg = f"model answer violates the {schema_name} schema: {detail}"
             raise LLMInvalidOutput(_redact(msg, secret)) from None
 
-        supplier, total = validate_decision(request, decision)
         reported = getattr(completion, "model", None)
         meta = DecisionMeta(
             provider=self.name,
@@ -638,7 +675,7 @@ class OpenAIProvider:
             response_hash=to_hex(keccak(content.encode("utf-8"))),
             usage=_usage_of(completion),
         )
-        return DecisionResult(decision=decision, supplier=supplier, total=total, meta=meta)
+        return answer, meta
 
     @staticmethod
     def _content_of(completion: Any) -> str:
