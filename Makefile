@@ -12,10 +12,10 @@ PYTEST_ARGS ?=
 
 bootstrap: $(VENV_STAMP) $(NODE_STAMP)
 
-$(VENV_STAMP): pyproject.toml
+$(VENV_STAMP): pyproject.toml bench/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev]' -e bench/
 	touch $@
 
 $(NODE_STAMP): contracts/package.json contracts/package-lock.json
@@ -37,8 +37,8 @@ browser:
 	  else echo "note: chromium not installed; the browser test is skipped outside CI"; fi; }
 
 lint: bootstrap
-	$(BIN)/ruff check ledgerflow workflows activities tests worker.py
-	$(BIN)/ruff format --check ledgerflow workflows activities tests worker.py
+	$(BIN)/ruff check ledgerflow workflows activities bench tests worker.py
+	$(BIN)/ruff format --check ledgerflow workflows activities bench tests worker.py
 
 typecheck: bootstrap
 	$(BIN)/mypy

@@ -14,12 +14,12 @@ from typing import Any
 from temporalio import activity
 from web3.exceptions import ContractLogicError
 
-from activities._errors import mapped_errors
 from ledgerflow.chain.deploy import bytes32_to_sku, sku_to_bytes32
 from ledgerflow.chain.reverts import revert_from_exception
 from ledgerflow.chain.signer import Receipt
 from ledgerflow.errors import ContractRevert
-from ledgerflow.llm import Offer
+from ledgerflow.flow.errors import mapped_errors
+from ledgerflow.llm.supplier import Offer
 from ledgerflow.runtime import Runtime
 from ledgerflow.types import (
     EscrowRequest,

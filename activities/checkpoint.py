@@ -11,8 +11,8 @@ from typing import Any
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities._errors import mapped_errors
 from ledgerflow.errors import ContractRevert
+from ledgerflow.flow.errors import mapped_errors
 from ledgerflow.runtime import Runtime
 from ledgerflow.store import AnchorRow, StepRow
 from ledgerflow.types import AnchorInfo, CheckpointAck, CheckpointBatch

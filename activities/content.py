@@ -11,9 +11,9 @@ from typing import Any
 
 from temporalio import activity
 
-from activities.llm import _logger, run_with_provider
-from ledgerflow import decisions
-from ledgerflow.decisions import ClassifyRequest, ClassifyResult
+from ledgerflow.activities.llm import _logger, run_with_provider
+from ledgerflow.llm import decisions
+from ledgerflow.llm.decisions import ClassifyRequest, ClassifyResult
 from ledgerflow.types import CanonicalContent, ContentDocument
 
 __all__ = ["canonicalize", "classify_content", "content_activities"]

@@ -21,11 +21,11 @@ from temporalio.common import (
 )
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
-from activities._errors import mapped_errors
 from ledgerflow.chain.deploy import bytes32_to_sku, sku_to_bytes32
 from ledgerflow.errors import ChainError, ConfigError
+from ledgerflow.flow.errors import mapped_errors
 from ledgerflow.runtime import Runtime
-from ledgerflow.schedules import (
+from ledgerflow.sdk.schedules import (
     FetchShortfalls,
     ShortfallBatch,
     ShortfallEvent,

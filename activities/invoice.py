@@ -14,11 +14,11 @@ from typing import Any
 
 from temporalio import activity
 
-from activities._errors import mapped_errors
-from activities.llm import _logger, run_with_provider
-from ledgerflow import decisions
-from ledgerflow.decisions import ReconcileRequest, ReconcileResult
+from ledgerflow.activities.llm import _logger, run_with_provider
 from ledgerflow.errors import StoreError
+from ledgerflow.flow.errors import mapped_errors
+from ledgerflow.llm import decisions
+from ledgerflow.llm.decisions import ReconcileRequest, ReconcileResult
 from ledgerflow.runtime import Runtime
 from ledgerflow.types import EscrowOrderInfo, OrderLookup, OrderRef, ProcurementRef
 

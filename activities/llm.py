@@ -36,9 +36,9 @@ import structlog
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from ledgerflow import llm
 from ledgerflow.errors import ConfigError, LLMInvalidOutput, LLMRefusal
-from ledgerflow.llm import DecisionProvider, DecisionRequest, DecisionResult
+from ledgerflow.llm import supplier as llm
+from ledgerflow.llm.supplier import DecisionProvider, DecisionRequest, DecisionResult
 from ledgerflow.settings import get_settings
 
 T = TypeVar("T")

@@ -30,7 +30,7 @@ __all__ = [
 def __getattr__(name: str) -> object:
     # The client pulls in Temporal and web3; import it only when asked for.
     if name == "LedgerflowClient":
-        from ledgerflow.client import LedgerflowClient
+        from ledgerflow.sdk.client import LedgerflowClient
 
         return LedgerflowClient
     raise AttributeError(name)

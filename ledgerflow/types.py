@@ -11,8 +11,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from ledgerflow.canonical import keccak
-from ledgerflow.checkpoint import StepKind, StepStatus
+from ledgerflow.checkpoint.canonical import keccak
+from ledgerflow.checkpoint.records import StepKind, StepStatus
 
 __all__ = [
     "AnchorInfo",
@@ -530,6 +530,6 @@ class OrderLookup(_Model):
     order_id: str | None = None
 
 
-from ledgerflow.llm import Offer  # noqa: E402  (leaf module: llm imports nothing from here)
+from ledgerflow.llm.supplier import Offer  # noqa: E402  (leaf module: llm imports nothing from here)
 
 OfferList.model_rebuild()

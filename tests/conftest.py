@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 from temporalio.client import Client
 
-from ledgerflow.anchorer import Anchorer
 from ledgerflow.chain.deploy import (
     Deployment,
     deploy_all,
@@ -24,11 +23,12 @@ from ledgerflow.chain.deploy import (
     save_deployment,
     seed_demo,
 )
-from ledgerflow.client import LedgerflowClient
+from ledgerflow.checkpoint.anchorer import Anchorer
+from ledgerflow.dev.stack import free_port, start_anvil, start_temporal
 from ledgerflow.runtime import Runtime
+from ledgerflow.sdk.client import LedgerflowClient
 from ledgerflow.settings import ANVIL_DEFAULT_KEYS, Settings
-from ledgerflow.stack import free_port, start_anvil, start_temporal
-from ledgerflow.worker import build_worker, ensure_search_attributes
+from ledgerflow.worker.runner import build_worker, ensure_search_attributes
 from tests.support.chain import ChainAdmin
 
 PG_URL = os.environ.get("LEDGERFLOW_TEST_PG_URL", "postgresql+psycopg://root@127.0.0.1:5432/test")

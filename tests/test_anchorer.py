@@ -13,13 +13,13 @@ from typing import Any
 
 import pytest
 
-from ledgerflow.anchorer import Anchorer, build_batch
 from ledgerflow.chain.signer import Signer
-from ledgerflow.proofs import format_gas_table, gas_rows, measure_anchor_gas
+from ledgerflow.checkpoint.anchorer import Anchorer, build_batch
+from ledgerflow.checkpoint.proofs import format_gas_table, gas_rows, measure_anchor_gas
+from ledgerflow.checkpoint.verify import verify_run
 from ledgerflow.runtime import Runtime
 from ledgerflow.settings import Settings
 from ledgerflow.store import AnchorRow, Store
-from ledgerflow.verify import verify_run
 from tests.conftest import Anvil
 from tests.test_proofs import close_runtime, deploy_registry
 from tests.test_store import make_run

@@ -24,16 +24,16 @@ from sqlmodel import select
 from standardwebhooks import Webhook
 from temporalio.service import RPCError, RPCStatusCode
 
-from ledgerflow.api import (
+from ledgerflow.api.webhooks import (
     create_app,
     decode_secret,
     serve_api,
     verify_signature,
     webhook_workflow_id,
 )
+from ledgerflow.dev.stack import free_port
 from ledgerflow.errors import ConfigError, WebhookError
 from ledgerflow.settings import Settings
-from ledgerflow.stack import free_port
 from ledgerflow.store import WebhookDelivery
 from ledgerflow.types import ProcurementState
 from tests.conftest import Stack

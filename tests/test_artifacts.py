@@ -11,7 +11,7 @@ import pytest
 
 from ledgerflow.chain.artifacts import artifacts_dir, load_artifact
 from ledgerflow.chain.deploy import CONTRACT_NAMES
-from ledgerflow.stack import repo_root
+from ledgerflow.dev.stack import repo_root
 
 BUILD = repo_root() / "contracts" / "build.js"
 

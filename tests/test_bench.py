@@ -11,9 +11,7 @@ import json
 from typing import Any
 
 import pytest
-from rich.console import Console
-
-from ledgerflow.bench import (
+from ledgerflow_bench.harness import (
     SECTIONS,
     BenchConfig,
     config_from_options,
@@ -21,6 +19,8 @@ from ledgerflow.bench import (
     render_report,
     run_bench,
 )
+from rich.console import Console
+
 from ledgerflow.errors import ConfigError
 
 

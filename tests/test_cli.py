@@ -9,7 +9,7 @@ import sys
 import uuid
 from pathlib import Path
 
-from ledgerflow.stack import free_port
+from ledgerflow.dev.stack import free_port
 from tests.conftest import Stack
 
 

@@ -13,8 +13,9 @@ from typing import Any
 
 import pytest
 
-from ledgerflow.canonical import canonical_bytes, keccak, to_hex
-from ledgerflow.decisions import (
+from ledgerflow.checkpoint.canonical import canonical_bytes, keccak, to_hex
+from ledgerflow.dev.stack import find_temporal
+from ledgerflow.llm.decisions import (
     ClassifyRequest,
     ContentClassification,
     apply_classification_rules,
@@ -23,7 +24,6 @@ from ledgerflow.decisions import (
     find_policy_terms,
     offline_classification,
 )
-from ledgerflow.stack import find_temporal
 from ledgerflow.types import ContentDocument, ContentRequest, ReviewDecision
 from tests.conftest import Stack
 from tests.support.openai_stub import completion_body
@@ -241,7 +241,7 @@ def test_body_reaches_the_prompt_only_as_escaped_data() -> None:
 
 
 def test_review_validator_accepts_only_one_pending_answer() -> None:
-    from workflows.content import ContentProvenanceWorkflow
+    from ledgerflow.workflows.content import ContentProvenanceWorkflow
 
     wf = ContentProvenanceWorkflow()
     with pytest.raises(ValueError, match="no review is pending"):

@@ -32,7 +32,6 @@ from web3.exceptions import ContractCustomError
 from web3.logs import DISCARD
 from web3.types import TxReceipt
 
-from ledgerflow.canonical import keccak
 from ledgerflow.chain.artifacts import load_artifact
 from ledgerflow.chain.deploy import (
     CONTRACT_NAMES,
@@ -44,7 +43,8 @@ from ledgerflow.chain.deploy import (
     role_id,
     sku_to_bytes32,
 )
-from ledgerflow.checkpoint import leaf_hash, next_head
+from ledgerflow.checkpoint.canonical import keccak
+from ledgerflow.checkpoint.records import leaf_hash, next_head
 
 ADDR = [Account.from_key(k).address for k in DEV_KEYS]
 DEPLOYER, AGENT, APPROVER = ADDR[0], ADDR[1], ADDR[2]
@@ -272,7 +272,7 @@ def test_verify_step_two_and_three_leaves(env: Env) -> None:
 
 def test_python_merkle_trees_verify_on_chain(env: Env) -> None:
     """ledgerflow.merkle's trees and proofs are accepted by the contract, for every leaf."""
-    from ledgerflow.merkle import build_tree
+    from ledgerflow.checkpoint.merkle import build_tree
 
     reg = env.registry.functions
     for n in (1, 2, 3, 4, 5, 7, 8, 9):

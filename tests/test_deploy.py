@@ -29,9 +29,9 @@ from ledgerflow.chain.deploy import (
     seed_demo,
     sku_to_bytes32,
 )
+from ledgerflow.dev.stack import free_port, start_anvil
 from ledgerflow.errors import ChainError, ConfigError
 from ledgerflow.settings import ANVIL_DEFAULT_KEYS
-from ledgerflow.stack import free_port, start_anvil
 
 MNEMONIC = "test test test test test test test test test test test junk"
 

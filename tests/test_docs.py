@@ -16,7 +16,7 @@ import pytest
 import typer.main
 from pydantic import BaseModel
 
-from ledgerflow.cli import app
+from ledgerflow.cli.main import app
 from ledgerflow.settings import Settings
 from ledgerflow.types import ApprovalDecision, DeliveryConfirmation, ProcurementRequest
 
@@ -107,7 +107,7 @@ INPUT_RE = re.compile(r"--input '([^']*)'")
 
 
 def _input_model(command: str) -> type[BaseModel]:
-    from ledgerflow.client import WORKFLOW_INPUTS
+    from ledgerflow.sdk.client import WORKFLOW_INPUTS
 
     for workflow_type, model in WORKFLOW_INPUTS.items():
         if f"--type {workflow_type}" in command or f"start {workflow_type}" in command:

@@ -17,9 +17,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from web3 import Web3
 
-from ledgerflow.canonical import CanonicalError, canonical_bytes, hash_obj, keccak, to_hex
-from ledgerflow.checkpoint import StepRecord, leaf_hash, next_head, run_key, step_hash
-from ledgerflow.merkle import keccak256 as merkle_keccak256
+from ledgerflow.checkpoint.canonical import (
+    CanonicalError,
+    canonical_bytes,
+    hash_obj,
+    keccak,
+    to_hex,
+)
+from ledgerflow.checkpoint.merkle import keccak256 as merkle_keccak256
+from ledgerflow.checkpoint.records import StepRecord, leaf_hash, next_head, run_key, step_hash
 
 # --- canonical encoding vectors: (value, canonical bytes as hex, keccak256 of those bytes) -------
 

@@ -21,8 +21,10 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from activities.llm import set_provider
-from ledgerflow.decisions import (
+from ledgerflow.activities.llm import set_provider
+from ledgerflow.dev.stack import find_temporal
+from ledgerflow.errors import LLMInvalidOutput
+from ledgerflow.llm.decisions import (
     InvoiceDecision,
     apply_invoice_rules,
     invoice_facts,
@@ -30,9 +32,7 @@ from ledgerflow.decisions import (
     reconcile_messages,
     validate_invoice_decision,
 )
-from ledgerflow.errors import LLMInvalidOutput
-from ledgerflow.llm import OpenAIProvider
-from ledgerflow.stack import find_temporal
+from ledgerflow.llm.supplier import OpenAIProvider
 from ledgerflow.types import (
     EscrowOrderInfo,
     InvoiceLine,
@@ -421,7 +421,7 @@ def test_the_model_can_be_stricter_than_the_rules_never_laxer() -> None:
 
 
 def test_notes_reach_the_prompt_only_as_escaped_data() -> None:
-    from ledgerflow.decisions import ReconcileRequest
+    from ledgerflow.llm.decisions import ReconcileRequest
 
     facts = invoice_facts("I", ADDR_A, LINES, None, None)
     request = ReconcileRequest(
@@ -453,7 +453,7 @@ def test_invoice_request_validation() -> None:
 
 
 def test_resolve_validator_accepts_only_one_pending_answer() -> None:
-    from workflows.invoice import InvoiceReconciliationWorkflow
+    from ledgerflow.workflows.invoice import InvoiceReconciliationWorkflow
 
     wf = InvoiceReconciliationWorkflow()
     with pytest.raises(ValueError, match="no resolution is pending"):

@@ -22,10 +22,10 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-import activities.llm as llm_activity
-from ledgerflow.canonical import canonical_bytes, hash_obj, keccak, to_hex
+import ledgerflow.activities.llm as llm_activity
+from ledgerflow.checkpoint.canonical import canonical_bytes, hash_obj, keccak, to_hex
 from ledgerflow.errors import LLMInvalidOutput, LLMRefusal
-from ledgerflow.llm import (
+from ledgerflow.llm.supplier import (
     MAX_DESCRIPTION_CHARS,
     OFFLINE_MODEL,
     SYSTEM_PROMPT,
@@ -690,7 +690,7 @@ async def test_activity_maps_refusal_and_invalid_output(
 
 
 def test_retry_policy_and_timeout_for_workflows() -> None:
-    from workflows import _policies
+    from ledgerflow.flow import policies as _policies
 
     policy = _policies.LLM_RETRY_POLICY
     assert policy.maximum_attempts == 3

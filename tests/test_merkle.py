@@ -17,9 +17,8 @@ from eth_utils import keccak as eth_keccak
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ledgerflow import merkle
-from ledgerflow.checkpoint import leaf_hash
-from ledgerflow.merkle import (
+from ledgerflow.checkpoint import merkle
+from ledgerflow.checkpoint.merkle import (
     MerkleTree,
     MultiVerifier,
     build_tree,
@@ -28,6 +27,7 @@ from ledgerflow.merkle import (
     process_proof,
     verify_proof,
 )
+from ledgerflow.checkpoint.records import leaf_hash
 
 # --- independent reference ----------------------------------------------------------------------
 
@@ -382,7 +382,7 @@ def test_thread_safety() -> None:
 
 def test_does_not_import_eth_hash_auto() -> None:
     code = (
-        "import sys, ledgerflow.merkle; "
+        "import sys, ledgerflow.checkpoint.merkle; "
         "bad = [m for m in sys.modules if m.startswith(('eth_hash', 'eth_utils', 'web3'))]; "
         "assert not bad, bad"
     )

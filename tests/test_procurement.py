@@ -14,13 +14,13 @@ import pytest
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.chain import ChainActivities
-from activities.llm import set_provider
+from ledgerflow.activities.chain import ChainActivities
+from ledgerflow.activities.llm import set_provider
 from ledgerflow.chain.deploy import DEV_KEYS, sku_to_bytes32
-from ledgerflow.client import LedgerflowClient
-from ledgerflow.llm import OpenAIProvider
+from ledgerflow.llm.supplier import OpenAIProvider
+from ledgerflow.sdk.client import LedgerflowClient
 from ledgerflow.types import EscrowRequest, ProcurementRequest, ProcurementState, TxResult
-from ledgerflow.worker import activity_functions, build_worker
+from ledgerflow.worker.runner import activity_functions, build_worker
 from tests.conftest import Stack
 from tests.support.chain import ChainAdmin
 from tests.support.openai_stub import OpenAIStub, completion_body

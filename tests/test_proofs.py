@@ -17,18 +17,18 @@ from eth_account import Account
 from web3 import HTTPProvider, Web3
 
 from ledgerflow.chain.deploy import _Sender, role_id
-from ledgerflow.checkpoint import leaf_hash
-from ledgerflow.errors import ChainError, LedgerflowError, StoreError, VerificationError
-from ledgerflow.merkle import process_proof
-from ledgerflow.proofs import (
+from ledgerflow.checkpoint.merkle import process_proof
+from ledgerflow.checkpoint.proofs import (
     ProofCheck,
     build_step_proof,
     check_proof_offline,
     verify_proof_document,
     verify_proof_document_async,
 )
+from ledgerflow.checkpoint.records import leaf_hash
+from ledgerflow.dev.stack import free_port
+from ledgerflow.errors import ChainError, LedgerflowError, StoreError, VerificationError
 from ledgerflow.runtime import Runtime
-from ledgerflow.stack import free_port
 from ledgerflow.store import Store
 from ledgerflow.types import ProcurementRequest
 from tests.conftest import Stack
@@ -378,7 +378,7 @@ async def test_tampering_any_member_fails(stack: Stack, runs: dict, mode: str) -
 async def test_consistent_forgery_passes_offline_but_not_on_chain(stack: Stack, runs: dict) -> None:
     """A forger who recomputes every hash (record → step hash → leaf → root) makes a document
     that is internally consistent; only the chain exposes it."""
-    from ledgerflow.canonical import canonical_bytes, keccak
+    from ledgerflow.checkpoint.canonical import canonical_bytes, keccak
 
     doc = await build_step_proof(stack.runtime, runs["batched"]["id"], 1)
     forged = copy.deepcopy(doc)

@@ -18,8 +18,9 @@ from temporalio.client import WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
+from ledgerflow.activities.checkpoint import CheckpointActivities
 from ledgerflow.types import ProcurementRequest
-from ledgerflow.worker import workflow_classes
+from ledgerflow.worker.runner import workflow_classes
 from tests.conftest import Stack
 from tests.test_procurement import _wait_phase
 
@@ -27,7 +28,11 @@ HISTORIES = Path(__file__).parent / "histories"
 
 
 def _replayer() -> Replayer:
-    return Replayer(workflows=workflow_classes(), data_converter=pydantic_data_converter)
+    from ledgerflow_bench.workflow import BenchWorkflow
+
+    return Replayer(
+        workflows=[*workflow_classes(), BenchWorkflow], data_converter=pydantic_data_converter
+    )
 
 
 @pytest.mark.parametrize("path", sorted(HISTORIES.glob("*.json")), ids=lambda p: p.stem)
@@ -126,16 +131,29 @@ async def test_fresh_history_replays_invoice_and_content(stack: Stack, scenario:
 
 @pytest.mark.parametrize("mode", ["none", "batched"])
 async def test_fresh_history_replays_bench(stack: Stack, mode: str) -> None:
-    from activities.bench import BenchInput
+    from ledgerflow_bench.activities import BenchInput, bench_step
+    from ledgerflow_bench.workflow import BenchWorkflow
 
-    wf_id = f"bench-{mode}-{uuid.uuid4().hex[:8]}"
-    handle = await stack.client.temporal.start_workflow(
-        "BenchWorkflow",
-        BenchInput(steps=3, mode=mode),  # type: ignore[arg-type]
-        id=wf_id,
-        task_queue=stack.settings.task_queue,
+    from ledgerflow.worker.runner import build_worker
+
+    # The benchmark's workflow is served by the bench's own worker, never by a product worker.
+    task_queue = f"bench-replay-{uuid.uuid4().hex[:8]}"
+    worker = build_worker(
+        stack.client.temporal,
+        stack.runtime,
+        task_queue=task_queue,
+        workflows=[BenchWorkflow],
+        activities=[bench_step, *CheckpointActivities(stack.runtime).all()],
     )
-    await handle.result()
+    wf_id = f"bench-{mode}-{uuid.uuid4().hex[:8]}"
+    async with worker:
+        handle = await stack.client.temporal.start_workflow(
+            "BenchWorkflow",
+            BenchInput(steps=3, mode=mode),  # type: ignore[arg-type]
+            id=wf_id,
+            task_queue=task_queue,
+        )
+        await handle.result()
     history = await handle.fetch_history()
     await _replayer().replay_workflow(history)
     if os.environ.get("LEDGERFLOW_RECORD_HISTORIES") == "1":

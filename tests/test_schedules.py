@@ -16,7 +16,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
 from ledgerflow.errors import ConfigError
-from ledgerflow.schedules import (
+from ledgerflow.sdk.schedules import (
     SweepRequest,
     SweepResult,
     create_schedule,
@@ -29,10 +29,10 @@ from ledgerflow.schedules import (
     trigger_schedule,
     unpause_schedule,
 )
+from ledgerflow.workflows.watcher import InventorySweepWorkflow
 from tests.conftest import Stack
 from tests.support.chain import ChainAdmin
 from tests.test_cli import _cli
-from workflows.watcher import InventorySweepWorkflow
 
 HISTORIES = Path(__file__).parent / "histories"
 

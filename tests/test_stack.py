@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
+from ledgerflow.dev.stack import free_port, start_anvil, start_temporal
 from ledgerflow.errors import StackError
-from ledgerflow.stack import free_port, start_anvil, start_temporal
 
 
 @pytest.fixture

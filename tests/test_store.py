@@ -17,13 +17,13 @@ from sqlalchemy import inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 
-from ledgerflow.anchorer import build_batch
-from ledgerflow.canonical import canonical_bytes, keccak, to_hex
-from ledgerflow.checkpoint import StepRecord, leaf_hash, next_head, run_key
+from ledgerflow.checkpoint.anchorer import build_batch
+from ledgerflow.checkpoint.canonical import canonical_bytes, keccak, to_hex
+from ledgerflow.checkpoint.merkle import MultiVerifier, verify_proof
+from ledgerflow.checkpoint.records import StepRecord, leaf_hash, next_head, run_key
+from ledgerflow.checkpoint.verify import _Findings, verify_steps
 from ledgerflow.errors import StoreError
-from ledgerflow.merkle import MultiVerifier, verify_proof
 from ledgerflow.store import SCHEMA_VERSION, OutboxTx, StepRow, Store
-from ledgerflow.verify import _Findings, verify_steps
 
 REGISTRY = "0x" + "5f" * 20
 CHAIN_ID = 31337

@@ -19,13 +19,13 @@ import structlog
 from typer.testing import CliRunner
 from web3 import HTTPProvider, Web3
 
-from ledgerflow.anchorer import build_batch
 from ledgerflow.chain.deploy import _Sender, deploy_all, save_deployment
-from ledgerflow.checkpoint import StepRecord, next_head
+from ledgerflow.checkpoint.anchorer import build_batch
+from ledgerflow.checkpoint.records import StepRecord, next_head
+from ledgerflow.checkpoint.verify import VerifyReport, verify_run
+from ledgerflow.dev.stack import free_port, start_anvil
 from ledgerflow.runtime import Runtime
 from ledgerflow.settings import ANVIL_DEFAULT_KEYS, Settings, get_settings
-from ledgerflow.stack import free_port, start_anvil
-from ledgerflow.verify import VerifyReport, verify_run
 from tests.conftest import Stack
 from tests.test_proofs import (
     close_runtime,
@@ -188,7 +188,7 @@ async def test_deleted_preimage(stack: Stack, runs: dict, tmp_path: Path) -> Non
 
 def _rehash_from(con: sqlite3.Connection, w: str, r: str, seq: int, **changes: str) -> None:
     """Apply ``changes`` to step ``seq`` and recompute every hash from there on, consistently."""
-    from ledgerflow.canonical import keccak
+    from ledgerflow.checkpoint.canonical import keccak
 
     rows = _steps(con, w, r)
     run_key = rows[0]["prev"]
@@ -439,7 +439,7 @@ async def test_other_registry_fails(stack: Stack, runs: dict, tmp_path: Path, mo
 
 @pytest.fixture
 async def cli(stack: Stack) -> AsyncIterator[Callable[..., Any]]:
-    from ledgerflow.cli import app
+    from ledgerflow.cli.main import app
 
     runner = CliRunner()
 

@@ -23,11 +23,12 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer, Worker
 from web3.logs import DISCARD
 
-from activities.events import EventActivities
+from ledgerflow.activities.events import EventActivities
 from ledgerflow.chain.deploy import DEV_KEYS, sku_to_bytes32
-from ledgerflow.client import LedgerflowClient
+from ledgerflow.dev.stack import free_port, start_temporal
 from ledgerflow.runtime import Runtime
-from ledgerflow.schedules import (
+from ledgerflow.sdk.client import LedgerflowClient
+from ledgerflow.sdk.schedules import (
     WatcherInput,
     WatcherState,
     ensure_watcher,
@@ -36,12 +37,11 @@ from ledgerflow.schedules import (
     shortfall_workflow_id,
     stop_watcher,
 )
-from ledgerflow.stack import free_port, start_temporal
 from ledgerflow.temporal import connect
 from ledgerflow.types import ProcurementRequest
+from ledgerflow.workflows.watcher import ChainEventWatcherWorkflow
 from tests.conftest import Stack
 from tests.support.chain import ChainAdmin
-from workflows.watcher import ChainEventWatcherWorkflow
 
 HISTORIES = Path(__file__).parent / "histories"
 T = TypeVar("T")

@@ -19,7 +19,8 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
-    from ledgerflow.decisions import (
+    from ledgerflow.flow.ledger import Ledger, failure_output
+    from ledgerflow.llm.decisions import (
         ClassifyRequest,
         ClassifyResult,
         find_policy_terms,
@@ -32,9 +33,8 @@ with workflow.unsafe.imports_passed_through():
         ContentState,
         ReviewDecision,
     )
-    from workflows._ledger import Ledger, failure_output
 
-from workflows._policies import (
+from ledgerflow.flow.policies import (
     ACTIVITY_RETRY_POLICY,
     ACTIVITY_START_TO_CLOSE_TIMEOUT,
     LLM_RETRY_POLICY,

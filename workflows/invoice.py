@@ -19,7 +19,8 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
-    from ledgerflow.decisions import (
+    from ledgerflow.flow.ledger import Ledger, failure_output
+    from ledgerflow.llm.decisions import (
         InvoiceFacts,
         ReconcileRequest,
         ReconcileResult,
@@ -38,9 +39,8 @@ with workflow.unsafe.imports_passed_through():
         ProcurementRef,
         ResolutionDecision,
     )
-    from workflows._ledger import Ledger, failure_output
 
-from workflows._policies import (
+from ledgerflow.flow.policies import (
     CHAIN_READ_START_TO_CLOSE_TIMEOUT,
     CHAIN_RETRY_POLICY,
     LLM_RETRY_POLICY,

@@ -19,8 +19,9 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from ledgerflow.decisions import procurement_order_id
-    from ledgerflow.llm import DecisionRequest, DecisionResult
+    from ledgerflow.flow.ledger import Ledger, failure_output
+    from ledgerflow.llm.decisions import procurement_order_id
+    from ledgerflow.llm.supplier import DecisionRequest, DecisionResult
     from ledgerflow.types import (
         ApprovalDecision,
         DeliveryConfirmation,
@@ -38,9 +39,8 @@ with workflow.unsafe.imports_passed_through():
         SkuRequest,
         TxResult,
     )
-    from workflows._ledger import Ledger, failure_output
 
-from workflows._policies import (
+from ledgerflow.flow.policies import (
     CHAIN_READ_START_TO_CLOSE_TIMEOUT,
     CHAIN_RETRY_POLICY,
     CHAIN_TX_START_TO_CLOSE_TIMEOUT,

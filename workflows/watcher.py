@@ -21,7 +21,8 @@ from temporalio.common import RetryPolicy, SearchAttributeKey
 from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
-    from ledgerflow.schedules import (
+    from ledgerflow.flow.ledger import failure_output
+    from ledgerflow.sdk.schedules import (
         FetchShortfalls,
         ProcurementStart,
         ShortfallBatch,
@@ -38,7 +39,6 @@ with workflow.unsafe.imports_passed_through():
         sweep_workflow_id,
         window_stamp,
     )
-    from workflows._ledger import failure_output
 
 __all__ = ["ChainEventWatcherWorkflow", "InventorySweepWorkflow"]
 

@@ -8,8 +8,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from ledgerflow.dev.stack import repo_root
 from ledgerflow.errors import ConfigError
-from ledgerflow.stack import repo_root
 
 __all__ = ["Artifact", "artifacts_dir", "load_artifact"]
 

@@ -31,9 +31,9 @@ from web3.exceptions import ContractLogicError, Web3Exception
 from web3.logs import DISCARD
 from web3.types import Nonce, TxParams, TxReceipt
 
-from ledgerflow.canonical import keccak, to_hex
 from ledgerflow.chain.artifacts import load_artifact
 from ledgerflow.chain.reverts import revert_from_exception
+from ledgerflow.checkpoint.canonical import keccak, to_hex
 from ledgerflow.errors import ChainError, ConfigError
 from ledgerflow.settings import ANVIL_DEFAULT_KEYS
 

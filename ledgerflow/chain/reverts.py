@@ -8,8 +8,8 @@ from typing import Any
 from eth_abi import decode as abi_decode
 from web3.exceptions import ContractLogicError
 
-from ledgerflow.canonical import keccak
 from ledgerflow.chain.artifacts import artifacts_dir, load_artifact
+from ledgerflow.checkpoint.canonical import keccak
 from ledgerflow.errors import ContractRevert
 
 __all__ = ["decode_revert", "revert_from_exception"]

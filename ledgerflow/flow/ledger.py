@@ -27,8 +27,8 @@ from temporalio.common import RetryPolicy, SearchAttributeKey
 from temporalio.exceptions import ActivityError, ApplicationError, TimeoutError
 
 with workflow.unsafe.imports_passed_through():
-    from ledgerflow.canonical import canonical_bytes, keccak, to_hex
-    from ledgerflow.checkpoint import StepKind, StepRecord, next_head, run_key
+    from ledgerflow.checkpoint.canonical import canonical_bytes, keccak, to_hex
+    from ledgerflow.checkpoint.records import StepKind, StepRecord, next_head, run_key
     from ledgerflow.types import (
         AnchorInfo,
         AnchorMode,

@@ -18,8 +18,8 @@ from urllib.parse import urlparse
 import structlog
 from rich.console import Console
 
+from ledgerflow.dev.stack import ManagedProcess, port_in_use, start_anvil, start_temporal
 from ledgerflow.settings import Settings
-from ledgerflow.stack import ManagedProcess, port_in_use, start_anvil, start_temporal
 
 __all__ = ["run_up"]
 
@@ -116,8 +116,8 @@ async def run_demo(settings: Settings) -> bool:
     from temporalio.common import WorkflowIDConflictPolicy
 
     from ledgerflow.chain import deploy
-    from ledgerflow.client import LedgerflowClient
-    from ledgerflow.schedules import WatcherInput, ensure_watcher, shortfall_starts_in_receipt
+    from ledgerflow.sdk.client import LedgerflowClient
+    from ledgerflow.sdk.schedules import WatcherInput, ensure_watcher, shortfall_starts_in_receipt
 
     async with await LedgerflowClient.connect(settings) as lf:
         watcher = await ensure_watcher(lf, input=WatcherInput(procurement=DEMO_PROCUREMENT))
@@ -165,8 +165,8 @@ async def run_demo(settings: Settings) -> bool:
 
 
 async def _serve(settings: Settings, *, demo: bool) -> int:
-    from ledgerflow.api import serve_api
-    from ledgerflow.worker import run_worker
+    from ledgerflow.api.webhooks import serve_api
+    from ledgerflow.worker.runner import run_worker
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

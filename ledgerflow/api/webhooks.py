@@ -45,13 +45,13 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from ledgerflow import __version__
-from ledgerflow.client import (
+from ledgerflow.errors import ConfigError, WebhookError
+from ledgerflow.sdk.client import (
     WORKFLOW_INPUTS,
     LedgerflowClient,
     parse_input,
     workflow_id_prefix,
 )
-from ledgerflow.errors import ConfigError, WebhookError
 from ledgerflow.settings import Settings
 from ledgerflow.store import Store, WebhookDelivery
 from ledgerflow.types import (

@@ -14,9 +14,9 @@ from datetime import UTC, datetime
 
 import structlog
 
-from ledgerflow.checkpoint import leaf_hash
+from ledgerflow.checkpoint.merkle import build_tree
+from ledgerflow.checkpoint.records import leaf_hash
 from ledgerflow.errors import ContractRevert
-from ledgerflow.merkle import build_tree
 from ledgerflow.runtime import Runtime
 from ledgerflow.store import AnchorRow
 

@@ -36,12 +36,12 @@ from web3.exceptions import (
     Web3Exception,
 )
 
-from ledgerflow.anchorer import build_batch
-from ledgerflow.canonical import SPEC_VERSION, CanonicalError, canonical_bytes, keccak
 from ledgerflow.chain.artifacts import load_artifact
-from ledgerflow.checkpoint import STEP_KINDS, leaf_hash, next_head, run_key
+from ledgerflow.checkpoint.anchorer import build_batch
+from ledgerflow.checkpoint.canonical import SPEC_VERSION, CanonicalError, canonical_bytes, keccak
+from ledgerflow.checkpoint.merkle import process_proof
+from ledgerflow.checkpoint.records import STEP_KINDS, leaf_hash, next_head, run_key
 from ledgerflow.errors import ChainError, ConfigError, StoreError, VerificationError
-from ledgerflow.merkle import process_proof
 from ledgerflow.runtime import Runtime
 from ledgerflow.store import AnchorRow, StepRow
 

@@ -23,9 +23,9 @@ from temporalio.client import Client
 from temporalio.service import RPCError
 from web3.logs import DISCARD
 
-from ledgerflow.canonical import SPEC_VERSION, encode_string, keccak
-from ledgerflow.checkpoint import leaf_hash, next_head, run_key
-from ledgerflow.merkle import MultiVerifier
+from ledgerflow.checkpoint.canonical import SPEC_VERSION, encode_string, keccak
+from ledgerflow.checkpoint.merkle import MultiVerifier
+from ledgerflow.checkpoint.records import leaf_hash, next_head, run_key
 from ledgerflow.runtime import Runtime
 from ledgerflow.store import AnchorRow, RunRow, StepRow
 
@@ -301,7 +301,7 @@ async def verify_run(
         history_checked = await _check_history(client, run, hashes, head, f)
     if pending:
         f.problems.append(f"{pending} step(s) not anchored yet")
-    from activities.checkpoint import anchor_infos
+    from ledgerflow.activities.checkpoint import anchor_infos
 
     return VerifyReport(
         workflow_id=run.workflow_id,

@@ -229,9 +229,9 @@ class _World:
 
     async def start(self) -> None:
         from ledgerflow.chain.deploy import DEV_KEYS, deploy_all, save_deployment
+        from ledgerflow.dev.stack import free_port, start_anvil, start_temporal
         from ledgerflow.runtime import Runtime
         from ledgerflow.settings import Settings
-        from ledgerflow.stack import free_port, start_anvil, start_temporal
         from ledgerflow.temporal import connect
 
         anvil_port, temporal_port = free_port(), free_port()
@@ -314,14 +314,26 @@ _MODES = ("none", "batched", "per-step")
 async def _bench_throughput(world: _World, cfg: BenchConfig) -> dict[str, Any]:
     from temporalio.api.enums.v1 import EventType
 
-    from activities.bench import BenchInput, BenchResult
-    from ledgerflow.anchorer import Anchorer
-    from ledgerflow.worker import build_worker, ensure_search_attributes
+    from ledgerflow.checkpoint.anchorer import Anchorer
+    from ledgerflow.worker.runner import (
+        activity_functions,
+        build_worker,
+        ensure_search_attributes,
+        workflow_classes,
+    )
+    from ledgerflow_bench.activities import BenchInput, BenchResult, bench_step
+    from ledgerflow_bench.workflow import BenchWorkflow
 
     client, settings = world.client, world.settings
     tq = settings.task_queue
     await ensure_search_attributes(client, "default")
-    worker = build_worker(client, world.runtime, task_queue=tq)
+    worker = build_worker(
+        client,
+        world.runtime,
+        task_queue=tq,
+        workflows=[*workflow_classes(), BenchWorkflow],
+        activities=[*activity_functions(world.runtime), bench_step],
+    )
     stop = asyncio.Event()
     anchorer = Anchorer(
         world.runtime, batch_size=cfg.anchor_batch_size, max_wait=cfg.anchor_max_wait
@@ -474,7 +486,7 @@ async def _bench_throughput(world: _World, cfg: BenchConfig) -> dict[str, Any]:
 
 
 async def _bench_gas(world: _World, cfg: BenchConfig) -> dict[str, Any]:
-    from ledgerflow.proofs import format_gas_table, measure_anchor_gas
+    from ledgerflow.checkpoint.proofs import format_gas_table, measure_anchor_gas
 
     world.progress(f"gas: anchorRoot batches {cfg.gas_batch_sizes} and per-step checkpoints")
     rows = await measure_anchor_gas(
@@ -654,8 +666,8 @@ async def _bench_signer(world: _World, cfg: BenchConfig) -> dict[str, Any]:
 
 def _synthetic_steps(workflow_id: str, run_id: str, n: int) -> list[Any]:
     """The step rows of a synthetic n-step batched run (checkpoint spec v1)."""
-    from ledgerflow.canonical import canonical_bytes, keccak, to_hex
-    from ledgerflow.checkpoint import StepRecord, next_head, run_key
+    from ledgerflow.checkpoint.canonical import canonical_bytes, keccak, to_hex
+    from ledgerflow.checkpoint.records import StepRecord, next_head, run_key
     from ledgerflow.store import StepRow
 
     rk = run_key(workflow_id, run_id)
@@ -723,9 +735,9 @@ async def _root_checks(world: _World, anchors: dict[int, Any]) -> tuple[int, int
 async def _verify_once(
     world: _World, wf: str, run: str, rows: list[Any], anchors: dict[int, Any], *, memo: bool
 ) -> dict[str, Any]:
-    from ledgerflow.checkpoint import leaf_hash
-    from ledgerflow.merkle import MultiVerifier, verify_proof
-    from ledgerflow.verify import _Findings, decode_proof, verify_steps
+    from ledgerflow.checkpoint.merkle import MultiVerifier, verify_proof
+    from ledgerflow.checkpoint.records import leaf_hash
+    from ledgerflow.checkpoint.verify import _Findings, decode_proof, verify_steps
 
     findings = _Findings()
     t0 = time.perf_counter()
@@ -757,8 +769,8 @@ async def _verify_once(
 
 
 async def _bench_verification(world: _World, cfg: BenchConfig) -> dict[str, Any]:
-    from ledgerflow.anchorer import Anchorer
-    from ledgerflow.verify import verify_run
+    from ledgerflow.checkpoint.anchorer import Anchorer
+    from ledgerflow.checkpoint.verify import verify_run
 
     rt = world.runtime
     store = rt.store
@@ -766,8 +778,8 @@ async def _bench_verification(world: _World, cfg: BenchConfig) -> dict[str, Any]
     wf, run = f"bench-verify-{uuid.uuid4().hex[:8]}", str(uuid.uuid4())
     world.progress(f"verification: building a synthetic {n}-step run")
     rows = await asyncio.to_thread(_synthetic_steps, wf, run, n)
-    from ledgerflow.canonical import to_hex
-    from ledgerflow.checkpoint import run_key
+    from ledgerflow.checkpoint.canonical import to_hex
+    from ledgerflow.checkpoint.records import run_key
 
     await asyncio.to_thread(
         store.ensure_run,
@@ -832,9 +844,9 @@ async def _bench_webhook(world: _World, cfg: BenchConfig) -> dict[str, Any]:
     from standardwebhooks.webhooks import Webhook
     from temporalio.service import RPCError
 
-    from ledgerflow.api import create_app
-    from ledgerflow.client import WORKFLOW_INPUTS, LedgerflowClient
-    from ledgerflow.stack import free_port
+    from ledgerflow.api.webhooks import create_app
+    from ledgerflow.dev.stack import free_port
+    from ledgerflow.sdk.client import WORKFLOW_INPUTS, LedgerflowClient
 
     # Runs go to a task queue that no worker polls: this section measures starting, nothing else.
     settings = world.settings.model_copy(

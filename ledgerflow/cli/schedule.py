@@ -42,7 +42,7 @@ def _settings() -> Settings:
 
 def _call(fn: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any) -> Any:
     """Connect, run ``fn(client, ...)``, and turn ledgerflow errors into exit code 2."""
-    from ledgerflow.client import LedgerflowClient
+    from ledgerflow.sdk.client import LedgerflowClient
 
     settings = _settings()
 
@@ -108,7 +108,7 @@ def create(
     as_json: JsonOpt = False,
 ) -> None:
     """Create a schedule, e.g. `schedule create inventory-sweep --every 1h --input '{...}'`."""
-    from ledgerflow.schedules import create_schedule
+    from ledgerflow.sdk.schedules import create_schedule
 
     view = _call(
         create_schedule,
@@ -132,7 +132,7 @@ def create(
 @schedule_app.command("list")
 def list_(as_json: JsonOpt = False) -> None:
     """List the namespace's schedules."""
-    from ledgerflow.schedules import list_schedules
+    from ledgerflow.sdk.schedules import list_schedules
 
     views = _call(list_schedules)
     if as_json:
@@ -147,7 +147,7 @@ def list_(as_json: JsonOpt = False) -> None:
 @schedule_app.command("describe")
 def describe(schedule_id: str, as_json: JsonOpt = False) -> None:
     """Show one schedule: spec, input, state, next and recent runs."""
-    from ledgerflow.schedules import describe_schedule
+    from ledgerflow.sdk.schedules import describe_schedule
 
     view = _call(describe_schedule, schedule_id)
     if as_json:
@@ -163,7 +163,7 @@ def pause(
     as_json: JsonOpt = False,
 ) -> None:
     """Pause a schedule."""
-    from ledgerflow.schedules import pause_schedule
+    from ledgerflow.sdk.schedules import pause_schedule
 
     view = _call(pause_schedule, schedule_id, note)
     if as_json:
@@ -179,7 +179,7 @@ def unpause(
     as_json: JsonOpt = False,
 ) -> None:
     """Resume a paused schedule."""
-    from ledgerflow.schedules import unpause_schedule
+    from ledgerflow.sdk.schedules import unpause_schedule
 
     view = _call(unpause_schedule, schedule_id, note)
     if as_json:
@@ -191,7 +191,7 @@ def unpause(
 @schedule_app.command("trigger")
 def trigger(schedule_id: str, as_json: JsonOpt = False) -> None:
     """Start one run of a schedule now; prints the run's workflow id."""
-    from ledgerflow.schedules import trigger_schedule
+    from ledgerflow.sdk.schedules import trigger_schedule
 
     data = _call(trigger_schedule, schedule_id)
     if as_json:
@@ -205,7 +205,7 @@ def trigger(schedule_id: str, as_json: JsonOpt = False) -> None:
 @schedule_app.command("delete")
 def delete(schedule_id: str, as_json: JsonOpt = False) -> None:
     """Delete a schedule (runs it started keep running)."""
-    from ledgerflow.schedules import delete_schedule
+    from ledgerflow.sdk.schedules import delete_schedule
 
     _call(delete_schedule, schedule_id)
     if as_json:
@@ -238,7 +238,7 @@ def watch(
     as_json: JsonOpt = False,
 ) -> None:
     """Start the chain-event watcher (ShortfallDetected → ProcurementWorkflow) unless it runs."""
-    from ledgerflow.schedules import (
+    from ledgerflow.sdk.schedules import (
         WatcherInput,
         ensure_watcher,
         stop_watcher,

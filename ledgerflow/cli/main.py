@@ -61,7 +61,7 @@ def _emit(data: Any, as_json: bool) -> None:
 @app.command()
 def up(demo: Annotated[bool, typer.Option(help="run one demo workflow")] = True) -> None:
     """Start the embedded stack, deploy, run a demo, and serve until Ctrl-C."""
-    from ledgerflow.up import run_up
+    from ledgerflow.dev.up import run_up
 
     raise typer.Exit(run_up(_settings(), demo=demo))
 
@@ -71,7 +71,7 @@ def worker(
     anchorer: Annotated[bool, typer.Option(help="also run the batch anchorer")] = True,
 ) -> None:
     """Run a worker (workflows, activities and the batch anchorer)."""
-    from ledgerflow.worker import run_worker
+    from ledgerflow.worker.runner import run_worker
 
     settings = _settings()
     _until_signal(lambda stop: run_worker(settings, stop, anchorer=anchorer))
@@ -80,7 +80,7 @@ def worker(
 @app.command()
 def api() -> None:
     """Serve the HTTP API (webhooks, health, OpenAPI at /docs)."""
-    from ledgerflow.api import serve_api
+    from ledgerflow.api.webhooks import serve_api
 
     settings = _settings()
     _until_signal(lambda stop: serve_api(settings, stop))
@@ -133,7 +133,7 @@ def start(
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
     """Start a workflow."""
-    from ledgerflow.client import LedgerflowClient
+    from ledgerflow.sdk.client import LedgerflowClient
 
     settings = _settings()
 
@@ -187,7 +187,7 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
     """Show a run's status, steps, head and anchor state."""
-    from ledgerflow.client import LedgerflowClient
+    from ledgerflow.sdk.client import LedgerflowClient
 
     settings = _settings()
 
@@ -208,9 +208,9 @@ def verify(
     ] = False,
 ) -> None:
     """Verify a run against its preimages, the chain and Temporal history. Exit 0 only if ok."""
+    from ledgerflow.checkpoint.verify import verify_run
     from ledgerflow.runtime import Runtime
     from ledgerflow.temporal import connect
-    from ledgerflow.verify import verify_run
 
     settings = _settings()
 
@@ -252,7 +252,7 @@ def proof(
     ] = False,
 ) -> None:
     """Write the self-contained proof document of one step (reveals no other step)."""
-    from ledgerflow.proofs import build_step_proof
+    from ledgerflow.checkpoint.proofs import build_step_proof
     from ledgerflow.runtime import Runtime
 
     settings = _settings()
@@ -282,7 +282,7 @@ def verify_proof(
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
     """Check a step proof offline and against the chain (RPC from settings). Exit 0 only if ok."""
-    from ledgerflow.proofs import verify_proof_document
+    from ledgerflow.checkpoint.proofs import verify_proof_document
 
     settings = _settings()
     w3 = None
@@ -321,7 +321,20 @@ def bench(
     webhooks: Annotated[int | None, typer.Option(help="webhook: starts per path")] = None,
 ) -> None:
     """Measure checkpointing against its baselines on a throw-away stack of its own."""
-    from ledgerflow.bench import config_from_options, progress_printer, render_report, run_bench_cli
+    try:
+        from ledgerflow_bench.harness import (
+            config_from_options,
+            progress_printer,
+            render_report,
+            run_bench_cli,
+        )
+    except ImportError:
+        err.print(
+            "[red]error:[/red] the benchmark harness is not installed: it lives in the "
+            "repository's bench/ folder (`make test` and `make run` install it; or run "
+            "`pip install -e bench/` in a checkout)"
+        )
+        raise typer.Exit(2) from None
 
     configure_logging("WARNING", "auto")
     try:
@@ -346,7 +359,7 @@ def bench(
         render_report(report, out)
 
 
-from ledgerflow.cli_schedule import schedule_app, watch  # noqa: E402
+from ledgerflow.cli.schedule import schedule_app, watch  # noqa: E402
 
 app.add_typer(schedule_app, name="schedule")
 app.command()(watch)

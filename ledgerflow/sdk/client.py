@@ -205,7 +205,7 @@ class LedgerflowClient:
 
     async def verify(self, workflow_id: str, run_id: str | None = None) -> Any:
         """Verify a run (preimages, chain, Temporal history); returns a ``VerifyReport``."""
-        from ledgerflow.verify import verify_run
+        from ledgerflow.checkpoint.verify import verify_run
 
         return await verify_run(self.runtime, workflow_id, run_id, client=self.temporal)
 
@@ -218,7 +218,7 @@ class LedgerflowClient:
         include_preimages: bool = False,
     ) -> dict[str, Any]:
         """The self-contained proof document of one step (see docs/checkpoint-spec.md)."""
-        from ledgerflow.proofs import build_step_proof
+        from ledgerflow.checkpoint.proofs import build_step_proof
 
         return await build_step_proof(
             self.runtime, workflow_id, step, run_id, include_preimages=include_preimages
@@ -226,7 +226,7 @@ class LedgerflowClient:
 
     async def verify_proof(self, document: dict[str, Any] | str) -> Any:
         """Check a proof document offline and against this client's chain (``ProofCheck``)."""
-        from ledgerflow.proofs import verify_proof_document_async
+        from ledgerflow.checkpoint.proofs import verify_proof_document_async
 
         return await verify_proof_document_async(document, w3=self.runtime.w3)
 

@@ -31,10 +31,10 @@ from typing import Any, TypeVar, cast, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ledgerflow import llm
-from ledgerflow.canonical import canonical_bytes, hash_obj, keccak, to_hex
+from ledgerflow.checkpoint.canonical import canonical_bytes, hash_obj, keccak, to_hex
 from ledgerflow.errors import LLMInvalidOutput
-from ledgerflow.llm import DecisionMeta, OpenAIProvider, TokenUsage
+from ledgerflow.llm import supplier as llm
+from ledgerflow.llm.supplier import DecisionMeta, OpenAIProvider, TokenUsage
 from ledgerflow.types import (
     CanonicalContent,
     ContentCategory,

@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from ledgerflow.merkle import keccak256 as _fast_keccak
+from ledgerflow.checkpoint.merkle import keccak256 as _fast_keccak
 
 __all__ = ["SPEC_VERSION", "CanonicalError", "canonical_bytes", "hash_obj", "keccak", "to_hex"]
 

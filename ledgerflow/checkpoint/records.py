@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from ledgerflow.canonical import SPEC_VERSION, canonical_bytes, keccak, to_hex
+from ledgerflow.checkpoint.canonical import SPEC_VERSION, canonical_bytes, keccak, to_hex
 
 __all__ = [
     "LEAF_PREFIX",

@@ -14,14 +14,14 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
-    from activities.bench import (
+    from ledgerflow.flow.ledger import Ledger
+    from ledgerflow_bench.activities import (
         STEP_ACTIVITY,
         BenchInput,
         BenchResult,
         BenchStepInput,
         BenchStepOutput,
     )
-    from workflows._ledger import Ledger
 
 __all__ = ["BenchWorkflow"]
 

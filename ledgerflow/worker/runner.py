@@ -16,12 +16,12 @@ from temporalio.api.operatorservice.v1 import (
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from ledgerflow.anchorer import Anchorer
-from ledgerflow.interceptors import LoggingInterceptor
+from ledgerflow.checkpoint.anchorer import Anchorer
+from ledgerflow.dev.stack import SEARCH_ATTRIBUTES
 from ledgerflow.runtime import Runtime
 from ledgerflow.settings import Settings
-from ledgerflow.stack import SEARCH_ATTRIBUTES
 from ledgerflow.temporal import connect
+from ledgerflow.worker.interceptors import LoggingInterceptor
 
 __all__ = ["build_worker", "ensure_search_attributes", "run_worker", "workflow_classes"]
 
@@ -29,36 +29,32 @@ log = structlog.get_logger(__name__)
 
 
 def workflow_classes() -> list[type]:
-    from workflows.bench import BenchWorkflow
-    from workflows.content import ContentProvenanceWorkflow
-    from workflows.invoice import InvoiceReconciliationWorkflow
-    from workflows.procurement import ProcurementWorkflow
-    from workflows.watcher import ChainEventWatcherWorkflow, InventorySweepWorkflow
+    from ledgerflow.workflows.content import ContentProvenanceWorkflow
+    from ledgerflow.workflows.invoice import InvoiceReconciliationWorkflow
+    from ledgerflow.workflows.procurement import ProcurementWorkflow
+    from ledgerflow.workflows.watcher import ChainEventWatcherWorkflow, InventorySweepWorkflow
 
     return [
         ProcurementWorkflow,
         InvoiceReconciliationWorkflow,
         ContentProvenanceWorkflow,
-        BenchWorkflow,
         ChainEventWatcherWorkflow,
         InventorySweepWorkflow,
     ]
 
 
 def activity_functions(runtime: Runtime) -> list[Callable[..., Any]]:
-    from activities.bench import bench_step
-    from activities.chain import ChainActivities
-    from activities.checkpoint import CheckpointActivities
-    from activities.content import content_activities
-    from activities.events import EventActivities
-    from activities.invoice import InvoiceActivities
-    from activities.llm import choose_supplier
+    from ledgerflow.activities.chain import ChainActivities
+    from ledgerflow.activities.checkpoint import CheckpointActivities
+    from ledgerflow.activities.content import content_activities
+    from ledgerflow.activities.events import EventActivities
+    from ledgerflow.activities.invoice import InvoiceActivities
+    from ledgerflow.activities.llm import choose_supplier
 
     return [
         *ChainActivities(runtime).all(),
         *CheckpointActivities(runtime).all(),
         choose_supplier,
-        bench_step,
         *EventActivities(runtime).all(),
         *InvoiceActivities(runtime).all(),
         *content_activities(),

@@ -28,7 +28,7 @@ from ledgerflow.errors import ConfigError
 from ledgerflow.types import ProcurementRequest, Shortfall
 
 if TYPE_CHECKING:
-    from ledgerflow.client import LedgerflowClient
+    from ledgerflow.sdk.client import LedgerflowClient
 
 __all__ = [
     "SCHEDULE_KINDS",
@@ -488,7 +488,7 @@ class ScheduleView(BaseModel):
 
 def _resolve_kind(kind: str) -> tuple[str, type[BaseModel], str]:
     """(workflow type, input model, default schedule id) of a kind or workflow type name."""
-    from ledgerflow.client import WORKFLOW_INPUTS
+    from ledgerflow.sdk.client import WORKFLOW_INPUTS
 
     if kind in SCHEDULE_KINDS:
         wf, model = SCHEDULE_KINDS[kind]

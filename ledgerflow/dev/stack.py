@@ -46,7 +46,7 @@ SEARCH_ATTRIBUTES = {
 
 def repo_root() -> Path:
     """The checkout this package was installed from (editable install)."""
-    return Path(__file__).resolve().parents[1]
+    return Path(__file__).resolve().parents[2]
 
 
 def free_port() -> int:

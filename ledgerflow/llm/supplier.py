@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, cast, runtime
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
-from ledgerflow.canonical import canonical_bytes, hash_obj, keccak, to_hex
+from ledgerflow.checkpoint.canonical import canonical_bytes, hash_obj, keccak, to_hex
 from ledgerflow.errors import ConfigError, LLMError, LLMInvalidOutput, LLMRefusal
 
 if TYPE_CHECKING:

@@ -1,0 +1,1 @@
+"""``ledgerflow bench``: the benchmark harness (checkout only, not part of the product wheel)."""

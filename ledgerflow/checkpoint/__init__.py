@@ -1,0 +1,1 @@
+"""The checkpoint core: canonical encoding, step records, Merkle trees, proofs, verify, anchors."""

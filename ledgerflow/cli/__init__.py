@@ -1,0 +1,5 @@
+"""The ``ledgerflow`` command line."""
+
+from ledgerflow.cli.main import app, main
+
+__all__ = ["app", "main"]

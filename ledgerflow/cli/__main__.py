@@ -1,0 +1,5 @@
+"""``python -m ledgerflow.cli``."""
+
+from ledgerflow.cli.main import main
+
+main()

@@ -1,0 +1,1 @@
+"""The embedded dev stack: Temporal's dev server and anvil as children of ``ledgerflow up``."""

@@ -1,0 +1,1 @@
+"""The authoring API: checkpointed workflows, typed steps, sagas and human waits."""

@@ -1,0 +1,1 @@
+"""LLM decisions: providers (offline rules, OpenAI-compatible endpoints), structured outputs."""
