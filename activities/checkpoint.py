@@ -11,11 +11,11 @@ from typing import Any
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from ledgerflow.checkpoint.models import AnchorInfo, CheckpointAck, CheckpointBatch
 from ledgerflow.errors import ContractRevert
 from ledgerflow.flow.errors import mapped_errors
 from ledgerflow.runtime import Runtime
 from ledgerflow.store import AnchorRow, StepRow
-from ledgerflow.types import AnchorInfo, CheckpointAck, CheckpointBatch
 
 __all__ = ["CheckpointActivities", "anchor_infos"]
 

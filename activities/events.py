@@ -7,11 +7,14 @@ with that id is never started again), so a retried or replayed start never creat
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
-from typing import Any
+from datetime import datetime
+from typing import Any, Literal
 
+from pydantic import Field
 from temporalio import activity
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowHandle
 from temporalio.common import (
     SearchAttributeKey,
     SearchAttributePair,
@@ -21,23 +24,30 @@ from temporalio.common import (
 )
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
+from ledgerflow.activities.procurement import Shortfall
 from ledgerflow.chain.deploy import bytes32_to_sku, sku_to_bytes32
 from ledgerflow.errors import ChainError, ConfigError
 from ledgerflow.flow.errors import mapped_errors
 from ledgerflow.runtime import Runtime
-from ledgerflow.sdk.schedules import (
-    FetchShortfalls,
-    ShortfallBatch,
-    ShortfallEvent,
-    ShortfallList,
-    SkuList,
-    StartedRun,
-    StartedRuns,
-    StartProcurements,
-)
-from ledgerflow.types import Shortfall
+from ledgerflow.types import StrictModel
 
-__all__ = ["EventActivities"]
+__all__ = [
+    "EventActivities",
+    "FetchShortfalls",
+    "ProcurementStart",
+    "ShortfallBatch",
+    "ShortfallEvent",
+    "ShortfallList",
+    "SkuList",
+    "StartProcurements",
+    "StartedRun",
+    "StartedRuns",
+    "shortfall_trigger",
+    "shortfall_workflow_id",
+    "sweep_workflow_id",
+    "watcher_id",
+    "window_stamp",
+]
 
 PROCUREMENT_WORKFLOW = "ProcurementWorkflow"
 #: Block range per eth_getLogs call when discovering configured SKUs.
@@ -47,6 +57,130 @@ MAX_RUNNING_INSPECTED = 1000
 
 _SA_STATUS = SearchAttributeKey.for_keyword("LedgerflowStatus")
 _SA_MODE = SearchAttributeKey.for_keyword("LedgerflowAnchorMode")
+
+
+# ---- deterministic ids ----------------------------------------------------------------------
+
+
+def watcher_id(chain_id: int) -> str:
+    """The one watcher's workflow id on a chain."""
+    return f"chain-watcher-{chain_id}"
+
+
+def shortfall_workflow_id(chain_id: int, tx_hash: str, log_index: int) -> str:
+    """``procurement-ev-<chainid>-<txhash[2:14]>-<logindex>``: one id per ShortfallDetected log."""
+    tx = tx_hash.lower()
+    if not tx.startswith("0x"):
+        tx = "0x" + tx
+    return f"procurement-ev-{chain_id}-{tx[2:14]}-{log_index}"
+
+
+def shortfall_trigger(chain_id: int, tx_hash: str, log_index: int) -> str:
+    """``chain:<chain_id>:<tx_hash>:<log_index>``, the ``trigger`` of an event-started run."""
+    tx = tx_hash.lower()
+    if not tx.startswith("0x"):
+        tx = "0x" + tx
+    return f"chain:{chain_id}:{tx}:{log_index}"
+
+
+_SAFE_SKU = re.compile(r"^[A-Za-z0-9._-]{1,32}$")
+
+
+def sweep_workflow_id(sku: str, window: str) -> str:
+    """``procurement-sweep-<sku>-<window>``; SKUs outside ``[A-Za-z0-9._-]`` are hex-encoded."""
+    part = sku if _SAFE_SKU.match(sku) else "x" + sku.encode("utf-8").hex()
+    return f"procurement-sweep-{part}-{window}"
+
+
+def window_stamp(when: datetime, window_seconds: int) -> str:
+    """The start of ``when``'s window, as ``YYYYmmddTHHMMSSZ`` (UTC)."""
+    from datetime import UTC
+
+    epoch = int(when.timestamp())
+    start = datetime.fromtimestamp(epoch - epoch % window_seconds, tz=UTC)
+    return start.strftime("%Y%m%dT%H%M%SZ")
+
+
+# ---- models ---------------------------------------------------------------------------------
+
+
+class ShortfallEvent(StrictModel):
+    """One decoded ``ShortfallDetected`` log."""
+
+    chain_id: int
+    block_number: int
+    block_hash: str
+    tx_hash: str
+    log_index: int
+    sku: str
+    stock: int
+    threshold: int
+    needed: int
+
+    @property
+    def workflow_id(self) -> str:
+        return shortfall_workflow_id(self.chain_id, self.tx_hash, self.log_index)
+
+    @property
+    def trigger(self) -> str:
+        return shortfall_trigger(self.chain_id, self.tx_hash, self.log_index)
+
+
+class FetchShortfalls(StrictModel):
+    """Argument of ``events.fetch_shortfalls``: scan ``[from_block, safe head]``, at most
+    ``max_blocks`` blocks, where the safe head is the chain head minus ``confirmations``."""
+
+    from_block: int | None = Field(None, ge=0, description="null: start after the current head")
+    confirmations: int | None = Field(None, ge=0, description="null: the worker's setting")
+    max_blocks: int = Field(2000, ge=1)
+    skus: list[str] = Field(default_factory=list, description="only these SKUs; empty: all")
+
+
+class ShortfallBatch(StrictModel):
+    """Result of ``events.fetch_shortfalls``: events in log order and the new cursor."""
+
+    events: list[ShortfallEvent]
+    from_block: int
+    to_block: int  # last block scanned; from_block - 1 when nothing was scanned
+    next_block: int  # the new cursor
+    head: int
+    confirmations: int
+    caught_up: bool  # True when the scan reached the safe head
+
+
+class ProcurementStart(StrictModel):
+    workflow_id: str
+    """One run to start: its workflow id and its ProcurementRequest (as JSON: the workflow
+    validates it)."""
+
+    request: dict[str, Any]
+
+
+class StartProcurements(StrictModel):
+    """Argument of ``events.start_procurements``."""
+
+    starts: list[ProcurementStart]
+    task_queue: str | None = None  # null: the worker's task queue
+    skip_running_skus: bool = False  # skip a SKU that already has a running procurement
+
+
+class StartedRun(StrictModel):
+    workflow_id: str
+    run_id: str | None = None
+    status: Literal["started", "existing", "skipped"]
+    reason: str = ""
+
+
+class StartedRuns(StrictModel):
+    runs: list[StartedRun]
+
+
+class SkuList(StrictModel):
+    skus: list[str] = Field(default_factory=list)
+
+
+class ShortfallList(StrictModel):
+    items: list[Shortfall]
 
 
 def _hex(value: Any) -> str:
@@ -203,30 +337,27 @@ class EventActivities:
         running = await _running_skus(client) if req.skip_running_skus else {}
         runs: list[StartedRun] = []
         for i, item in enumerate(req.starts):
-            request = item.request
-            other = running.get(request.sku)
+            request = dict(item.request)
+            sku = str(request.get("sku", ""))
+            other = running.get(sku)
             if other is not None and other != item.workflow_id:
                 runs.append(
                     StartedRun(
                         workflow_id=item.workflow_id,
                         status="skipped",
-                        reason=f"{other} is already procuring {request.sku}",
+                        reason=f"{other} is already procuring {sku}",
                     )
                 )
                 continue
             # Like LedgerflowClient.start: checkpoint options are fixed when the run starts.
-            fill = {
-                k: v
-                for k, v in {
-                    "anchor_mode": settings.anchor_mode,
-                    "wait_for_anchor": settings.wait_for_anchor,
-                }.items()
-                if getattr(request, k) is None
-            }
-            if fill:
-                request = request.model_copy(update=fill)
+            for k, v in {
+                "anchor_mode": settings.anchor_mode,
+                "wait_for_anchor": settings.wait_for_anchor,
+            }.items():
+                if request.get(k) is None:
+                    request[k] = v
             try:
-                handle = await client.start_workflow(
+                handle: WorkflowHandle[Any, Any] = await client.start_workflow(
                     PROCUREMENT_WORKFLOW,
                     request,
                     id=item.workflow_id,
@@ -236,10 +367,10 @@ class EventActivities:
                     search_attributes=TypedSearchAttributes(
                         [
                             SearchAttributePair(_SA_STATUS, "running"),
-                            SearchAttributePair(_SA_MODE, request.anchor_mode or "batched"),
+                            SearchAttributePair(_SA_MODE, request.get("anchor_mode") or "batched"),
                         ]
                     ),
-                    static_summary=f"{request.sku}: {request.trigger or 'trigger'}"[:200],
+                    static_summary=f"{sku}: {request.get('trigger') or 'trigger'}"[:200],
                 )
             except WorkflowAlreadyStartedError as exc:
                 # A closed run with this id exists: the event was handled before.

@@ -1,4 +1,4 @@
-"""The LLM decision activity, and the timeout and retry policy workflows schedule it with.
+"""What every LLM activity shares: the worker's provider and the mapping of its failures.
 
 The provider (and with it the API key) lives in the worker process: it is built lazily, once,
 from :func:`ledgerflow.settings.get_settings`. Neither the activity's input nor its output carries
@@ -33,20 +33,16 @@ from typing import Any, TypeVar
 
 import openai
 import structlog
-from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from ledgerflow.errors import ConfigError, LLMInvalidOutput, LLMRefusal
-from ledgerflow.llm import supplier as llm
-from ledgerflow.llm.supplier import DecisionProvider, DecisionRequest, DecisionResult
+from ledgerflow.llm.provider import LLMProvider, make_provider
 from ledgerflow.settings import get_settings
 
 T = TypeVar("T")
 
 __all__ = [
-    "LLM_ACTIVITY_NAME",
     "MAX_RETRY_AFTER",
-    "choose_supplier",
     "get_provider",
     "run_with_provider",
     "set_provider",
@@ -59,23 +55,19 @@ def _logger() -> Any:
     return structlog.get_logger(__name__)
 
 
-LLM_ACTIVITY_NAME = "llm.choose_supplier"
-
-# The workflows' timeout and retry policy for this activity live in workflows/_policies.py.
-
 #: Upper bound on a server-requested delay, so one odd header cannot park a workflow for days.
 MAX_RETRY_AFTER = timedelta(minutes=10)
 
-_provider: DecisionProvider | None = None
+_provider: LLMProvider | None = None
 
 
-def set_provider(provider: DecisionProvider | None) -> None:
+def set_provider(provider: LLMProvider | None) -> None:
     """Use ``provider`` for later calls in this process (tests); ``None`` goes back to settings."""
     global _provider
     _provider = provider
 
 
-def get_provider() -> DecisionProvider:
+def get_provider() -> LLMProvider:
     """The process-wide provider, built from the settings on first use.
 
     Raises:
@@ -83,7 +75,7 @@ def get_provider() -> DecisionProvider:
     """
     global _provider
     if _provider is None:
-        _provider = llm.make_provider(get_settings())
+        _provider = make_provider(get_settings())
     return _provider
 
 
@@ -170,30 +162,13 @@ def _identity(text: str) -> str:
     return text
 
 
-@activity.defn(name=LLM_ACTIVITY_NAME)
-async def choose_supplier(request: DecisionRequest) -> DecisionResult:
-    """Choose a supplier for ``request`` with the worker's provider.
-
-    Args:
-        request: the purchase request and its offers (untrusted text included).
-
-    Returns:
-        The validated decision with its provenance (model, hashes, token usage).
-
-    Raises:
-        ApplicationError: typed as in the module's table; the original exception is not chained,
-            so nothing but the written message reaches history.
-    """
-    return await run_with_provider(lambda provider: llm.choose_supplier(request, provider))
-
-
-async def run_with_provider(decide: Callable[[DecisionProvider], Awaitable[T]]) -> T:
+async def run_with_provider(decide: Callable[[LLMProvider], Awaitable[T]]) -> T:
     """Run ``decide`` with the worker's provider; map its failures to typed ApplicationErrors.
 
     Shared by every LLM activity, so each one retries, refuses and scrubs secrets the same way.
     (The run's identity is bound to log lines by the worker's logging interceptor.)
     """
-    provider: DecisionProvider | None = None
+    provider: LLMProvider | None = None
     try:
         provider = get_provider()
         return await decide(provider)

@@ -35,7 +35,7 @@ from ledgerflow.dev.stack import free_port
 from ledgerflow.errors import ConfigError, WebhookError
 from ledgerflow.settings import Settings
 from ledgerflow.store import WebhookDelivery
-from ledgerflow.types import ProcurementState
+from ledgerflow.workflows.procurement import ProcurementState
 from tests.conftest import Stack
 
 SECRET = "whsec_" + base64.b64encode(b"ledgerflow-webhook-test-secret!!").decode()

@@ -13,18 +13,19 @@ from typing import Any
 
 import pytest
 
-from ledgerflow.checkpoint.canonical import canonical_bytes, keccak, to_hex
-from ledgerflow.dev.stack import find_temporal
-from ledgerflow.llm.decisions import (
+from ledgerflow.activities.content import (
     ClassifyRequest,
     ContentClassification,
+    ContentDocument,
     apply_classification_rules,
     canonicalize_content,
     classify_messages,
     find_policy_terms,
     offline_classification,
 )
-from ledgerflow.types import ContentDocument, ContentRequest, ReviewDecision
+from ledgerflow.checkpoint.canonical import canonical_bytes, keccak, to_hex
+from ledgerflow.dev.stack import find_temporal
+from ledgerflow.workflows.content import ContentRequest, ReviewDecision
 from tests.conftest import Stack
 from tests.support.openai_stub import completion_body
 from tests.test_invoice import (

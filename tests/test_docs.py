@@ -18,7 +18,11 @@ from pydantic import BaseModel
 
 from ledgerflow.cli.main import app
 from ledgerflow.settings import Settings
-from ledgerflow.types import ApprovalDecision, DeliveryConfirmation, ProcurementRequest
+from ledgerflow.workflows.procurement import (
+    ApprovalDecision,
+    DeliveryConfirmation,
+    ProcurementRequest,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"

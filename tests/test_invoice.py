@@ -21,25 +21,22 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from ledgerflow.activities.llm import set_provider
-from ledgerflow.dev.stack import find_temporal
-from ledgerflow.errors import LLMInvalidOutput
-from ledgerflow.llm.decisions import (
+from ledgerflow.activities.invoice import (
+    EscrowOrderInfo,
     InvoiceDecision,
+    InvoiceLine,
     apply_invoice_rules,
     invoice_facts,
     offline_invoice_decision,
     reconcile_messages,
     validate_invoice_decision,
 )
-from ledgerflow.llm.supplier import OpenAIProvider
-from ledgerflow.types import (
-    EscrowOrderInfo,
-    InvoiceLine,
-    InvoiceRequest,
-    ProcurementRequest,
-    ResolutionDecision,
-)
+from ledgerflow.activities.llm import set_provider
+from ledgerflow.dev.stack import find_temporal
+from ledgerflow.errors import LLMInvalidOutput
+from ledgerflow.llm.provider import OpenAIProvider
+from ledgerflow.workflows.invoice import InvoiceRequest, ResolutionDecision
+from ledgerflow.workflows.procurement import ProcurementRequest
 from tests.conftest import Stack
 from tests.support.openai_stub import OpenAIStub, completion_body
 
@@ -421,7 +418,7 @@ def test_the_model_can_be_stricter_than_the_rules_never_laxer() -> None:
 
 
 def test_notes_reach_the_prompt_only_as_escaped_data() -> None:
-    from ledgerflow.llm.decisions import ReconcileRequest
+    from ledgerflow.activities.invoice import ReconcileRequest
 
     facts = invoice_facts("I", ADDR_A, LINES, None, None)
     request = ReconcileRequest(

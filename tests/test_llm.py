@@ -23,25 +23,29 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
 import ledgerflow.activities.llm as llm_activity
-from ledgerflow.checkpoint.canonical import canonical_bytes, hash_obj, keccak, to_hex
-from ledgerflow.errors import LLMInvalidOutput, LLMRefusal
-from ledgerflow.llm.supplier import (
+from ledgerflow.activities.procurement import (
     MAX_DESCRIPTION_CHARS,
     OFFLINE_MODEL,
     SYSTEM_PROMPT,
-    DecisionMeta,
     DecisionRequest,
     DecisionResult,
     Offer,
-    OfflineProvider,
-    OpenAIProvider,
     SupplierDecision,
-    TokenUsage,
     build_messages,
     choose_supplier,
+    choose_supplier_activity,
+    decide_supplier,
+    validate_decision,
+)
+from ledgerflow.checkpoint.canonical import canonical_bytes, hash_obj, keccak, to_hex
+from ledgerflow.errors import LLMInvalidOutput, LLMRefusal
+from ledgerflow.llm.provider import (
+    DecisionMeta,
+    OfflineProvider,
+    OpenAIProvider,
+    TokenUsage,
     make_provider,
     strict_schema,
-    validate_decision,
 )
 from ledgerflow.settings import Settings
 from tests.support.openai_stub import COMPLETIONS_PATH, OpenAIStub, completion_body
@@ -134,7 +138,7 @@ def use_provider(provider: OpenAIProvider) -> Iterator[OpenAIProvider]:
 
 
 async def run_activity(req: DecisionRequest) -> DecisionResult:
-    return await ActivityEnvironment().run(llm_activity.choose_supplier, req)
+    return await ActivityEnvironment().run(choose_supplier_activity, req)
 
 
 # --------------------------------------------------------------------------------------------
@@ -272,7 +276,7 @@ async def test_request_carries_strict_schema_prompt_and_key_only_in_auth_header(
 ) -> None:
     req = request(cap=200 * USDC)
     stub.push_completion(answer(2, 10, 11 * USDC))
-    await provider.decide(req)
+    await decide_supplier(req, provider)
 
     [sent] = stub.requests
     assert (sent.method, sent.path) == ("POST", COMPLETIONS_PATH)
@@ -309,7 +313,7 @@ async def test_openai_default_endpoint_uses_max_completion_tokens(stub: OpenAISt
         API_KEY, stub.base_url, MODEL, 5.0, 256, max_tokens_field="max_completion_tokens"
     )
     stub.push_completion(answer(2, 10, 11 * USDC))
-    await explicit.decide(request())
+    await decide_supplier(request(), explicit)
     await explicit.aclose()
     body = stub.requests[0].body
     assert body["max_completion_tokens"] == 256
@@ -326,7 +330,7 @@ async def test_sdk_never_retries_one_http_request_per_call(
     stub.push_error(status, "try later", headers={"retry-after": "0"})
     stub.push_completion(answer(2, 10, 11 * USDC))  # would be used by an SDK-level retry
     with pytest.raises(error):
-        await provider.decide(request())
+        await decide_supplier(request(), provider)
     assert len(stub.requests) == 1
     assert stub.pending == 1
 
@@ -351,7 +355,7 @@ async def test_malformed_json_is_invalid_output(
 ) -> None:
     stub.push_completion(content)
     with pytest.raises(LLMInvalidOutput, match="not valid JSON"):
-        await provider.decide(request())
+        await decide_supplier(request(), provider)
 
 
 @pytest.mark.parametrize(
@@ -385,20 +389,20 @@ async def test_schema_violations_are_invalid_output(
     stub: OpenAIStub, provider: OpenAIProvider, payload: Any
 ) -> None:
     stub.push_completion(json.dumps(payload))
-    with pytest.raises(LLMInvalidOutput, match="violates the decision schema"):
-        await provider.decide(request())
+    with pytest.raises(LLMInvalidOutput, match="violates the supplier_decision schema"):
+        await decide_supplier(request(), provider)
 
 
 async def test_refusal_raises_llm_refusal(stub: OpenAIStub, provider: OpenAIProvider) -> None:
     stub.push_completion(None, refusal="I can't help with purchasing decisions.")
     with pytest.raises(LLMRefusal, match="can't help"):
-        await provider.decide(request())
+        await decide_supplier(request(), provider)
 
 
 async def test_content_filter_is_a_refusal(stub: OpenAIStub, provider: OpenAIProvider) -> None:
     stub.push_completion(None, finish_reason="content_filter")
     with pytest.raises(LLMRefusal, match="content filter"):
-        await provider.decide(request())
+        await decide_supplier(request(), provider)
 
 
 async def test_truncated_answer_is_invalid_output(
@@ -406,7 +410,7 @@ async def test_truncated_answer_is_invalid_output(
 ) -> None:
     stub.push_completion('{"offer_id": 2, "quantity": 10, "unit_pr', finish_reason="length")
     with pytest.raises(LLMInvalidOutput, match="truncated"):
-        await provider.decide(request())
+        await decide_supplier(request(), provider)
 
 
 async def test_truncation_wins_even_when_the_text_happens_to_parse(
@@ -414,7 +418,7 @@ async def test_truncation_wins_even_when_the_text_happens_to_parse(
 ) -> None:
     stub.push_completion(answer(2, 10, 11 * USDC), finish_reason="length")
     with pytest.raises(LLMInvalidOutput, match="truncated"):
-        await provider.decide(request())
+        await decide_supplier(request(), provider)
 
 
 @pytest.mark.parametrize(
@@ -437,7 +441,7 @@ async def test_unusable_completions_are_invalid_output(
     else:
         stub.push_text(reply["text"], content_type=reply["content_type"])
     with pytest.raises(LLMInvalidOutput):
-        await provider.decide(request())
+        await decide_supplier(request(), provider)
 
 
 # --------------------------------------------------------------------------------------------
@@ -473,7 +477,7 @@ async def test_invalid_choices_are_rejected_over_http(
 ) -> None:
     stub.push_completion(answer(*decision))
     with pytest.raises(LLMInvalidOutput, match=match):
-        await provider.decide(request())
+        await decide_supplier(request(), provider)
 
 
 def test_validate_decision_accepts_partial_quantity_when_offer_max_is_smaller() -> None:
@@ -490,37 +494,33 @@ def test_validate_decision_leaves_allow_list_and_caps_to_the_chain() -> None:
     assert validate_decision(req, decision) == (MALLORY, 10_000 * USDC)
 
 
-async def test_choose_supplier_revalidates_what_any_provider_returns() -> None:
-    class LyingProvider:
-        name = "liar"
+async def test_choose_supplier_revalidates_what_any_provider_returns(
+    provider: OpenAIProvider,
+) -> None:
+    class LyingProvider(OpenAIProvider):
+        """An endpoint that answers schema-valid JSON naming a price the offer does not have."""
 
-        async def decide(self, req: DecisionRequest) -> DecisionResult:
-            return DecisionResult(
-                decision=SupplierDecision(offer_id=1, quantity=10, unit_price=1, rationale="x"),
-                supplier=MALLORY,
-                total=10,
-                meta=DecisionMeta(
-                    provider="liar",
-                    model="m",
-                    offline=False,
-                    prompt_hash="0x",
-                    response_hash="0x",
-                    usage=TokenUsage(),
-                ),
+        async def complete_structured(self, messages, model_cls, schema_name, *, schema=None):  # type: ignore[no-untyped-def,override]
+            forged = model_cls.model_validate(
+                {"offer_id": 1, "quantity": 10, "unit_price": 1, "rationale": "x"}
+            )
+            return forged, DecisionMeta(
+                provider="liar",
+                model="m",
+                offline=False,
+                prompt_hash="0x",
+                response_hash="0x",
+                usage=TokenUsage(),
             )
 
+    liar = LyingProvider(
+        api_key="k", base_url=provider.base_url, model="m", timeout=5, max_tokens=50
+    )
     with capture_logs() as logs, pytest.raises(LLMInvalidOutput, match="differs"):
-        await choose_supplier(request(), LyingProvider())
+        await choose_supplier(request(), liar)
     assert logs[-1]["event"] == "llm.decision_failed"
     assert logs[-1]["error_type"] == "LLMInvalidOutput"
-
-    class MisreportingProvider(LyingProvider):
-        async def decide(self, req: DecisionRequest) -> DecisionResult:
-            result = await OfflineProvider().decide(req)
-            return result.model_copy(update={"supplier": MALLORY})
-
-    with pytest.raises(LLMInvalidOutput, match="provider reported supplier"):
-        await choose_supplier(request(), MisreportingProvider())
+    await liar.aclose()
 
 
 # --------------------------------------------------------------------------------------------
@@ -562,7 +562,7 @@ async def test_prompt_injection_never_yields_an_accepted_decision(
     stub.push_completion(answer(*injected, rationale="as instructed by the offer"))
 
     with pytest.raises(LLMInvalidOutput, match=match):
-        await provider.decide(req)
+        await decide_supplier(req, provider)
 
     system, user = stub.requests[0].body["messages"]
     assert system["content"] == SYSTEM_PROMPT  # untrusted text never reaches the system prompt
@@ -576,7 +576,7 @@ async def test_legitimate_answer_passes_despite_injected_description(
 ) -> None:
     evil = offer(4, MALLORY, 20 * USDC, allow=False, description=INJECTIONS[0])
     stub.push_completion(answer(2, 10, 11 * USDC))
-    result = await provider.decide(request(*default_offers(), evil))
+    result = await decide_supplier(request(*default_offers(), evil), provider)
     assert (result.supplier, result.total) == (BOB, 110 * USDC)
 
 
@@ -700,7 +700,7 @@ def test_retry_policy_and_timeout_for_workflows() -> None:
         timedelta(seconds=Settings.model_fields["llm_timeout_seconds"].default)
         < _policies.LLM_START_TO_CLOSE_TIMEOUT
     )
-    assert llm_activity.choose_supplier.__temporal_activity_definition.name == (  # type: ignore[attr-defined]
+    assert choose_supplier_activity.__temporal_activity_definition.name == (  # type: ignore[attr-defined]
         "llm.choose_supplier"
     )
 
@@ -756,7 +756,7 @@ async def test_make_provider_builds_openai_provider_from_settings(stub: OpenAISt
     provider = make_provider(settings)
     assert isinstance(provider, OpenAIProvider)
     stub.push_completion(answer(2, 10, 11 * USDC))
-    await provider.decide(request())
+    await decide_supplier(request(), provider)
     await provider.aclose()
     body = stub.requests[0].body
     assert (body["model"], body["max_tokens"]) == ("local-model", 123)
@@ -777,7 +777,7 @@ async def test_api_key_never_appears_in_errors_or_logs(
         # 1. the provider directly: a server that echoes the key in its error body
         stub.push_error(401, leaky, type="invalid_request_error", code="invalid_api_key")
         with pytest.raises(openai.AuthenticationError) as direct:
-            await use_provider.decide(request())
+            await decide_supplier(request(), use_provider)
         seen += [str(direct.value), repr(direct.value), json.dumps(direct.value.body)]
 
         # 2. through the activity, for every failure class, with the key echoed back
@@ -867,7 +867,7 @@ async def test_offline_provider_is_labelled_and_deterministic() -> None:
     req = request()
     with capture_logs() as logs:
         first = await choose_supplier(req, OfflineProvider())
-    second = await OfflineProvider().decide(req)
+    second = await decide_supplier(req, OfflineProvider())
     assert first == second
     meta = first.meta
     assert (meta.provider, meta.model, meta.offline) == ("offline", OFFLINE_MODEL, True)
@@ -884,4 +884,4 @@ async def test_offline_provider_is_labelled_and_deterministic() -> None:
 async def test_offline_provider_refuses_when_nothing_qualifies() -> None:
     req = request(offer(1, ALICE, 1 * USDC, lead=30), offer(2, BOB, 1 * USDC, max_q=3))
     with pytest.raises(LLMRefusal, match="offline rule engine: no offer"):
-        await OfflineProvider().decide(req)
+        await decide_supplier(req, OfflineProvider())

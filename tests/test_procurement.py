@@ -14,13 +14,14 @@ import pytest
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from ledgerflow.activities.chain import ChainActivities
 from ledgerflow.activities.llm import set_provider
+from ledgerflow.activities.procurement import EscrowRequest, ProcurementActivities
 from ledgerflow.chain.deploy import DEV_KEYS, sku_to_bytes32
-from ledgerflow.llm.supplier import OpenAIProvider
+from ledgerflow.llm.provider import OpenAIProvider
 from ledgerflow.sdk.client import LedgerflowClient
-from ledgerflow.types import EscrowRequest, ProcurementRequest, ProcurementState, TxResult
+from ledgerflow.types import TxResult
 from ledgerflow.worker.runner import activity_functions, build_worker
+from ledgerflow.workflows.procurement import ProcurementRequest, ProcurementState
 from tests.conftest import Stack
 from tests.support.chain import ChainAdmin
 from tests.support.openai_stub import OpenAIStub, completion_body
@@ -192,7 +193,7 @@ async def test_crash_between_broadcast_and_completion_pays_exactly_once(
 ) -> None:
     """The first attempt of escrow.open broadcasts and is mined, then the worker 'dies' before
     reporting; the retry finds the persisted transaction and pays nothing more."""
-    chain = ChainActivities(stack.runtime)
+    chain = ProcurementActivities(stack.runtime)
     attempts: list[int] = []
 
     @activity.defn(name="escrow.open")

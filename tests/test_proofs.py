@@ -30,7 +30,7 @@ from ledgerflow.dev.stack import free_port
 from ledgerflow.errors import ChainError, LedgerflowError, StoreError, VerificationError
 from ledgerflow.runtime import Runtime
 from ledgerflow.store import Store
-from ledgerflow.types import ProcurementRequest
+from ledgerflow.workflows.procurement import ProcurementRequest
 from tests.conftest import Stack
 
 # ---- helpers shared with tests/test_verify.py ---------------------------------------------------

@@ -19,8 +19,8 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
 from ledgerflow.activities.checkpoint import CheckpointActivities
-from ledgerflow.types import ProcurementRequest
 from ledgerflow.worker.runner import workflow_classes
+from ledgerflow.workflows.procurement import ProcurementRequest
 from tests.conftest import Stack
 from tests.test_procurement import _wait_phase
 

@@ -15,21 +15,19 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
+from ledgerflow.activities.events import sweep_workflow_id
 from ledgerflow.errors import ConfigError
 from ledgerflow.sdk.schedules import (
-    SweepRequest,
-    SweepResult,
     create_schedule,
     delete_schedule,
     describe_schedule,
     list_schedules,
     parse_every,
     pause_schedule,
-    sweep_workflow_id,
     trigger_schedule,
     unpause_schedule,
 )
-from ledgerflow.workflows.watcher import InventorySweepWorkflow
+from ledgerflow.workflows.watcher import InventorySweepWorkflow, SweepRequest, SweepResult
 from tests.conftest import Stack
 from tests.support.chain import ChainAdmin
 from tests.test_cli import _cli

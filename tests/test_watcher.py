@@ -23,23 +23,15 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer, Worker
 from web3.logs import DISCARD
 
-from ledgerflow.activities.events import EventActivities
+from ledgerflow.activities.events import EventActivities, shortfall_trigger, shortfall_workflow_id
 from ledgerflow.chain.deploy import DEV_KEYS, sku_to_bytes32
 from ledgerflow.dev.stack import free_port, start_temporal
 from ledgerflow.runtime import Runtime
 from ledgerflow.sdk.client import LedgerflowClient
-from ledgerflow.sdk.schedules import (
-    WatcherInput,
-    WatcherState,
-    ensure_watcher,
-    shortfall_starts_in_receipt,
-    shortfall_trigger,
-    shortfall_workflow_id,
-    stop_watcher,
-)
+from ledgerflow.sdk.schedules import ensure_watcher, shortfall_starts_in_receipt, stop_watcher
 from ledgerflow.temporal import connect
-from ledgerflow.types import ProcurementRequest
-from ledgerflow.workflows.watcher import ChainEventWatcherWorkflow
+from ledgerflow.workflows.procurement import ProcurementRequest
+from ledgerflow.workflows.watcher import ChainEventWatcherWorkflow, WatcherInput, WatcherState
 from tests.conftest import Stack
 from tests.support.chain import ChainAdmin
 
@@ -91,7 +83,7 @@ def _consume(admin: ChainAdmin, sku: str, qty: int) -> list[str]:
     ]
     starts = shortfall_starts_in_receipt(inv, receipt, chain_id)
     assert [s.workflow_id for s in starts] == ids
-    assert all(s.request.sku == sku and s.request.trigger for s in starts)
+    assert all(s.request["sku"] == sku and s.request["trigger"] for s in starts)
     return ids
 
 

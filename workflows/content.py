@@ -13,26 +13,23 @@ and when. The source URL is recorded as given and never fetched.
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any
+from typing import Any, Literal
 
+from pydantic import Field
 from temporalio import workflow
 from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
-    from ledgerflow.flow.ledger import Ledger, failure_output
-    from ledgerflow.llm.decisions import (
+    from ledgerflow.activities.content import (
+        CanonicalContent,
         ClassifyRequest,
         ClassifyResult,
+        ContentCategory,
+        ContentDocument,
         find_policy_terms,
     )
-    from ledgerflow.types import (
-        CanonicalContent,
-        ContentOutcome,
-        ContentRequest,
-        ContentResult,
-        ContentState,
-        ReviewDecision,
-    )
+    from ledgerflow.flow.ledger import Ledger, failure_output
+    from ledgerflow.types import AnchorMode, StrictModel
 
 from ledgerflow.flow.policies import (
     ACTIVITY_RETRY_POLICY,
@@ -41,7 +38,82 @@ from ledgerflow.flow.policies import (
     LLM_START_TO_CLOSE_TIMEOUT,
 )
 
-__all__ = ["ContentProvenanceWorkflow"]
+__all__ = [
+    "ContentProvenanceWorkflow",
+    "ContentRequest",
+    "ContentResult",
+    "ContentState",
+    "ReviewDecision",
+]
+
+
+# ---- input, messages, state and result --------------------------------------------------------
+
+ContentOutcome = Literal["approved", "rejected"]
+
+
+class ContentRequest(ContentDocument):
+    """Input of ContentProvenanceWorkflow. Every field has a default, so ``{}`` starts it."""
+
+    require_review: bool = Field(False, description="ask a human even when nothing is flagged")
+    review_timeout_seconds: int = Field(
+        86_400, gt=0, description="how long flagged content waits for the `review` update"
+    )
+    on_review_timeout: Literal["approve", "reject"] = Field(
+        "reject", description="what an unanswered review means"
+    )
+    anchor_mode: AnchorMode | None = Field(
+        None, description="per-run anchoring mode; null = the starter's or workflow default"
+    )
+    wait_for_anchor: bool | None = Field(
+        None, description="complete only after the last step is anchored; null = default (true)"
+    )
+    trigger: str | None = Field(None, description="what started the run (webhook id, event, ...)")
+
+    def document(self) -> ContentDocument:
+        return ContentDocument(
+            title=self.title, body=self.body, source_url=self.source_url, author=self.author
+        )
+
+
+class ReviewDecision(StrictModel):
+    """Update ``review``: a human's verdict on flagged content."""
+
+    action: Literal["approve", "reject"] = Field(description="approve or reject the content")
+    reviewer: str = Field("operator", max_length=128)
+    reason: str = Field("", max_length=1000)
+
+
+class ContentState(StrictModel):
+    """Query ``state`` of ContentProvenanceWorkflow."""
+
+    phase: str
+    content_hash: str | None = None
+    category: ContentCategory | None = None
+    flagged: bool | None = None
+    policy_terms: list[str] = Field(default_factory=list)
+    awaiting: str | None = None
+    steps: int = 0
+    head: str | None = None
+
+
+class ContentResult(StrictModel):
+    outcome: ContentOutcome
+    reason: str = ""
+    content_hash: str
+    body_hash: str
+    title: str
+    category: ContentCategory | None = None
+    flagged: bool
+    policy_terms: list[str] = Field(default_factory=list)
+    overridden_by_rules: bool = False
+    decided_by: str | None = None
+    review: Literal["approve", "reject", "timeout", "not-required"]
+    reviewed_by: str
+    steps: int
+    head: str
+    anchor_mode: AnchorMode
+    anchored: bool
 
 
 @workflow.defn(name="ContentProvenanceWorkflow")

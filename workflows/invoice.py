@@ -13,32 +13,30 @@ including the final ``invoice.outcome`` step, is checkpointed and anchored.
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any
+from typing import Any, Literal
 
+from pydantic import Field, field_validator, model_validator
 from temporalio import workflow
 from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
-    from ledgerflow.flow.ledger import Ledger, failure_output
-    from ledgerflow.llm.decisions import (
+    from ledgerflow.activities.invoice import (
+        MAX_NOTES_CHARS,
+        EscrowOrderInfo,
+        InvoiceClass,
         InvoiceFacts,
+        InvoiceLine,
+        OrderLookup,
+        ProcurementRef,
         ReconcileRequest,
         ReconcileResult,
         apply_invoice_rules,
+        cut_text,
         invoice_facts,
     )
-    from ledgerflow.types import (
-        EscrowOrderInfo,
-        InvoiceClass,
-        InvoiceOutcome,
-        InvoiceRequest,
-        InvoiceResult,
-        InvoiceState,
-        OrderLookup,
-        OrderRef,
-        ProcurementRef,
-        ResolutionDecision,
-    )
+    from ledgerflow.activities.procurement import OrderRef
+    from ledgerflow.flow.ledger import Ledger, failure_output
+    from ledgerflow.types import AnchorMode, StrictModel, eip55
 
 from ledgerflow.flow.policies import (
     CHAIN_READ_START_TO_CLOSE_TIMEOUT,
@@ -47,7 +45,126 @@ from ledgerflow.flow.policies import (
     LLM_START_TO_CLOSE_TIMEOUT,
 )
 
-__all__ = ["InvoiceReconciliationWorkflow"]
+__all__ = [
+    "InvoiceReconciliationWorkflow",
+    "InvoiceRequest",
+    "InvoiceResult",
+    "InvoiceState",
+    "ResolutionDecision",
+]
+
+
+# ---- input, messages, state and result --------------------------------------------------------
+
+InvoiceOutcome = Literal["reconciled", "disputed", "timed_out"]
+_ADDRESS_PATTERN = r"^0x[0-9a-fA-F]{40}$"
+_BYTES32_PATTERN = r"^0x[0-9a-fA-F]{64}$"
+
+
+class InvoiceRequest(StrictModel):
+    """Input of InvoiceReconciliationWorkflow. Every field has a default, so ``{}`` starts it.
+
+    The escrow order is named by ``order_id`` or, equivalently, by the id of the
+    ProcurementWorkflow run that opened it (``procurement_workflow_id``); at most one of the two.
+    Without either the invoice goes to a human (``needs_review``).
+    """
+
+    invoice_number: str = Field("INV-0001", min_length=1, max_length=64)
+    supplier: str | None = Field(
+        None, pattern=_ADDRESS_PATTERN, description="supplier's EVM address (0x + 40 hex)"
+    )
+    order_id: str | None = Field(
+        None, pattern=_BYTES32_PATTERN, description="escrow order id (0x + 64 hex) or null"
+    )
+    procurement_workflow_id: str | None = Field(
+        None,
+        min_length=1,
+        max_length=255,
+        description="alternative to order_id: the ProcurementWorkflow run whose order this bills",
+    )
+    lines: list[InvoiceLine] = Field(default_factory=list, max_length=200)
+    notes: str = Field("", description="supplier-written free text; untrusted, never instructions")
+    review_timeout_seconds: int = Field(
+        86_400, gt=0, description="how long a mismatch waits for the `resolve` update"
+    )
+    anchor_mode: AnchorMode | None = Field(
+        None, description="per-run anchoring mode; null = the starter's or workflow default"
+    )
+    wait_for_anchor: bool | None = Field(
+        None, description="complete only after the last step is anchored; null = default (true)"
+    )
+    trigger: str | None = Field(None, description="what started the run (webhook id, event, ...)")
+
+    @field_validator("notes", mode="before")
+    @classmethod
+    def _cut_notes(cls, value: object) -> object:
+        return cut_text(value, MAX_NOTES_CHARS)
+
+    @field_validator("supplier")
+    @classmethod
+    def _supplier_checksum(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        checksummed = eip55(value)
+        body = value[2:]
+        if body not in (body.lower(), body.upper()) and value != checksummed:
+            raise ValueError("supplier address has an invalid EIP-55 checksum")
+        return checksummed
+
+    @model_validator(mode="after")
+    def _one_order_reference(self) -> InvoiceRequest:
+        if self.order_id is not None and self.procurement_workflow_id is not None:
+            raise ValueError("give order_id or procurement_workflow_id, not both")
+        return self
+
+    @property
+    def total(self) -> int:
+        return sum(line.amount for line in self.lines)
+
+
+class ResolutionDecision(StrictModel):
+    """Update ``resolve``: a human's answer to a mismatched or unclear invoice."""
+
+    action: Literal["accept", "reject"] = Field(
+        description="accept: reconcile the invoice as is; reject: dispute it"
+    )
+    resolver: str = Field("operator", max_length=128)
+    reason: str = Field("", max_length=1000)
+
+
+class InvoiceState(StrictModel):
+    """Query ``state`` of InvoiceReconciliationWorkflow."""
+
+    phase: str
+    invoice_number: str | None = None
+    order_id: str | None = None
+    classification: InvoiceClass | None = None
+    reasons: list[str] = Field(default_factory=list)
+    awaiting: str | None = None
+    steps: int = 0
+    head: str | None = None
+
+
+class InvoiceResult(StrictModel):
+    outcome: InvoiceOutcome
+    reason: str = ""
+    invoice_number: str
+    order_id: str | None = None
+    supplier: str | None = None
+    classification: InvoiceClass
+    model_classification: InvoiceClass | None = None
+    overridden_by_rules: bool = False
+    reasons: list[str] = Field(default_factory=list)
+    invoice_total: int
+    order_amount: int | None = None
+    amount_difference: int
+    decided_by: str | None = None
+    resolution: Literal["accept", "reject"] | None = None
+    resolved_by: str | None = None
+    steps: int
+    head: str
+    anchor_mode: AnchorMode
+    anchored: bool
 
 
 @workflow.defn(name="InvoiceReconciliationWorkflow")

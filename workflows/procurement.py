@@ -13,32 +13,29 @@ from __future__ import annotations
 import asyncio
 import functools
 from datetime import timedelta
-from typing import Any
+from typing import Any, Literal
 
+from pydantic import Field, field_validator
 from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from ledgerflow.flow.ledger import Ledger, failure_output
-    from ledgerflow.llm.decisions import procurement_order_id
-    from ledgerflow.llm.supplier import DecisionRequest, DecisionResult
-    from ledgerflow.types import (
-        ApprovalDecision,
-        DeliveryConfirmation,
+    from ledgerflow.activities.procurement import (
+        DecisionRequest,
+        DecisionResult,
         EscrowRequest,
         GrantRequest,
         OfferList,
         OrderRef,
         PolicyCheck,
         PolicyCheckRequest,
-        ProcurementRequest,
-        ProcurementResult,
-        ProcurementState,
         RestockRequest,
         Shortfall,
         SkuRequest,
-        TxResult,
+        procurement_order_id,
     )
+    from ledgerflow.flow.ledger import Ledger, failure_output
+    from ledgerflow.types import AnchorMode, StrictModel, TxResult
 
 from ledgerflow.flow.policies import (
     CHAIN_READ_START_TO_CLOSE_TIMEOUT,
@@ -48,7 +45,96 @@ from ledgerflow.flow.policies import (
     LLM_START_TO_CLOSE_TIMEOUT,
 )
 
-__all__ = ["ProcurementWorkflow"]
+__all__ = [
+    "ApprovalDecision",
+    "DeliveryConfirmation",
+    "ProcurementRequest",
+    "ProcurementResult",
+    "ProcurementState",
+    "ProcurementWorkflow",
+]
+
+
+# ---- input, messages, state and result --------------------------------------------------------
+
+Outcome = Literal["completed", "compensated", "rejected"]
+
+
+class ProcurementRequest(StrictModel):
+    """Input of ProcurementWorkflow. Every field has a default, so ``{}`` is a valid start."""
+
+    sku: str = Field(
+        "WIDGET-42", min_length=1, description="inventory SKU (at most 32 bytes of UTF-8)"
+    )
+    quantity: int | None = Field(None, gt=0, description="units to buy; default: the shortfall")
+    max_lead_time_days: int = Field(14, gt=0)
+    approval_timeout_seconds: int = Field(86_400, gt=0)
+    delivery_deadline_seconds: int = Field(7 * 86_400, gt=0)
+    simulate_delivery_after_seconds: int | None = Field(
+        None,
+        ge=0,
+        description="demo only: a simulated supplier confirms delivery after this many seconds",
+    )
+    anchor_mode: AnchorMode | None = Field(
+        None, description="per-run anchoring mode; null = the starter's or workflow default"
+    )
+    wait_for_anchor: bool | None = Field(
+        None, description="complete only after the last step is anchored; null = default (true)"
+    )
+    trigger: str | None = Field(None, description="what started the run (webhook id, event, ...)")
+
+    @field_validator("sku")
+    @classmethod
+    def _sku_fits_bytes32(cls, sku: str) -> str:
+        if len(sku.encode("utf-8")) > 32:
+            raise ValueError("a SKU is at most 32 bytes of UTF-8 (it is a bytes32 on chain)")
+        return sku
+
+
+class ApprovalDecision(StrictModel):
+    """Answer to an over-cap escalation (Update ``approve`` / ``reject``)."""
+
+    approver: str = Field("operator", max_length=128)
+    reason: str = Field("", max_length=1000)
+
+
+class DeliveryConfirmation(StrictModel):
+    """Signal ``confirm_delivery`` from the supplier (or its webhook)."""
+
+    reference: str = Field("", max_length=256)
+    quantity: int | None = Field(None, gt=0)
+
+
+class ProcurementState(StrictModel):
+    """Query ``state``: where the run is."""
+
+    phase: str
+    order_id: str | None = None
+    supplier: str | None = None
+    quantity: int | None = None
+    total: int | None = None
+    steps: int = 0
+    head: str | None = None
+    awaiting: str | None = None
+
+
+class ProcurementResult(StrictModel):
+    outcome: Outcome
+    reason: str = ""
+    sku: str
+    order_id: str | None = None
+    supplier: str | None = None
+    quantity: int | None = None
+    unit_price: int | None = None
+    total: int | None = None
+    decided_by: str | None = None
+    approved_by: str | None = None
+    compensations: list[str] = Field(default_factory=list)
+    steps: int
+    head: str
+    anchor_mode: AnchorMode
+    anchored: bool
+
 
 #: Cap errors escalate to a human; every other policy error is left to the contract to refuse.
 ESCALATING_ERRORS = frozenset({"PolicyCapExceeded"})

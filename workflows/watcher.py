@@ -15,14 +15,16 @@ from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
+from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy, SearchAttributeKey
 from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
-    from ledgerflow.flow.ledger import failure_output
-    from ledgerflow.sdk.schedules import (
+    from pydantic import Field, field_validator
+
+    from ledgerflow.activities.events import (
         FetchShortfalls,
         ProcurementStart,
         ShortfallBatch,
@@ -31,16 +33,126 @@ with workflow.unsafe.imports_passed_through():
         StartedRun,
         StartedRuns,
         StartProcurements,
-        SweepRequest,
-        SweepResult,
-        WatcherInput,
-        WatcherState,
-        build_procurement_request,
         sweep_workflow_id,
         window_stamp,
     )
+    from ledgerflow.activities.procurement import Shortfall
+    from ledgerflow.flow.ledger import failure_output
+    from ledgerflow.types import StrictModel
+    from ledgerflow.workflows.procurement import ProcurementRequest
 
-__all__ = ["ChainEventWatcherWorkflow", "InventorySweepWorkflow"]
+__all__ = [
+    "ChainEventWatcherWorkflow",
+    "InventorySweepWorkflow",
+    "SweepRequest",
+    "SweepResult",
+    "WatcherInput",
+    "WatcherState",
+    "WatcherStats",
+    "build_procurement_request",
+]
+
+
+# ---- inputs, state and results ---------------------------------------------------------------
+
+#: Fields of ProcurementRequest that a trigger sets itself and overrides may not touch.
+_RESERVED = frozenset({"sku", "trigger"})
+
+
+def build_procurement_request(
+    sku: str, trigger: str, overrides: dict[str, Any] | None = None
+) -> ProcurementRequest:
+    """The ProcurementRequest a trigger starts: the SKU and trigger, plus optional overrides."""
+    return ProcurementRequest.model_validate({**(overrides or {}), "sku": sku, "trigger": trigger})
+
+
+def _check_overrides(value: dict[str, Any]) -> dict[str, Any]:
+    reserved = sorted(_RESERVED & value.keys())
+    if reserved:
+        raise ValueError(f"procurement overrides may not set {', '.join(reserved)}")
+    build_procurement_request("SKU", "check", value)  # raises on unknown fields or bad values
+    return value
+
+
+class WatcherStats(StrictModel):
+    """Counters carried across continue-as-new."""
+
+    runs: int = 1  # runs in this watcher's continue-as-new chain
+    polls: int = 0
+    events: int = 0
+    started: int = 0  # procurements newly started (not found existing)
+
+
+class WatcherInput(StrictModel):
+    """Input of ChainEventWatcherWorkflow. ``{}`` is a valid start (follow from the next block)."""
+
+    from_block: int | None = Field(
+        None, ge=0, description="cursor: first block not yet scanned; null = after the head"
+    )
+    confirmations: int | None = Field(
+        None, ge=0, description="blocks a log must be buried under; null = worker setting"
+    )
+    poll_interval_seconds: float = Field(2.0, gt=0, description="pause between polls")
+    max_blocks_per_poll: int = Field(2000, ge=1)
+    polls_per_run: int = Field(200, ge=1, description="continue-as-new after this many polls")
+    max_history_events: int = Field(
+        10_000, ge=100, description="continue-as-new once history is this long"
+    )
+    skus: list[str] = Field(default_factory=list, description="only these SKUs; empty = all")
+    procurement: dict[str, Any] = Field(
+        default_factory=dict, description="extra ProcurementRequest fields for started runs"
+    )
+    task_queue: str | None = Field(None, description="procurements' task queue; null = worker's")
+    stats: WatcherStats = Field(default_factory=WatcherStats)
+
+    @field_validator("procurement")
+    @classmethod
+    def _overrides(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return _check_overrides(value)
+
+
+class WatcherState(StrictModel):
+    """Query ``state`` of the watcher, and its result when it is cancelled (stopped)."""
+
+    cursor: int | None = None
+    head: int | None = None
+    confirmations: int | None = None
+    caught_up: bool = False
+    run_polls: int = 0
+    last_error: str | None = None
+    recent: list[str] = Field(default_factory=list)  # last workflow ids it started or found
+    stats: WatcherStats = Field(default_factory=WatcherStats)
+
+
+class SweepRequest(StrictModel):
+    """Input of InventorySweepWorkflow. ``{}`` sweeps every SKU configured on the ledger."""
+
+    skus: list[str] = Field(
+        default_factory=list, description="SKUs to check; empty = every configured SKU"
+    )
+    window_seconds: int = Field(
+        3600, ge=1, description="one procurement per SKU per window of this length"
+    )
+    skip_if_running: bool = Field(
+        True, description="skip a SKU that already has a running ProcurementWorkflow"
+    )
+    procurement: dict[str, Any] = Field(
+        default_factory=dict, description="extra ProcurementRequest fields for started runs"
+    )
+    task_queue: str | None = Field(None, description="procurements' task queue; null = worker's")
+
+    @field_validator("procurement")
+    @classmethod
+    def _overrides(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return _check_overrides(value)
+
+
+class SweepResult(StrictModel):
+    window: str
+    checked: list[str]
+    in_shortfall: list[Shortfall]
+    runs: list[StartedRun]
+
 
 FETCH_START_TO_CLOSE_TIMEOUT = timedelta(seconds=60)
 START_START_TO_CLOSE_TIMEOUT = timedelta(minutes=2)
@@ -125,7 +237,9 @@ class ChainEventWatcherWorkflow:
                 starts = [
                     ProcurementStart(
                         workflow_id=ev.workflow_id,
-                        request=build_procurement_request(ev.sku, ev.trigger, inp.procurement),
+                        request=build_procurement_request(
+                            ev.sku, ev.trigger, inp.procurement
+                        ).model_dump(mode="json"),
                     )
                     for ev in batch.events
                 ]
@@ -177,7 +291,7 @@ class InventorySweepWorkflow:
                     workflow_id=sweep_workflow_id(s.sku, window),
                     request=build_procurement_request(
                         s.sku, f"schedule:{source}:{window}", req.procurement
-                    ),
+                    ).model_dump(mode="json"),
                 )
                 for s in short
             ]

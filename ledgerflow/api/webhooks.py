@@ -54,12 +54,9 @@ from ledgerflow.sdk.client import (
 )
 from ledgerflow.settings import Settings
 from ledgerflow.store import Store, WebhookDelivery
-from ledgerflow.types import (
-    ApprovalDecision,
-    DeliveryConfirmation,
-    ResolutionDecision,
-    ReviewDecision,
-)
+from ledgerflow.workflows.content import ReviewDecision
+from ledgerflow.workflows.invoice import ResolutionDecision
+from ledgerflow.workflows.procurement import ApprovalDecision, DeliveryConfirmation
 
 __all__ = [
     "STEERING",

@@ -238,12 +238,8 @@ def watch(
     as_json: JsonOpt = False,
 ) -> None:
     """Start the chain-event watcher (ShortfallDetected → ProcurementWorkflow) unless it runs."""
-    from ledgerflow.sdk.schedules import (
-        WatcherInput,
-        ensure_watcher,
-        stop_watcher,
-        watcher_state,
-    )
+    from ledgerflow.sdk.schedules import ensure_watcher, stop_watcher, watcher_state
+    from ledgerflow.workflows.watcher import WatcherInput
 
     async def _main(lf: Any) -> dict[str, Any]:
         if stop:

@@ -117,7 +117,8 @@ async def run_demo(settings: Settings) -> bool:
 
     from ledgerflow.chain import deploy
     from ledgerflow.sdk.client import LedgerflowClient
-    from ledgerflow.sdk.schedules import WatcherInput, ensure_watcher, shortfall_starts_in_receipt
+    from ledgerflow.sdk.schedules import ensure_watcher, shortfall_starts_in_receipt
+    from ledgerflow.workflows.watcher import WatcherInput
 
     async with await LedgerflowClient.connect(settings) as lf:
         watcher = await ensure_watcher(lf, input=WatcherInput(procurement=DEMO_PROCUREMENT))
@@ -139,7 +140,7 @@ async def run_demo(settings: Settings) -> bool:
             )
             console.print(
                 f"demo: ShortfallDetected -> ProcurementWorkflow [bold]{handle.id}[/bold] "
-                f"(trigger {starts[0].request.trigger})"
+                f"(trigger {starts[0].request['trigger']})"
             )
         else:
             handle = await lf.start("ProcurementWorkflow", {"sku": DEMO_SKU, **DEMO_PROCUREMENT})

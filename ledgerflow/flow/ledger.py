@@ -28,14 +28,14 @@ from temporalio.exceptions import ActivityError, ApplicationError, TimeoutError
 
 with workflow.unsafe.imports_passed_through():
     from ledgerflow.checkpoint.canonical import canonical_bytes, keccak, to_hex
-    from ledgerflow.checkpoint.records import StepKind, StepRecord, next_head, run_key
-    from ledgerflow.types import (
+    from ledgerflow.checkpoint.models import (
         AnchorInfo,
-        AnchorMode,
         CheckpointAck,
         CheckpointBatch,
         CheckpointStep,
     )
+    from ledgerflow.checkpoint.records import StepKind, StepRecord, next_head, run_key
+    from ledgerflow.types import AnchorMode
 
 __all__ = ["DEFAULT_ANCHOR_MODE", "Ledger", "failure_output"]
 

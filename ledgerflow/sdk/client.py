@@ -20,11 +20,11 @@ from ledgerflow.errors import ConfigError
 from ledgerflow.runtime import Runtime
 from ledgerflow.settings import Settings, get_settings
 from ledgerflow.temporal import connect
-from ledgerflow.types import (
+from ledgerflow.workflows.content import ContentRequest
+from ledgerflow.workflows.invoice import InvoiceRequest
+from ledgerflow.workflows.procurement import (
     ApprovalDecision,
-    ContentRequest,
     DeliveryConfirmation,
-    InvoiceRequest,
     ProcurementRequest,
 )
 

@@ -11,21 +11,33 @@ Two ways a run starts without a human:
   a list of SKUs and starts one ``ProcurementWorkflow`` per SKU in shortfall, with an id per SKU
   and time window (:func:`sweep_workflow_id`).
 
-This module holds the trigger workflows' input and activity models (workflow code imports them
-through ``imports_passed_through``), the deterministic id helpers and the client-side API.
+This module is the client-side API; the trigger workflows' models live with the workflows
+(:mod:`ledgerflow.workflows.watcher`) and their activities (:mod:`ledgerflow.activities.events`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
-from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Literal
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, Field
 
+from ledgerflow.activities.events import (
+    ProcurementStart,
+    shortfall_trigger,
+    shortfall_workflow_id,
+    watcher_id,
+)
 from ledgerflow.errors import ConfigError
-from ledgerflow.types import ProcurementRequest, Shortfall
+from ledgerflow.workflows.procurement import ProcurementRequest
+from ledgerflow.workflows.watcher import (
+    SweepRequest,
+    WatcherInput,
+    WatcherState,
+    build_procurement_request,
+)
 
 if TYPE_CHECKING:
     from ledgerflow.sdk.client import LedgerflowClient
@@ -33,22 +45,7 @@ if TYPE_CHECKING:
 __all__ = [
     "SCHEDULE_KINDS",
     "WATCHER_WORKFLOW",
-    "FetchShortfalls",
-    "ProcurementStart",
     "ScheduleView",
-    "ShortfallBatch",
-    "ShortfallEvent",
-    "ShortfallList",
-    "SkuList",
-    "StartProcurements",
-    "StartedRun",
-    "StartedRuns",
-    "SweepRequest",
-    "SweepResult",
-    "WatcherInput",
-    "WatcherState",
-    "WatcherStats",
-    "build_procurement_request",
     "create_schedule",
     "delete_schedule",
     "describe_schedule",
@@ -57,66 +54,17 @@ __all__ = [
     "parse_every",
     "pause_schedule",
     "shortfall_starts_in_receipt",
-    "shortfall_trigger",
-    "shortfall_workflow_id",
     "stop_watcher",
-    "sweep_workflow_id",
     "trigger_schedule",
     "unpause_schedule",
-    "watcher_id",
     "watcher_state",
-    "window_stamp",
 ]
 
 WATCHER_WORKFLOW = "ChainEventWatcherWorkflow"
 SWEEP_WORKFLOW = "InventorySweepWorkflow"
 
-#: Fields of ProcurementRequest that a trigger sets itself and overrides may not touch.
-_RESERVED = frozenset({"sku", "trigger"})
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
 
 # ---- deterministic ids ------------------------------------------------------------------------
-
-
-def watcher_id(chain_id: int) -> str:
-    """The one watcher's workflow id on a chain."""
-    return f"chain-watcher-{chain_id}"
-
-
-def shortfall_workflow_id(chain_id: int, tx_hash: str, log_index: int) -> str:
-    """``procurement-ev-<chainid>-<txhash[2:14]>-<logindex>``: one id per ShortfallDetected log."""
-    tx = tx_hash.lower()
-    if not tx.startswith("0x"):
-        tx = "0x" + tx
-    return f"procurement-ev-{chain_id}-{tx[2:14]}-{log_index}"
-
-
-def shortfall_trigger(chain_id: int, tx_hash: str, log_index: int) -> str:
-    """``chain:<chain_id>:<tx_hash>:<log_index>``, the ``trigger`` of an event-started run."""
-    tx = tx_hash.lower()
-    if not tx.startswith("0x"):
-        tx = "0x" + tx
-    return f"chain:{chain_id}:{tx}:{log_index}"
-
-
-_SAFE_SKU = re.compile(r"^[A-Za-z0-9._-]{1,32}$")
-
-
-def sweep_workflow_id(sku: str, window: str) -> str:
-    """``procurement-sweep-<sku>-<window>``; SKUs outside ``[A-Za-z0-9._-]`` are hex-encoded."""
-    part = sku if _SAFE_SKU.match(sku) else "x" + sku.encode("utf-8").hex()
-    return f"procurement-sweep-{part}-{window}"
-
-
-def build_procurement_request(
-    sku: str, trigger: str, overrides: dict[str, Any] | None = None
-) -> ProcurementRequest:
-    """The ProcurementRequest a trigger starts: the SKU and trigger, plus optional overrides."""
-    return ProcurementRequest.model_validate({**(overrides or {}), "sku": sku, "trigger": trigger})
 
 
 def shortfall_starts_in_receipt(
@@ -143,180 +91,16 @@ def shortfall_starts_in_receipt(
                     bytes32_to_sku(log["args"]["sku"]),
                     shortfall_trigger(chain_id, tx, index),
                     overrides,
-                ),
+                ).model_dump(mode="json"),
             )
         )
     return starts
 
 
-def _check_overrides(value: dict[str, Any]) -> dict[str, Any]:
-    reserved = sorted(_RESERVED & value.keys())
-    if reserved:
-        raise ValueError(f"procurement overrides may not set {', '.join(reserved)}")
-    build_procurement_request("SKU", "check", value)  # raises on unknown fields or bad values
-    return value
-
-
 # ---- the chain-event watcher ------------------------------------------------------------------
 
 
-class ShortfallEvent(_Model):
-    """One decoded ``ShortfallDetected`` log."""
-
-    chain_id: int
-    block_number: int
-    block_hash: str
-    tx_hash: str
-    log_index: int
-    sku: str
-    stock: int
-    threshold: int
-    needed: int
-
-    @property
-    def workflow_id(self) -> str:
-        return shortfall_workflow_id(self.chain_id, self.tx_hash, self.log_index)
-
-    @property
-    def trigger(self) -> str:
-        return shortfall_trigger(self.chain_id, self.tx_hash, self.log_index)
-
-
-class FetchShortfalls(_Model):
-    """Argument of ``events.fetch_shortfalls``: scan ``[from_block, safe head]``, at most
-    ``max_blocks`` blocks, where the safe head is the chain head minus ``confirmations``."""
-
-    from_block: int | None = Field(None, ge=0, description="null: start after the current head")
-    confirmations: int | None = Field(None, ge=0, description="null: the worker's setting")
-    max_blocks: int = Field(2000, ge=1)
-    skus: list[str] = Field(default_factory=list, description="only these SKUs; empty: all")
-
-
-class ShortfallBatch(_Model):
-    """Result of ``events.fetch_shortfalls``: events in log order and the new cursor."""
-
-    events: list[ShortfallEvent]
-    from_block: int
-    to_block: int  # last block scanned; from_block - 1 when nothing was scanned
-    next_block: int  # the new cursor
-    head: int
-    confirmations: int
-    caught_up: bool  # True when the scan reached the safe head
-
-
-class ProcurementStart(_Model):
-    workflow_id: str
-    request: ProcurementRequest
-
-
-class StartProcurements(_Model):
-    """Argument of ``events.start_procurements``."""
-
-    starts: list[ProcurementStart]
-    task_queue: str | None = None  # null: the worker's task queue
-    skip_running_skus: bool = False  # skip a SKU that already has a running procurement
-
-
-class StartedRun(_Model):
-    workflow_id: str
-    run_id: str | None = None
-    status: Literal["started", "existing", "skipped"]
-    reason: str = ""
-
-
-class StartedRuns(_Model):
-    runs: list[StartedRun]
-
-
-class WatcherStats(_Model):
-    """Counters carried across continue-as-new."""
-
-    runs: int = 1  # runs in this watcher's continue-as-new chain
-    polls: int = 0
-    events: int = 0
-    started: int = 0  # procurements newly started (not found existing)
-
-
-class WatcherInput(_Model):
-    """Input of ChainEventWatcherWorkflow. ``{}`` is a valid start (follow from the next block)."""
-
-    from_block: int | None = Field(
-        None, ge=0, description="cursor: first block not yet scanned; null = after the head"
-    )
-    confirmations: int | None = Field(
-        None, ge=0, description="blocks a log must be buried under; null = worker setting"
-    )
-    poll_interval_seconds: float = Field(2.0, gt=0, description="pause between polls")
-    max_blocks_per_poll: int = Field(2000, ge=1)
-    polls_per_run: int = Field(200, ge=1, description="continue-as-new after this many polls")
-    max_history_events: int = Field(
-        10_000, ge=100, description="continue-as-new once history is this long"
-    )
-    skus: list[str] = Field(default_factory=list, description="only these SKUs; empty = all")
-    procurement: dict[str, Any] = Field(
-        default_factory=dict, description="extra ProcurementRequest fields for started runs"
-    )
-    task_queue: str | None = Field(None, description="procurements' task queue; null = worker's")
-    stats: WatcherStats = Field(default_factory=WatcherStats)
-
-    @field_validator("procurement")
-    @classmethod
-    def _overrides(cls, value: dict[str, Any]) -> dict[str, Any]:
-        return _check_overrides(value)
-
-
-class WatcherState(_Model):
-    """Query ``state`` of the watcher, and its result when it is cancelled (stopped)."""
-
-    cursor: int | None = None
-    head: int | None = None
-    confirmations: int | None = None
-    caught_up: bool = False
-    run_polls: int = 0
-    last_error: str | None = None
-    recent: list[str] = Field(default_factory=list)  # last workflow ids it started or found
-    stats: WatcherStats = Field(default_factory=WatcherStats)
-
-
 # ---- the inventory sweep ------------------------------------------------------------------------
-
-
-class SweepRequest(_Model):
-    """Input of InventorySweepWorkflow. ``{}`` sweeps every SKU configured on the ledger."""
-
-    skus: list[str] = Field(
-        default_factory=list, description="SKUs to check; empty = every configured SKU"
-    )
-    window_seconds: int = Field(
-        3600, ge=1, description="one procurement per SKU per window of this length"
-    )
-    skip_if_running: bool = Field(
-        True, description="skip a SKU that already has a running ProcurementWorkflow"
-    )
-    procurement: dict[str, Any] = Field(
-        default_factory=dict, description="extra ProcurementRequest fields for started runs"
-    )
-    task_queue: str | None = Field(None, description="procurements' task queue; null = worker's")
-
-    @field_validator("procurement")
-    @classmethod
-    def _overrides(cls, value: dict[str, Any]) -> dict[str, Any]:
-        return _check_overrides(value)
-
-
-class SkuList(_Model):
-    skus: list[str] = Field(default_factory=list)
-
-
-class ShortfallList(_Model):
-    items: list[Shortfall]
-
-
-class SweepResult(_Model):
-    window: str
-    checked: list[str]
-    in_shortfall: list[Shortfall]
-    runs: list[StartedRun]
 
 
 # ---- client side: the watcher -----------------------------------------------------------------
@@ -777,12 +561,3 @@ async def trigger_schedule(
 async def delete_schedule(client: LedgerflowClient, schedule_id: str) -> None:
     """Delete a schedule (runs it started keep running). Raises ConfigError if unknown."""
     await _with_handle(client, schedule_id, "delete")
-
-
-def window_stamp(when: datetime, window_seconds: int) -> str:
-    """The start of ``when``'s window, as ``YYYYmmddTHHMMSSZ`` (UTC)."""
-    from datetime import UTC
-
-    epoch = int(when.timestamp())
-    start = datetime.fromtimestamp(epoch - epoch % window_seconds, tz=UTC)
-    return start.strftime("%Y%m%dT%H%M%SZ")

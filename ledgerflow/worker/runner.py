@@ -44,17 +44,15 @@ def workflow_classes() -> list[type]:
 
 
 def activity_functions(runtime: Runtime) -> list[Callable[..., Any]]:
-    from ledgerflow.activities.chain import ChainActivities
     from ledgerflow.activities.checkpoint import CheckpointActivities
     from ledgerflow.activities.content import content_activities
     from ledgerflow.activities.events import EventActivities
     from ledgerflow.activities.invoice import InvoiceActivities
-    from ledgerflow.activities.llm import choose_supplier
+    from ledgerflow.activities.procurement import ProcurementActivities
 
     return [
-        *ChainActivities(runtime).all(),
+        *ProcurementActivities(runtime).all(),
         *CheckpointActivities(runtime).all(),
-        choose_supplier,
         *EventActivities(runtime).all(),
         *InvoiceActivities(runtime).all(),
         *content_activities(),
