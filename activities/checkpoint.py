@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
-from typing import Any
 
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
@@ -14,7 +12,7 @@ from temporalio.exceptions import ApplicationError
 from ledgerflow.checkpoint.models import AnchorInfo, CheckpointAck, CheckpointBatch
 from ledgerflow.errors import ContractRevert
 from ledgerflow.flow.errors import mapped_errors
-from ledgerflow.runtime import Runtime
+from ledgerflow.flow.registry import Activities
 from ledgerflow.store import AnchorRow, StepRow
 
 __all__ = ["CheckpointActivities", "anchor_infos"]
@@ -68,9 +66,8 @@ def anchor_infos(steps: list[StepRow], anchors: dict[int, AnchorRow]) -> list[An
     return out
 
 
-class CheckpointActivities:
-    def __init__(self, runtime: Runtime) -> None:
-        self.rt = runtime
+class CheckpointActivities(Activities):
+    """The ledger's own activities: store records, anchor per step, wait for batch anchoring."""
 
     async def _save(self, batch: CheckpointBatch) -> None:
         await asyncio.to_thread(self._save_sync, batch)
@@ -185,6 +182,3 @@ class CheckpointActivities:
             if "0x" + bytes(log["args"]["stepHash"]).hex() == step_hash:
                 return "0x" + bytes(log["transactionHash"]).hex(), int(log["blockNumber"])
         return None
-
-    def all(self) -> list[Callable[..., Any]]:
-        return [self.store_steps, self.anchor_steps]

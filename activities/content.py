@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from typing import Any, Literal, cast, get_args
+from typing import Literal, cast, get_args
 
 from pydantic import Field
-from temporalio import activity
 
 from ledgerflow.activities.llm import _logger, run_with_provider
 from ledgerflow.checkpoint.canonical import canonical_bytes, keccak, to_hex
+from ledgerflow.flow import policies
+from ledgerflow.flow.activity import step_activity
 from ledgerflow.llm.provider import DecisionMeta, LLMProvider, data_block, structured
 from ledgerflow.types import StrictModel
 
@@ -45,7 +46,6 @@ __all__ = [
     "canonicalize_content",
     "classify_content",
     "classify_messages",
-    "content_activities",
     "find_policy_terms",
     "offline_classification",
 ]
@@ -375,13 +375,23 @@ async def classify(request: ClassifyRequest, provider: LLMProvider) -> ClassifyR
 # ---- activities -------------------------------------------------------------------------------
 
 
-@activity.defn(name="content.canonicalize")
+@step_activity(
+    "content.canonicalize",
+    kind="activity",
+    policy=policies.ACTIVITY,
+    summary="canonicalize and hash the content",
+)
 async def canonicalize(doc: ContentDocument) -> CanonicalContent:
     """Canonical form and hashes of ``doc`` (the body itself is not echoed back)."""
     return canonicalize_content(doc)
 
 
-@activity.defn(name="llm.classify_content")
+@step_activity(
+    "llm.classify_content",
+    kind="llm",
+    policy=policies.LLM,
+    summary="classify the content (LLM)",
+)
 async def classify_content(request: ClassifyRequest) -> ClassifyResult:
     """Classify content with the worker's provider, then apply the policy-term rule check.
 
@@ -401,7 +411,3 @@ async def classify_content(request: ClassifyRequest) -> ClassifyResult:
         prompt_hash=result.meta.prompt_hash,
     )
     return result
-
-
-def content_activities() -> list[Any]:
-    return [canonicalize, classify_content]

@@ -8,7 +8,6 @@ with that id is never started again), so a retried or replayed start never creat
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Literal
 
@@ -28,7 +27,7 @@ from ledgerflow.activities.procurement import Shortfall
 from ledgerflow.chain.deploy import bytes32_to_sku, sku_to_bytes32
 from ledgerflow.errors import ChainError, ConfigError
 from ledgerflow.flow.errors import mapped_errors
-from ledgerflow.runtime import Runtime
+from ledgerflow.flow.registry import Activities
 from ledgerflow.types import StrictModel
 
 __all__ = [
@@ -197,11 +196,8 @@ def _sku_filter(skus: list[str]) -> dict[str, Any] | None:
         raise ConfigError(f"invalid SKU filter: {exc}") from None
 
 
-class EventActivities:
+class EventActivities(Activities):
     """Activities bound to one process's :class:`Runtime`."""
-
-    def __init__(self, runtime: Runtime) -> None:
-        self.rt = runtime
 
     @activity.defn(name="events.fetch_shortfalls")
     @mapped_errors
@@ -395,9 +391,6 @@ class EventActivities:
             )
             activity.heartbeat(i)
         return StartedRuns(runs=runs)
-
-    def all(self) -> list[Callable[..., Any]]:
-        return [self.fetch_shortfalls, self.read_shortfalls, self.start_procurements]
 
 
 async def _running_skus(client: Client) -> dict[str, str]:

@@ -18,18 +18,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import Field, field_validator
-from temporalio import activity
 
 from ledgerflow.activities.llm import _logger, run_with_provider
 from ledgerflow.activities.procurement import OrderRef
 from ledgerflow.errors import LLMInvalidOutput, StoreError
-from ledgerflow.flow.errors import mapped_errors
+from ledgerflow.flow import policies
+from ledgerflow.flow.activity import step_activity
+from ledgerflow.flow.registry import Activities
 from ledgerflow.llm.provider import DecisionMeta, LLMProvider, data_block, structured
-from ledgerflow.runtime import Runtime
 from ledgerflow.types import EscrowStatus, StrictModel
 
 __all__ = [
@@ -389,14 +388,15 @@ async def classify_invoice(request: ReconcileRequest, provider: LLMProvider) -> 
 # ---- activities -------------------------------------------------------------------------------
 
 
-class InvoiceActivities:
+class InvoiceActivities(Activities):
     """Chain reads bound to one process's :class:`Runtime`."""
 
-    def __init__(self, runtime: Runtime) -> None:
-        self.rt = runtime
-
-    @activity.defn(name="escrow.read_order")
-    @mapped_errors
+    @step_activity(
+        "escrow.read_order",
+        kind="chain",
+        policy=policies.CHAIN_READ,
+        summary="read the escrow order",
+    )
     async def read_order(self, req: OrderRef) -> EscrowOrderInfo:
         """``Escrow.order(orderId)``; status ``None`` (and ``exists=False``) for no such order."""
         escrow = self.rt.contract("Escrow")
@@ -417,8 +417,12 @@ class InvoiceActivities:
             opened_by_our_agent=exists and str(buyer).lower() == str(agent).lower(),
         )
 
-    @activity.defn(name="procurement.find_order")
-    @mapped_errors
+    @step_activity(
+        "procurement.find_order",
+        kind="activity",
+        policy=policies.CHAIN_READ,
+        summary="find the order the procurement paid into",
+    )
     async def find_order(self, req: ProcurementRef) -> OrderLookup:
         """The order id the latest ProcurementWorkflow run with this id opened: read from its
         checkpointed ``escrow.open`` input, so it is the order that run really paid into."""
@@ -436,11 +440,13 @@ class InvoiceActivities:
                 )
         return OrderLookup(workflow_id=run.workflow_id, run_id=run.run_id)
 
-    def all(self) -> list[Callable[..., Any]]:
-        return [self.read_order, self.find_order, reconcile_invoice]
 
-
-@activity.defn(name="llm.reconcile_invoice")
+@step_activity(
+    "llm.reconcile_invoice",
+    kind="llm",
+    policy=policies.LLM,
+    summary="classify the invoice against its order (LLM)",
+)
 async def reconcile_invoice(request: ReconcileRequest) -> ReconcileResult:
     """Classify an invoice against its order with the worker's provider, then apply the rules.
 

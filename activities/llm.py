@@ -25,10 +25,7 @@ code, request id); the endpoint's free-text error message is left out.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime, timedelta
-from email.utils import parsedate_to_datetime
 from typing import Any, TypeVar
 
 import openai
@@ -36,8 +33,10 @@ import structlog
 from temporalio.exceptions import ApplicationError
 
 from ledgerflow.errors import ConfigError, LLMInvalidOutput, LLMRefusal
+from ledgerflow.flow.activity import MAX_RETRY_AFTER, to_application_error
 from ledgerflow.llm.provider import LLMProvider, make_provider
 from ledgerflow.settings import get_settings
+from ledgerflow.types import ErrorType
 
 T = TypeVar("T")
 
@@ -54,9 +53,6 @@ def _logger() -> Any:
     # the configuration of its first use (and ``structlog.testing.capture_logs`` could not see it).
     return structlog.get_logger(__name__)
 
-
-#: Upper bound on a server-requested delay, so one odd header cannot park a workflow for days.
-MAX_RETRY_AFTER = timedelta(minutes=10)
 
 _provider: LLMProvider | None = None
 
@@ -79,82 +75,20 @@ def get_provider() -> LLMProvider:
     return _provider
 
 
-def _retry_after(headers: object) -> timedelta | None:
-    """The delay a response asks for: ``retry-after-ms``, else ``retry-after`` (seconds or date)."""
-    get = getattr(headers, "get", None)
-    if get is None:
-        return None
-    seconds: float | None = None
-    raw_ms = get("retry-after-ms")
-    if raw_ms is not None:
-        try:
-            seconds = float(raw_ms) / 1000
-        except ValueError:
-            seconds = None
-    if seconds is None and (raw := get("retry-after")) is not None:
-        try:
-            seconds = float(raw)
-        except ValueError:
-            try:
-                when = parsedate_to_datetime(raw)
-            except (TypeError, ValueError):
-                when = None
-            if when is not None:
-                if when.tzinfo is None:
-                    when = when.replace(tzinfo=UTC)
-                seconds = (when - datetime.now(UTC)).total_seconds()
-    if seconds is None or not math.isfinite(seconds):
-        return None
-    return min(timedelta(seconds=max(seconds, 0.0)), MAX_RETRY_AFTER)
-
-
-def _status_message(exc: openai.APIStatusError) -> str:
-    parts = [f"LLM endpoint answered HTTP {exc.status_code}"]
-    body = exc.body
-    if isinstance(body, dict):
-        for key in ("type", "code"):
-            value = body.get(key)
-            # Short machine codes only (e.g. "rate_limit_exceeded"); free text stays out.
-            if isinstance(value, str) and value.replace("_", "").isalnum() and len(value) <= 64:
-                parts.append(f"{key}={value}")
-    if exc.request_id:
-        parts.append(f"request_id={exc.request_id}")
-    return " ".join(parts)
-
-
 def _to_application_error(exc: Exception, redact: Callable[[str], str]) -> ApplicationError | None:
-    """The typed failure for ``exc``, or ``None`` for an unexpected exception (a bug)."""
-    non_retryable = False
-    delay: timedelta | None = None
-    if isinstance(exc, LLMRefusal):
-        kind, message, non_retryable = "LLMRefusal", str(exc), True
-    elif isinstance(exc, LLMInvalidOutput):
-        kind, message = "LLMInvalidOutput", str(exc)
-    elif isinstance(exc, ConfigError):
-        kind, message, non_retryable = "LLMConfigError", str(exc), True
-    elif isinstance(exc, openai.RateLimitError):
-        kind, message = "LLMRateLimited", _status_message(exc)
-        delay = _retry_after(exc.response.headers)
-    elif isinstance(exc, openai.APIStatusError):
-        message = _status_message(exc)
-        status = exc.status_code
-        if status in (401, 403):
-            kind, non_retryable = "LLMAuthError", True
-        elif status in (408, 409) or status >= 500:
-            kind = "LLMUnavailable"
-            delay = _retry_after(exc.response.headers)
-        else:
-            kind, non_retryable = "LLMRequestRejected", True
-    elif isinstance(exc, openai.APITimeoutError):
-        kind, message = "LLMUnavailable", "LLM endpoint timed out"
-    elif isinstance(exc, openai.APIConnectionError):
-        kind, message = "LLMUnavailable", "could not connect to the LLM endpoint"
-    elif isinstance(exc, openai.APIResponseValidationError):
-        kind, message = "LLMInvalidOutput", "LLM endpoint returned a response the SDK cannot read"
-    else:
+    """The typed failure for ``exc``, or ``None`` for an exception no LLM rule maps (a bug)."""
+    if isinstance(exc, ConfigError):
+        return ApplicationError(
+            redact(str(exc)), type=ErrorType.LLM_CONFIG_ERROR, non_retryable=True
+        )
+    if not isinstance(exc, LLMRefusal | LLMInvalidOutput | openai.OpenAIError):
         return None
+    mapped = to_application_error(exc)
     return ApplicationError(
-        redact(message), type=kind, non_retryable=non_retryable, next_retry_delay=delay
+        redact(mapped.message),
+        type=mapped.type,
+        non_retryable=mapped.non_retryable,
+        next_retry_delay=mapped.next_retry_delay,
     )
 
 

@@ -16,12 +16,10 @@ untrusted data: they reach the model only inside the JSON data block of the user
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from typing import Any
 
 import structlog
 from pydantic import Field, field_validator
-from temporalio import activity
 from web3.exceptions import ContractLogicError
 
 from ledgerflow.activities.llm import run_with_provider
@@ -30,14 +28,15 @@ from ledgerflow.chain.reverts import revert_from_exception
 from ledgerflow.chain.signer import Receipt
 from ledgerflow.checkpoint.canonical import hash_obj, to_hex
 from ledgerflow.errors import ContractRevert, LLMInvalidOutput, LLMRefusal
-from ledgerflow.flow.errors import mapped_errors
+from ledgerflow.flow import policies
+from ledgerflow.flow.activity import step_activity
+from ledgerflow.flow.registry import Activities
 from ledgerflow.llm.provider import (
     DecisionMeta,
     LLMProvider,
     data_block,
     structured,
 )
-from ledgerflow.runtime import Runtime
 from ledgerflow.types import StrictModel, TxResult, eip55
 
 __all__ = [
@@ -453,7 +452,12 @@ async def choose_supplier(request: DecisionRequest, provider: LLMProvider) -> De
 # ---- activities -------------------------------------------------------------------------------
 
 
-@activity.defn(name=LLM_ACTIVITY_NAME)
+@step_activity(
+    "llm.choose_supplier",
+    kind="llm",
+    policy=policies.LLM,
+    summary="choose a supplier (LLM)",
+)
 async def choose_supplier_activity(request: DecisionRequest) -> DecisionResult:
     """Choose a supplier for ``request`` with the worker's provider.
 
@@ -485,14 +489,15 @@ def _already() -> TxResult:
     return TxResult(tx_hash="", block_number=0, gas_used=0, already_done=True)
 
 
-class ProcurementActivities:
+class ProcurementActivities(Activities):
     """Activities bound to one process's :class:`Runtime`."""
 
-    def __init__(self, runtime: Runtime) -> None:
-        self.rt = runtime
-
-    @activity.defn(name="inventory.read_shortfall")
-    @mapped_errors
+    @step_activity(
+        "inventory.read_shortfall",
+        kind="chain",
+        policy=policies.CHAIN_READ,
+        summary="read the SKU's stock and shortfall",
+    )
     async def read_shortfall(self, req: SkuRequest) -> Shortfall:
         inv = self.rt.contract("InventoryLedger")
         sku = sku_to_bytes32(req.sku)
@@ -505,8 +510,12 @@ class ProcurementActivities:
             sku=req.sku, stock=stock, threshold=threshold, target=target, needed=needed
         )
 
-    @activity.defn(name="marketplace.fetch_offers")
-    @mapped_errors
+    @step_activity(
+        "marketplace.fetch_offers",
+        kind="chain",
+        policy=policies.CHAIN_READ,
+        summary="read the marketplace's offers",
+    )
     async def fetch_offers(self, req: SkuRequest) -> OfferList:
         market = self.rt.contract("Marketplace")
         policy = self.rt.contract("AgentPolicy")
@@ -533,8 +542,12 @@ class ProcurementActivities:
             )
         return OfferList(offers=offers)
 
-    @activity.defn(name="policy.precheck")
-    @mapped_errors
+    @step_activity(
+        "policy.precheck",
+        kind="chain",
+        policy=policies.CHAIN_READ,
+        summary="pre-check the spend against the on-chain policy",
+    )
     async def precheck(self, req: PolicyCheckRequest) -> PolicyCheck:
         """eth_call of AgentPolicy.checkSpend: the error a spend would hit, without spending."""
         policy = self.rt.contract("AgentPolicy")
@@ -557,8 +570,12 @@ class ProcurementActivities:
             )
         return PolicyCheck(ok=True, per_tx_cap=cap, remaining_budget=remaining)
 
-    @activity.defn(name="policy.grant_exception")
-    @mapped_errors
+    @step_activity(
+        "policy.grant_exception",
+        kind="chain",
+        policy=policies.CHAIN_TX,
+        summary="grant the approved over-cap exception",
+    )
     async def grant_exception(self, req: GrantRequest) -> TxResult:
         policy = self.rt.contract("AgentPolicy")
         approver = await self.rt.signer("approver")
@@ -567,8 +584,7 @@ class ProcurementActivities:
         receipt = await approver.send(f"policy.grant:{req.order_id}", call, contract="AgentPolicy")
         return _tx(receipt)
 
-    @activity.defn(name="escrow.open")
-    @mapped_errors
+    @step_activity("escrow.open", kind="chain", policy=policies.CHAIN_TX, summary="pay into escrow")
     async def open_escrow(self, req: EscrowRequest) -> TxResult:
         escrow = self.rt.contract("Escrow")
         agent = await self.rt.signer("agent")
@@ -586,13 +602,21 @@ class ProcurementActivities:
             raise
         return _tx(receipt)
 
-    @activity.defn(name="escrow.release")
-    @mapped_errors
+    @step_activity(
+        "escrow.release",
+        kind="chain",
+        policy=policies.CHAIN_TX,
+        summary="release the escrow to the supplier",
+    )
     async def release_escrow(self, req: OrderRef) -> TxResult:
         return await self._settle_order(req, "release", done_status=2)
 
-    @activity.defn(name="escrow.refund")
-    @mapped_errors
+    @step_activity(
+        "escrow.refund",
+        kind="chain",
+        policy=policies.CHAIN_TX,
+        summary="refund the escrow to the agent",
+    )
     async def refund_escrow(self, req: OrderRef) -> TxResult:
         """Compensation: refund the order if it is open. Idempotent: never opened, already
         refunded (or released, which no compensation reaches) are reported as done."""
@@ -621,8 +645,12 @@ class ProcurementActivities:
             raise
         return _tx(receipt)
 
-    @activity.defn(name="inventory.restock")
-    @mapped_errors
+    @step_activity(
+        "inventory.restock",
+        kind="chain",
+        policy=policies.CHAIN_TX,
+        summary="record the delivered stock on chain",
+    )
     async def restock(self, req: RestockRequest) -> TxResult:
         inv = self.rt.contract("InventoryLedger")
         orchestrator = await self.rt.signer("orchestrator")
@@ -636,16 +664,3 @@ class ProcurementActivities:
                 return _already()
             raise
         return _tx(receipt)
-
-    def all(self) -> list[Callable[..., Any]]:
-        return [
-            choose_supplier_activity,
-            self.read_shortfall,
-            self.fetch_offers,
-            self.precheck,
-            self.grant_exception,
-            self.open_escrow,
-            self.release_escrow,
-            self.refund_escrow,
-            self.restock,
-        ]

@@ -121,6 +121,14 @@ class ErrorType(StrEnum):
     ANCHOR_PENDING = "AnchorPending"
     #: A compensation failed: the run needs a human.
     COMPENSATION_FAILED = "CompensationFailed"
+    #: An enterprise API answered with a 4xx other than 408/409/429: not retried.
+    HTTP_REJECTED = "HTTPRejected"
+    #: An enterprise API is unreachable or answered 408/409/429/5xx: retried.
+    HTTP_UNAVAILABLE = "HTTPUnavailable"
+    #: An update or signal that the run does not accept now (nothing is pending, bad payload).
+    UPDATE_REJECTED = "UpdateRejected"
+    #: An exception nothing maps (a bug, or an infrastructure error of an unknown kind): retried.
+    UNEXPECTED_ERROR = "UnexpectedError"
 
 
 class EscrowStatus(StrEnum):

@@ -12,6 +12,7 @@ import uuid
 from typing import Any
 
 import pytest
+from temporalio.exceptions import ApplicationError
 
 from ledgerflow.activities.content import (
     ClassifyRequest,
@@ -245,10 +246,12 @@ def test_review_validator_accepts_only_one_pending_answer() -> None:
     from ledgerflow.workflows.content import ContentProvenanceWorkflow
 
     wf = ContentProvenanceWorkflow()
-    with pytest.raises(ValueError, match="no review is pending"):
-        wf._validate_review(ReviewDecision(action="reject"))
-    wf._state.awaiting = "review"
-    wf._validate_review(ReviewDecision(action="reject"))
-    wf._review = ReviewDecision(action="reject")
-    with pytest.raises(ValueError, match="no review is pending"):
-        wf._validate_review(ReviewDecision(action="approve"))
+    validate = ContentProvenanceWorkflow.review._defn.validator
+    with pytest.raises(ApplicationError, match="no review is pending") as refused:
+        validate(wf, ReviewDecision(action="reject"))
+    assert refused.value.non_retryable and refused.value.type == "UpdateRejected"
+    wf.state.awaiting = "review"
+    validate(wf, ReviewDecision(action="reject"))
+    wf._deliver("review", ReviewDecision(action="reject"))
+    with pytest.raises(ApplicationError, match="no review is pending"):
+        validate(wf, ReviewDecision(action="approve"))

@@ -111,9 +111,10 @@ INPUT_RE = re.compile(r"--input '([^']*)'")
 
 
 def _input_model(command: str) -> type[BaseModel]:
-    from ledgerflow.sdk.client import WORKFLOW_INPUTS
+    from ledgerflow.flow import registry
 
-    for workflow_type, model in WORKFLOW_INPUTS.items():
+    for workflow_type, reg in registry.public().items():
+        model = reg.input_model
         if f"--type {workflow_type}" in command or f"start {workflow_type}" in command:
             return model
     if "ProcurementWorkflow" in command:

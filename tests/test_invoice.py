@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 from pydantic import ValidationError
+from temporalio.exceptions import ApplicationError
 
 from ledgerflow.activities.invoice import (
     EscrowOrderInfo,
@@ -453,10 +454,12 @@ def test_resolve_validator_accepts_only_one_pending_answer() -> None:
     from ledgerflow.workflows.invoice import InvoiceReconciliationWorkflow
 
     wf = InvoiceReconciliationWorkflow()
-    with pytest.raises(ValueError, match="no resolution is pending"):
-        wf._validate_resolve(ResolutionDecision(action="reject"))
-    wf._state.awaiting = "resolution"
-    wf._validate_resolve(ResolutionDecision(action="reject"))
-    wf._resolution = ResolutionDecision(action="reject")
-    with pytest.raises(ValueError, match="no resolution is pending"):
-        wf._validate_resolve(ResolutionDecision(action="accept"))
+    validate = InvoiceReconciliationWorkflow.resolve._defn.validator
+    with pytest.raises(ApplicationError, match="no resolution is pending") as refused:
+        validate(wf, ResolutionDecision(action="reject"))
+    assert refused.value.non_retryable and refused.value.type == "UpdateRejected"
+    wf.state.awaiting = "resolution"
+    validate(wf, ResolutionDecision(action="reject"))
+    wf._deliver("resolution", ResolutionDecision(action="reject"))
+    with pytest.raises(ApplicationError, match="no resolution is pending"):
+        validate(wf, ResolutionDecision(action="accept"))

@@ -39,6 +39,7 @@ from ledgerflow.activities.procurement import (
 )
 from ledgerflow.checkpoint.canonical import canonical_bytes, hash_obj, keccak, to_hex
 from ledgerflow.errors import LLMInvalidOutput, LLMRefusal
+from ledgerflow.flow.activity import _retry_after
 from ledgerflow.llm.provider import (
     DecisionMeta,
     OfflineProvider,
@@ -627,12 +628,10 @@ async def test_activity_maps_429_to_retryable_with_retry_after(
 
 async def test_retry_after_http_date() -> None:
     when = datetime.now(UTC) + timedelta(seconds=30)
-    delay = llm_activity._retry_after(
-        httpx.Headers({"retry-after": format_datetime(when, usegmt=True)})
-    )
+    delay = _retry_after(httpx.Headers({"retry-after": format_datetime(when, usegmt=True)}))
     assert delay is not None and timedelta(seconds=25) <= delay <= timedelta(seconds=31)
     past = format_datetime(datetime(2000, 1, 1, tzinfo=UTC), usegmt=True)
-    assert llm_activity._retry_after(httpx.Headers({"retry-after": past})) == timedelta(0)
+    assert _retry_after(httpx.Headers({"retry-after": past})) == timedelta(0)
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,6 @@ and when. The source URL is recorded as given and never fetched.
 
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import Any, Literal
 
 from pydantic import Field
@@ -23,20 +22,15 @@ with workflow.unsafe.imports_passed_through():
     from ledgerflow.activities.content import (
         CanonicalContent,
         ClassifyRequest,
-        ClassifyResult,
         ContentCategory,
         ContentDocument,
+        canonicalize,
+        classify_content,
         find_policy_terms,
     )
-    from ledgerflow.flow.ledger import Ledger, failure_output
+    from ledgerflow.flow import CheckpointedWorkflow, Run, RunState, register, update_handler
+    from ledgerflow.flow.ledger import failure_output
     from ledgerflow.types import AnchorMode, StrictModel
-
-from ledgerflow.flow.policies import (
-    ACTIVITY_RETRY_POLICY,
-    ACTIVITY_START_TO_CLOSE_TIMEOUT,
-    LLM_RETRY_POLICY,
-    LLM_START_TO_CLOSE_TIMEOUT,
-)
 
 __all__ = [
     "ContentProvenanceWorkflow",
@@ -84,17 +78,13 @@ class ReviewDecision(StrictModel):
     reason: str = Field("", max_length=1000)
 
 
-class ContentState(StrictModel):
+class ContentState(RunState):
     """Query ``state`` of ContentProvenanceWorkflow."""
 
-    phase: str
     content_hash: str | None = None
     category: ContentCategory | None = None
     flagged: bool | None = None
     policy_terms: list[str] = Field(default_factory=list)
-    awaiting: str | None = None
-    steps: int = 0
-    head: str | None = None
 
 
 class ContentResult(StrictModel):
@@ -116,63 +106,39 @@ class ContentResult(StrictModel):
     anchored: bool
 
 
+@register
 @workflow.defn(name="ContentProvenanceWorkflow")
-class ContentProvenanceWorkflow:
-    def __init__(self) -> None:
-        self._state = ContentState(phase="starting")
-        self._review: ReviewDecision | None = None
-        self._ledger: Ledger | None = None
+class ContentProvenanceWorkflow(CheckpointedWorkflow):
+    State = ContentState
+    state: ContentState
 
-    # ---- messages -----------------------------------------------------------------------------
-
-    @workflow.query(name="state")
-    def state(self) -> ContentState:
-        if self._ledger is not None:
-            self._state.steps = self._ledger.steps
-            self._state.head = self._ledger.head
-        return self._state
-
-    @workflow.update(name="review")
-    async def review(self, decision: ReviewDecision) -> str:
-        """Approve or reject content that is waiting for review."""
-        self._review = decision
-        return "approved" if decision.action == "approve" else "rejected"
-
-    @review.validator
-    def _validate_review(self, decision: ReviewDecision) -> None:
-        if self._state.awaiting != "review" or self._review is not None:
-            raise ValueError("no review is pending for this content")
-
-    # ---- the run --------------------------------------------------------------------------
+    review = update_handler(
+        "review",
+        ReviewDecision,
+        into="review",
+        reply=lambda d: "approved" if d.action == "approve" else "rejected",
+        pending_message="no review is pending for this content",
+    )
 
     @workflow.run
     async def run(self, request: ContentRequest) -> ContentResult:
-        ledger = self._ledger = Ledger(
-            request.anchor_mode, wait_for_anchor=request.wait_for_anchor is not False
-        )
-        doc = request.document()
-        self._state.phase = "hashing"
-        canon: CanonicalContent = await ledger.step(
-            "activity",
-            "content.canonicalize",
-            doc,
-            lambda: workflow.execute_activity(
-                "content.canonicalize",
-                doc,
-                result_type=CanonicalContent,
-                start_to_close_timeout=ACTIVITY_START_TO_CLOSE_TIMEOUT,
-                retry_policy=ACTIVITY_RETRY_POLICY,
-            ),
-        )
-        self._state.content_hash = canon.content_hash
+        async with self.checkpointed(request) as run:
+            await self._register(run, request)
+        return run.result(ContentResult)
 
-        self._state.phase = "classifying"
+    async def _register(self, run: Run, request: ContentRequest) -> None:
+        st = self.state
+        st.phase = "hashing"
+        canon = await run.step(canonicalize, request.document())
+        st.content_hash = canon.content_hash
+
+        st.phase = "classifying"
         result: dict[str, Any] = {
             "content_hash": canon.content_hash,
             "body_hash": canon.body_hash,
             "title": canon.title,
         }
-        flagged = await self._classify(request, canon, result)
+        flagged = await self._classify(run, request, canon, result)
 
         outcome: ContentOutcome = "approved"
         if not (flagged or request.require_review):
@@ -183,7 +149,7 @@ class ContentProvenanceWorkflow:
             )
         else:
             why = "flagged" if flagged else "review required by the request"
-            decision = await self._await_review(request, why)
+            decision = await self._await_review(run, request, why)
             if decision is None:
                 outcome = "approved" if request.on_review_timeout == "approve" else "rejected"
                 result.update(
@@ -201,7 +167,7 @@ class ContentProvenanceWorkflow:
                 )
 
         # The verdict about this content hash is itself a step: anchored, disclosable alone.
-        ledger.record(
+        run.record(
             "activity",
             "content.outcome",
             {
@@ -212,28 +178,17 @@ class ContentProvenanceWorkflow:
             },
             {"outcome": outcome, "review": result["review"], "reviewed_by": result["reviewed_by"]},
         )
-        self._state.phase = outcome
-        self._state.awaiting = None
-        await ledger.finish(outcome)
-        return ContentResult(
-            outcome=outcome,
-            **result,
-            steps=ledger.steps,
-            head=ledger.head,
-            anchor_mode=ledger.mode,
-            anchored=ledger.anchored,
-        )
+        run.fields.update(result)
+        run.outcome, run.reason = outcome, result["reason"]
 
     async def _classify(
-        self, request: ContentRequest, canon: CanonicalContent, result: dict[str, Any]
+        self, run: Run, request: ContentRequest, canon: CanonicalContent, result: dict[str, Any]
     ) -> bool:
         """Classify (one checkpointed LLM step) and fill ``result``; return whether flagged.
 
         An unusable answer from the model flags the content (a human decides) instead of
         failing the run.
         """
-        ledger = self._ledger
-        assert ledger is not None
         req = ClassifyRequest(
             content_hash=canon.content_hash,
             title=request.title,
@@ -242,18 +197,7 @@ class ContentProvenanceWorkflow:
             author=request.author,
         )
         try:
-            answer: ClassifyResult = await ledger.step(
-                "llm",
-                "llm.classify_content",
-                req,
-                lambda: workflow.execute_activity(
-                    "llm.classify_content",
-                    req,
-                    result_type=ClassifyResult,
-                    start_to_close_timeout=LLM_START_TO_CLOSE_TIMEOUT,
-                    retry_policy=LLM_RETRY_POLICY,
-                ),
-            )
+            answer = await run.step(classify_content, req)
         except ActivityError as err:
             error = failure_output(err)["error"]
             terms = find_policy_terms(request.title, request.body)
@@ -264,7 +208,7 @@ class ContentProvenanceWorkflow:
                 overridden_by_rules=False,
                 decided_by=f"unavailable ({error['type']})",
             )
-            self._state.flagged, self._state.policy_terms = True, terms
+            self.state.flagged, self.state.policy_terms = True, terms
             return True
         final = answer.classification
         # The activity applied the rule check; apply its core again here, in the workflow, so
@@ -279,24 +223,22 @@ class ContentProvenanceWorkflow:
             overridden_by_rules=answer.overridden_by_rules or flagged != final.flagged,
             decided_by=f"{answer.meta.provider}:{answer.meta.model}",
         )
-        self._state.category = final.category
-        self._state.flagged, self._state.policy_terms = flagged, terms
+        self.state.category = final.category
+        self.state.flagged, self.state.policy_terms = flagged, terms
         return flagged
 
-    async def _await_review(self, request: ContentRequest, why: str) -> ReviewDecision | None:
+    async def _await_review(
+        self, run: Run, request: ContentRequest, why: str
+    ) -> ReviewDecision | None:
         """Wait for the ``review`` update; ``None`` when the review timed out."""
-        ledger = self._ledger
-        assert ledger is not None
-        self._state.phase = "awaiting-review"
-        self._state.awaiting = "review"
-        await ledger.flush()  # anchor the hash and the classification before waiting on a human
-        try:
-            await workflow.wait_condition(
-                lambda: self._review is not None,
-                timeout=timedelta(seconds=request.review_timeout_seconds),
-            )
-        except TimeoutError:
-            ledger.record(
+        self.state.phase = "awaiting-review"
+        answered = await run.wait_for(
+            "review",
+            lambda: self.received("review") is not None,
+            timeout=request.review_timeout_seconds,
+        )
+        if not answered:
+            run.record(
                 "timer",
                 "review.timeout",
                 {
@@ -308,9 +250,6 @@ class ContentProvenanceWorkflow:
                 ok=False,
             )
             return None
-        finally:
-            self._state.awaiting = None
-        decision = self._review
-        assert decision is not None
-        ledger.record("update", f"review.{decision.action}", decision, {"action": decision.action})
+        decision: ReviewDecision = self.received("review")
+        run.record("update", f"review.{decision.action}", decision, {"action": decision.action})
         return decision

@@ -12,7 +12,6 @@ including the final ``invoice.outcome`` step, is checkpointed and anchored.
 
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -23,27 +22,21 @@ with workflow.unsafe.imports_passed_through():
     from ledgerflow.activities.invoice import (
         MAX_NOTES_CHARS,
         EscrowOrderInfo,
+        InvoiceActivities,
         InvoiceClass,
         InvoiceFacts,
         InvoiceLine,
-        OrderLookup,
         ProcurementRef,
         ReconcileRequest,
-        ReconcileResult,
         apply_invoice_rules,
         cut_text,
         invoice_facts,
+        reconcile_invoice,
     )
     from ledgerflow.activities.procurement import OrderRef
-    from ledgerflow.flow.ledger import Ledger, failure_output
+    from ledgerflow.flow import CheckpointedWorkflow, Run, RunState, register, update_handler
+    from ledgerflow.flow.ledger import failure_output
     from ledgerflow.types import AnchorMode, StrictModel, eip55
-
-from ledgerflow.flow.policies import (
-    CHAIN_READ_START_TO_CLOSE_TIMEOUT,
-    CHAIN_RETRY_POLICY,
-    LLM_RETRY_POLICY,
-    LLM_START_TO_CLOSE_TIMEOUT,
-)
 
 __all__ = [
     "InvoiceReconciliationWorkflow",
@@ -132,17 +125,13 @@ class ResolutionDecision(StrictModel):
     reason: str = Field("", max_length=1000)
 
 
-class InvoiceState(StrictModel):
+class InvoiceState(RunState):
     """Query ``state`` of InvoiceReconciliationWorkflow."""
 
-    phase: str
     invoice_number: str | None = None
     order_id: str | None = None
     classification: InvoiceClass | None = None
     reasons: list[str] = Field(default_factory=list)
-    awaiting: str | None = None
-    steps: int = 0
-    head: str | None = None
 
 
 class InvoiceResult(StrictModel):
@@ -167,92 +156,57 @@ class InvoiceResult(StrictModel):
     anchored: bool
 
 
+@register
 @workflow.defn(name="InvoiceReconciliationWorkflow")
-class InvoiceReconciliationWorkflow:
-    def __init__(self) -> None:
-        self._state = InvoiceState(phase="starting")
-        self._resolution: ResolutionDecision | None = None
-        self._ledger: Ledger | None = None
+class InvoiceReconciliationWorkflow(CheckpointedWorkflow):
+    State = InvoiceState
+    state: InvoiceState
 
-    # ---- messages -----------------------------------------------------------------------------
-
-    @workflow.query(name="state")
-    def state(self) -> InvoiceState:
-        if self._ledger is not None:
-            self._state.steps = self._ledger.steps
-            self._state.head = self._ledger.head
-        return self._state
-
-    @workflow.update(name="resolve")
-    async def resolve(self, decision: ResolutionDecision) -> str:
-        """Accept (reconcile as is) or reject (dispute) an invoice that did not match."""
-        self._resolution = decision
-        return "accepted" if decision.action == "accept" else "rejected"
-
-    @resolve.validator
-    def _validate_resolve(self, decision: ResolutionDecision) -> None:
-        if self._state.awaiting != "resolution" or self._resolution is not None:
-            raise ValueError("no resolution is pending for this invoice")
-
-    # ---- the run --------------------------------------------------------------------------
+    resolve = update_handler(
+        "resolve",
+        ResolutionDecision,
+        into="resolution",
+        reply=lambda d: "accepted" if d.action == "accept" else "rejected",
+        pending_message="no resolution is pending for this invoice",
+    )
 
     @workflow.run
     async def run(self, request: InvoiceRequest) -> InvoiceResult:
-        ledger = self._ledger = Ledger(
-            request.anchor_mode, wait_for_anchor=request.wait_for_anchor is not False
-        )
+        async with self.checkpointed(request) as run:
+            await self._reconcile(run, request)
+        return run.result(InvoiceResult)
+
+    async def _reconcile(self, run: Run, request: InvoiceRequest) -> None:
+        st = self.state
         order_id = request.order_id
         if order_id is None and request.procurement_workflow_id is not None:
-            self._state.phase = "finding-order"
+            st.phase = "finding-order"
             ref_p = ProcurementRef(workflow_id=request.procurement_workflow_id)
-            lookup: OrderLookup = await ledger.step(
-                "activity",
-                "procurement.find_order",
-                ref_p,
-                lambda: workflow.execute_activity(
-                    "procurement.find_order",
-                    ref_p,
-                    result_type=OrderLookup,
-                    start_to_close_timeout=CHAIN_READ_START_TO_CLOSE_TIMEOUT,
-                    retry_policy=CHAIN_RETRY_POLICY,
-                ),
-            )
+            lookup = await run.step(InvoiceActivities.find_order, ref_p)
             order_id = lookup.order_id
-        self._state.invoice_number = request.invoice_number
-        self._state.order_id = order_id
+        st.invoice_number = request.invoice_number
+        st.order_id = order_id
 
         order: EscrowOrderInfo | None = None
         if order_id is not None:
-            self._state.phase = "reading-order"
-            ref = OrderRef(order_id=order_id)
-            order = await ledger.step(
-                "chain",
-                "escrow.read_order",
-                ref,
-                lambda: workflow.execute_activity(
-                    "escrow.read_order",
-                    ref,
-                    result_type=EscrowOrderInfo,
-                    start_to_close_timeout=CHAIN_READ_START_TO_CLOSE_TIMEOUT,
-                    retry_policy=CHAIN_RETRY_POLICY,
-                ),
-            )
+            st.phase = "reading-order"
+            order = await run.step(InvoiceActivities.read_order, OrderRef(order_id=order_id))
         facts = invoice_facts(
             request.invoice_number, request.supplier, request.lines, order_id, order
         )
 
-        self._state.phase = "classifying"
+        st.phase = "classifying"
         classification, model_status, overridden, reasons, decided_by = await self._classify(
-            request, order, facts
+            run, request, order, facts
         )
-        self._state.classification = classification
-        self._state.reasons = reasons
+        st.classification = classification
+        st.reasons = reasons
 
         outcome: InvoiceOutcome = "reconciled"
         reason = "the invoice matches its escrow order"
         resolution: ResolutionDecision | None = None
         if classification != "match":
-            resolution = await self._await_resolution(request, classification)
+            resolution = await self._await_resolution(run, request, classification)
             if resolution is None:
                 outcome, reason = "timed_out", "no resolution before the review timeout"
             elif resolution.action == "accept":
@@ -280,30 +234,20 @@ class InvoiceReconciliationWorkflow:
             "resolved_by": resolution.resolver if resolution else None,
         }
         # The verdict itself is a step, so it is anchored and can be disclosed on its own.
-        ledger.record(
+        run.record(
             "activity",
             "invoice.outcome",
             {"facts": facts, "classification": classification},
             {k: result[k] for k in ("outcome", "reason", "resolution", "resolved_by")},
         )
-        self._state.phase = outcome
-        self._state.awaiting = None
-        await ledger.finish(outcome)
-        return InvoiceResult(
-            **result,
-            steps=ledger.steps,
-            head=ledger.head,
-            anchor_mode=ledger.mode,
-            anchored=ledger.anchored,
-        )
+        run.fields.update(result)
+        run.outcome, run.reason = outcome, reason
 
     async def _classify(
-        self, request: InvoiceRequest, order: EscrowOrderInfo | None, facts: InvoiceFacts
+        self, run: Run, request: InvoiceRequest, order: EscrowOrderInfo | None, facts: InvoiceFacts
     ) -> tuple[InvoiceClass, InvoiceClass | None, bool, list[str], str | None]:
         """(status, model's status, overridden, reasons, decided_by); an unusable answer from
         the model sends the invoice to a human instead of failing the run."""
-        ledger = self._ledger
-        assert ledger is not None
         req = ReconcileRequest(
             invoice_number=request.invoice_number,
             supplier=request.supplier,
@@ -313,18 +257,7 @@ class InvoiceReconciliationWorkflow:
             facts=facts,
         )
         try:
-            answer: ReconcileResult = await ledger.step(
-                "llm",
-                "llm.reconcile_invoice",
-                req,
-                lambda: workflow.execute_activity(
-                    "llm.reconcile_invoice",
-                    req,
-                    result_type=ReconcileResult,
-                    start_to_close_timeout=LLM_START_TO_CLOSE_TIMEOUT,
-                    retry_policy=LLM_RETRY_POLICY,
-                ),
-            )
+            answer = await run.step(reconcile_invoice, req)
         except ActivityError as err:
             error = failure_output(err)["error"]
             status: InvoiceClass = "mismatch" if facts.rule_status == "mismatch" else "needs_review"
@@ -346,21 +279,17 @@ class InvoiceReconciliationWorkflow:
         )
 
     async def _await_resolution(
-        self, request: InvoiceRequest, classification: InvoiceClass
+        self, run: Run, request: InvoiceRequest, classification: InvoiceClass
     ) -> ResolutionDecision | None:
         """Wait for the ``resolve`` update; ``None`` when the review timed out."""
-        ledger = self._ledger
-        assert ledger is not None
-        self._state.phase = "awaiting-resolution"
-        self._state.awaiting = "resolution"
-        await ledger.flush()  # anchor what happened so far before waiting on a human
-        try:
-            await workflow.wait_condition(
-                lambda: self._resolution is not None,
-                timeout=timedelta(seconds=request.review_timeout_seconds),
-            )
-        except TimeoutError:
-            ledger.record(
+        self.state.phase = "awaiting-resolution"
+        answered = await run.wait_for(
+            "resolution",
+            lambda: self.received("resolution") is not None,
+            timeout=request.review_timeout_seconds,
+        )
+        if not answered:
+            run.record(
                 "timer",
                 "resolve.timeout",
                 {
@@ -371,11 +300,8 @@ class InvoiceReconciliationWorkflow:
                 ok=False,
             )
             return None
-        finally:
-            self._state.awaiting = None
-        resolution = self._resolution
-        assert resolution is not None
-        ledger.record(
+        resolution: ResolutionDecision = self.received("resolution")
+        run.record(
             "update", f"resolve.{resolution.action}", resolution, {"action": resolution.action}
         )
         return resolution

@@ -37,6 +37,7 @@ with workflow.unsafe.imports_passed_through():
         window_stamp,
     )
     from ledgerflow.activities.procurement import Shortfall
+    from ledgerflow.flow import register
     from ledgerflow.flow.ledger import failure_output
     from ledgerflow.types import StrictModel
     from ledgerflow.workflows.procurement import ProcurementRequest
@@ -175,6 +176,7 @@ def _error(err: BaseException) -> str:
     return f"{e['type']}: {e['message']}"
 
 
+@register(public=False)
 @workflow.defn(name="ChainEventWatcherWorkflow")
 class ChainEventWatcherWorkflow:
     def __init__(self) -> None:
@@ -267,6 +269,7 @@ class ChainEventWatcherWorkflow:
         return batch.caught_up
 
 
+@register(public=False)
 @workflow.defn(name="InventorySweepWorkflow")
 class InventorySweepWorkflow:
     @workflow.run

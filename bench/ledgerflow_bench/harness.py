@@ -846,15 +846,15 @@ async def _bench_webhook(world: _World, cfg: BenchConfig) -> dict[str, Any]:
 
     from ledgerflow.api.webhooks import create_app
     from ledgerflow.dev.stack import free_port
-    from ledgerflow.sdk.client import WORKFLOW_INPUTS, LedgerflowClient
+    from ledgerflow.flow import registry
+    from ledgerflow.sdk.client import LedgerflowClient
 
     # Runs go to a task queue that no worker polls: this section measures starting, nothing else.
     settings = world.settings.model_copy(
         update={"task_queue": f"bench-webhook-{uuid.uuid4().hex[:8]}"}
     )
-    workflow_type = (
-        "ProcurementWorkflow" if "ProcurementWorkflow" in WORKFLOW_INPUTS else min(WORKFLOW_INPUTS)
-    )
+    known = registry.public()
+    workflow_type = "ProcurementWorkflow" if "ProcurementWorkflow" in known else min(known)
     lf = LedgerflowClient(world.client, settings, world.runtime)
     app = create_app(settings, lf)
     port = free_port()

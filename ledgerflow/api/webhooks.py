@@ -46,20 +46,12 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from ledgerflow import __version__
 from ledgerflow.errors import ConfigError, WebhookError
-from ledgerflow.sdk.client import (
-    WORKFLOW_INPUTS,
-    LedgerflowClient,
-    parse_input,
-    workflow_id_prefix,
-)
+from ledgerflow.flow import registry
+from ledgerflow.sdk.client import LedgerflowClient, workflow_id_prefix
 from ledgerflow.settings import Settings
 from ledgerflow.store import Store, WebhookDelivery
-from ledgerflow.workflows.content import ReviewDecision
-from ledgerflow.workflows.invoice import ResolutionDecision
-from ledgerflow.workflows.procurement import ApprovalDecision, DeliveryConfirmation
 
 __all__ = [
-    "STEERING",
     "TOLERANCE_SECONDS",
     "Problem",
     "SteerAccepted",
@@ -80,15 +72,17 @@ UPDATE_TIMEOUT_SECONDS = 30.0
 
 SteerKind = Literal["signal", "update"]
 
-#: What a webhook may send to a running run: workflow type → kind → message name → body model.
-STEERING: dict[str, dict[SteerKind, dict[str, type[BaseModel]]]] = {
-    "ProcurementWorkflow": {
-        "signal": {"confirm_delivery": DeliveryConfirmation},
-        "update": {"approve": ApprovalDecision, "reject": ApprovalDecision},
-    },
-    "InvoiceReconciliationWorkflow": {"update": {"resolve": ResolutionDecision}},
-    "ContentProvenanceWorkflow": {"update": {"review": ReviewDecision}},
-}
+
+def _inputs() -> dict[str, type[BaseModel]]:
+    """Workflow type → its input model, for every registered public workflow."""
+    return {name: r.input_model for name, r in registry.public().items()}
+
+
+def _steering(workflow_type: str, kind: SteerKind) -> dict[str, type[BaseModel]]:
+    """What a webhook may send to a running run of ``workflow_type``: name → body model."""
+    reg = registry.public().get(workflow_type)
+    return dict(reg.steering(kind)) if reg is not None else {}
+
 
 _WEBHOOK_ID = re.compile(r"[\x21-\x7e]{1,255}")  # printable ASCII, no spaces; fits the store column
 _TIMESTAMP = re.compile(r"[0-9]{1,15}")
@@ -335,7 +329,7 @@ def _parse_json(body: bytes) -> Any:
 
 
 def _not_found(workflow_type: str) -> WebhookError:
-    known = ", ".join(sorted(WORKFLOW_INPUTS)) or "(none)"
+    known = ", ".join(sorted(_inputs())) or "(none)"
     return WebhookError(404, f"unknown workflow type {workflow_type!r}; known: {known}")
 
 
@@ -407,14 +401,14 @@ class _Webhooks:
 
     async def start(self, request: Request, workflow_type: str) -> WebhookAccepted:
         webhook_id, body = await self.authenticate(request)
-        model = WORKFLOW_INPUTS.get(workflow_type)
+        model = _inputs().get(workflow_type)
         if model is None:
             raise _not_found(workflow_type)
         data = _parse_json(body)
         if isinstance(data, dict) and "trigger" in model.model_fields:
             data = {**data, "trigger": f"webhook:{webhook_id}"}
         try:
-            arg = parse_input(workflow_type, data)
+            arg = registry.parse_input(workflow_type, data)
         except ConfigError as exc:
             raise WebhookError(422, str(exc)) from None
 
@@ -482,9 +476,9 @@ class _Webhooks:
         self, request: Request, workflow_type: str, workflow_id: str, kind: SteerKind, name: str
     ) -> SteerAccepted:
         webhook_id, body = await self.authenticate(request)
-        if workflow_type not in WORKFLOW_INPUTS:
+        if workflow_type not in _inputs():
             raise _not_found(workflow_type)
-        names = STEERING.get(workflow_type, {}).get(kind, {})
+        names = _steering(workflow_type, kind)
         model = names.get(name)
         if model is None:
             known = ", ".join(sorted(names)) or "(none)"
@@ -627,12 +621,9 @@ def _body_doc(model: type[BaseModel]) -> dict[str, Any]:
 
 def _documented_models() -> list[type[BaseModel]]:
     models: dict[str, type[BaseModel]] = {}
-    for model in WORKFLOW_INPUTS.values():
-        models[model.__name__] = model
-    for kinds in STEERING.values():
-        for names in kinds.values():
-            for model in names.values():
-                models[model.__name__] = model
+    for reg in registry.public().values():
+        for model in (reg.input_model, *reg.signals.values(), *reg.updates.values()):
+            models[model.__name__] = model
     return list(models.values())
 
 
@@ -679,7 +670,7 @@ def create_app(settings: Settings, client: LedgerflowClient | None = None) -> Fa
 
     # One documented route per workflow type and message, then generic ones that answer 404 for
     # anything else (after authentication, so unsigned callers learn nothing).
-    for workflow_type, model in WORKFLOW_INPUTS.items():
+    for workflow_type, model in _inputs().items():
         app.add_api_route(
             f"/webhooks/{workflow_type}",
             _start_route(hooks, workflow_type),
@@ -697,9 +688,9 @@ def create_app(settings: Settings, client: LedgerflowClient | None = None) -> Fa
             operation_id=f"start_{workflow_type}",
             tags=["webhooks"],
         )
-    for workflow_type, kinds in STEERING.items():
-        for kind, names in kinds.items():
-            for name, model in names.items():
+    for workflow_type in _inputs():
+        for kind in ("signal", "update"):
+            for name, model in _steering(workflow_type, kind).items():
                 app.add_api_route(
                     f"/webhooks/{workflow_type}/{{workflow_id}}/{kind}/{name}",
                     _steer_route(hooks, workflow_type, kind, name),
@@ -729,9 +720,9 @@ def create_app(settings: Settings, client: LedgerflowClient | None = None) -> Fa
         await hooks.authenticate(request)
         if kind not in ("signal", "update"):
             raise WebhookError(404, f"unknown route kind {kind!r}; use signal or update")
-        if workflow_type not in WORKFLOW_INPUTS:
+        if workflow_type not in _inputs():
             raise _not_found(workflow_type)
-        names = STEERING.get(workflow_type, {}).get(kind, {})  # type: ignore[call-overload]
+        names = _steering(workflow_type, kind)  # type: ignore[arg-type]
         known = ", ".join(sorted(names)) or "(none)"
         raise WebhookError(404, f"{workflow_type} has no {kind} {name!r}; known: {known}")
 

@@ -6,7 +6,7 @@ import asyncio
 import uuid
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 from temporalio.common import (
     SearchAttributeKey,
@@ -16,57 +16,24 @@ from temporalio.common import (
     WorkflowIDReusePolicy,
 )
 
-from ledgerflow.errors import ConfigError
+from ledgerflow.flow import registry
 from ledgerflow.runtime import Runtime
 from ledgerflow.settings import Settings, get_settings
 from ledgerflow.temporal import connect
-from ledgerflow.workflows.content import ContentRequest
-from ledgerflow.workflows.invoice import InvoiceRequest
 from ledgerflow.workflows.procurement import (
     ApprovalDecision,
     DeliveryConfirmation,
-    ProcurementRequest,
 )
 
 __all__ = [
-    "WORKFLOW_INPUTS",
     "LedgerflowClient",
     "RunStatus",
-    "parse_input",
     "workflow_id_prefix",
 ]
 
-#: Workflow type (Temporal name) → its one input model.
-WORKFLOW_INPUTS: dict[str, type[BaseModel]] = {
-    "ProcurementWorkflow": ProcurementRequest,
-    "InvoiceReconciliationWorkflow": InvoiceRequest,
-    "ContentProvenanceWorkflow": ContentRequest,
-}
 
 _SA_STATUS = SearchAttributeKey.for_keyword("LedgerflowStatus")
 _SA_MODE = SearchAttributeKey.for_keyword("LedgerflowAnchorMode")
-
-
-def parse_input(workflow_type: str, data: Any) -> BaseModel:
-    """Validate ``data`` (a dict or JSON text) as the input of ``workflow_type``.
-
-    Raises:
-        ConfigError: unknown workflow type, or input that fails the workflow's model (the message
-            says which field and why).
-    """
-    model = WORKFLOW_INPUTS.get(workflow_type)
-    if model is None:
-        known = ", ".join(sorted(WORKFLOW_INPUTS))
-        raise ConfigError(f"unknown workflow type {workflow_type!r}; known: {known}")
-    try:
-        if isinstance(data, str | bytes):
-            return model.model_validate_json(data)
-        return model.model_validate(data)
-    except ValidationError as exc:
-        details = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or '(input)'}: {e['msg']}" for e in exc.errors()
-        )
-        raise ConfigError(f"invalid input for {workflow_type}: {details}") from None
 
 
 class RunStatus(BaseModel):
@@ -117,7 +84,7 @@ class LedgerflowClient:
         reuse_policy: WorkflowIDReusePolicy = WorkflowIDReusePolicy.ALLOW_DUPLICATE,
     ) -> WorkflowHandle[Any, Any]:
         """Start a run. ``anchor_mode`` left empty takes the global setting."""
-        arg = input if isinstance(input, BaseModel) else parse_input(workflow_type, input)
+        arg = registry.parse_input(workflow_type, input)
         # Per-run checkpoint options left empty take the global settings, fixed at start so that
         # the run replays the same way whatever the worker's settings are later.
         defaults = {

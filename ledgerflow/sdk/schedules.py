@@ -31,6 +31,7 @@ from ledgerflow.activities.events import (
     watcher_id,
 )
 from ledgerflow.errors import ConfigError
+from ledgerflow.flow import registry
 from ledgerflow.workflows.procurement import ProcurementRequest
 from ledgerflow.workflows.watcher import (
     SweepRequest,
@@ -211,7 +212,7 @@ async def stop_watcher(client: LedgerflowClient, workflow_id: str | None = None)
 
 # ---- client side: schedules -------------------------------------------------------------------
 
-#: Short names for schedulable workflows; any type in WORKFLOW_INPUTS is accepted too.
+#: Short names for schedulable workflows; any registered public workflow is accepted too.
 SCHEDULE_KINDS: dict[str, tuple[str, type[BaseModel]]] = {
     "inventory-sweep": (SWEEP_WORKFLOW, SweepRequest),
 }
@@ -272,17 +273,16 @@ class ScheduleView(BaseModel):
 
 def _resolve_kind(kind: str) -> tuple[str, type[BaseModel], str]:
     """(workflow type, input model, default schedule id) of a kind or workflow type name."""
-    from ledgerflow.sdk.client import WORKFLOW_INPUTS
-
+    inputs = {name: r.input_model for name, r in registry.public().items()}
     if kind in SCHEDULE_KINDS:
         wf, model = SCHEDULE_KINDS[kind]
         return wf, model, kind
     for name, (wf, model) in SCHEDULE_KINDS.items():
         if kind == wf:
             return wf, model, name
-    if kind in WORKFLOW_INPUTS:
-        return kind, WORKFLOW_INPUTS[kind], _kebab(kind.removesuffix("Workflow"))
-    known = ", ".join([*SCHEDULE_KINDS, *sorted(WORKFLOW_INPUTS)])
+    if kind in inputs:
+        return kind, inputs[kind], _kebab(kind.removesuffix("Workflow"))
+    known = ", ".join([*SCHEDULE_KINDS, *sorted(inputs)])
     raise ConfigError(f"cannot schedule {kind!r}; known: {known}")
 
 

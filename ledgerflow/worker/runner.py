@@ -18,6 +18,7 @@ from temporalio.worker import Worker
 
 from ledgerflow.checkpoint.anchorer import Anchorer
 from ledgerflow.dev.stack import SEARCH_ATTRIBUTES
+from ledgerflow.flow import registry
 from ledgerflow.runtime import Runtime
 from ledgerflow.settings import Settings
 from ledgerflow.temporal import connect
@@ -29,34 +30,13 @@ log = structlog.get_logger(__name__)
 
 
 def workflow_classes() -> list[type]:
-    from ledgerflow.workflows.content import ContentProvenanceWorkflow
-    from ledgerflow.workflows.invoice import InvoiceReconciliationWorkflow
-    from ledgerflow.workflows.procurement import ProcurementWorkflow
-    from ledgerflow.workflows.watcher import ChainEventWatcherWorkflow, InventorySweepWorkflow
-
-    return [
-        ProcurementWorkflow,
-        InvoiceReconciliationWorkflow,
-        ContentProvenanceWorkflow,
-        ChainEventWatcherWorkflow,
-        InventorySweepWorkflow,
-    ]
+    """Every registered workflow (the built-in ones and LEDGERFLOW_WORKFLOW_MODULES')."""
+    return registry.workflow_classes()
 
 
 def activity_functions(runtime: Runtime) -> list[Callable[..., Any]]:
-    from ledgerflow.activities.checkpoint import CheckpointActivities
-    from ledgerflow.activities.content import content_activities
-    from ledgerflow.activities.events import EventActivities
-    from ledgerflow.activities.invoice import InvoiceActivities
-    from ledgerflow.activities.procurement import ProcurementActivities
-
-    return [
-        *ProcurementActivities(runtime).all(),
-        *CheckpointActivities(runtime).all(),
-        *EventActivities(runtime).all(),
-        *InvoiceActivities(runtime).all(),
-        *content_activities(),
-    ]
+    """Every registered activity, bound to this process's runtime."""
+    return registry.activity_functions(runtime)
 
 
 async def ensure_search_attributes(client: Client, namespace: str) -> None:

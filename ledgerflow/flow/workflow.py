@@ -1,0 +1,475 @@
+"""The workflow side of the authoring API: a base for checkpointed workflows, typed steps, sagas
+and human waits.
+
+A workflow author writes business logic; the base owns the ledger, the ``state`` query, the search
+attributes, the final flush and seal, and the saga::
+
+    @register
+    @workflow.defn(name="FastBuyWorkflow")
+    class FastBuyWorkflow(CheckpointedWorkflow):
+        confirm = signal_handler("confirm_delivery", DeliveryConfirmation, into="delivery")
+
+        @workflow.run
+        async def run(self, req: FastBuyRequest) -> FastBuyResult:
+            async with self.checkpointed(req) as run:
+                offers = await run.step(Activities.fetch_offers, SkuRequest(sku=req.sku))
+                async with run.saga() as saga:
+                    saga.compensate_with(Activities.refund_escrow, order)  # before the payment
+                    await run.step(Activities.open_escrow, escrow)
+                    await run.wait("delivery", timeout=req.deadline_seconds)
+                    await run.step(Activities.release_escrow, order)
+            return run.result(FastBuyResult)
+
+Rules the base enforces so they cannot be forgotten: a compensation is registered before its
+step; pending records are flushed before every wait; compensations run in reverse, each as a
+checkpointed step, shielded from cancellation, after in-flight update handlers finish, and a
+failing one fails the run loudly (``CompensationFailed``) after the record of what happened is
+flushed; every run that ends is finished in the ledger (its final status recorded and anchored).
+
+Outcomes: leaving the ``checkpointed`` block normally is ``completed``; ``run.stop(outcome,
+reason)`` ends early with a typed outcome (after compensations, if any are registered); a
+``Compensate`` or an activity failure inside a saga ends ``compensated``; a failure outside any
+saga fails the run (after finishing the ledger); cancellation compensates, then cancels.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from typing import Any, ClassVar, Generic, TypeVar, overload
+
+from pydantic import BaseModel
+from temporalio import workflow
+from temporalio.exceptions import ActivityError, ApplicationError
+
+from ledgerflow.checkpoint.records import StepKind
+from ledgerflow.flow.activity import step_meta
+from ledgerflow.flow.ledger import Ledger, failure_output
+from ledgerflow.types import ErrorType, StrictModel
+
+__all__ = [
+    "CheckpointedWorkflow",
+    "Compensate",
+    "Run",
+    "RunState",
+    "Saga",
+    "Stop",
+    "reason_of",
+    "signal_handler",
+    "update_handler",
+]
+
+A = TypeVar("A")
+R = TypeVar("R")
+M = TypeVar("M", bound=BaseModel)
+ResultT = TypeVar("ResultT", bound=BaseModel)
+
+
+class RunState(StrictModel):
+    """What the ``state`` query answers: the phase, what the run waits for, its ledger position.
+
+    Workflows extend it with their own fields (``State = ProcurementState``).
+    """
+
+    phase: str = "starting"
+    awaiting: str | None = None
+    steps: int = 0
+    head: str | None = None
+
+
+class Stop(Exception):
+    """End the run early with a typed outcome (registered compensations run first)."""
+
+    def __init__(self, outcome: str, reason: str) -> None:
+        super().__init__(reason)
+        self.outcome = outcome
+        self.reason = reason
+
+
+class Compensate(Exception):
+    """A business failure after money may have moved: compensate, then end ``compensated``."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class _CompensationFailed(Exception):
+    def __init__(self, reason: str, failure: ActivityError) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.failure = failure
+
+
+def reason_of(err: BaseException) -> str:
+    """A one-line reason for an exception that ends a run (``Type: message`` for failures)."""
+    if isinstance(err, Stop | Compensate):
+        return err.reason
+    if isinstance(err, asyncio.CancelledError):
+        return "cancelled"
+    error = failure_output(err)["error"]
+    return f"{error['type']}: {error['message']}"
+
+
+# ---- message handlers ---------------------------------------------------------------------------
+
+
+def update_handler(
+    name: str,
+    model: type[M],
+    *,
+    into: str,
+    value: Callable[[M], Any] | None = None,
+    reply: str | Callable[[M], str] = "accepted",
+    pending_message: str | None = None,
+) -> Any:
+    """An Update handler (answerable from the Temporal UI) that hands its argument to a wait.
+
+    The update is accepted only while the run waits for ``into`` and nothing answered yet (its
+    validator refuses it otherwise, with a typed, non-retryable error); the value it delivers is
+    ``value(arg)`` (the argument itself by default) and the update answers ``reply``.
+
+    Use as a class attribute: ``approve = update_handler("approve", ApprovalDecision,
+    into="approval", value=lambda d: (True, d), reply="approved")``.
+    """
+    refusal = pending_message or f"no {into} is pending for this run"
+
+    async def handler(self: CheckpointedWorkflow, arg: Any) -> str:
+        self._deliver(into, value(arg) if value is not None else arg)
+        return reply(arg) if callable(reply) else reply
+
+    def validator(self: CheckpointedWorkflow, arg: Any) -> None:
+        if self.state.awaiting != into or into in self._inbox:
+            raise ApplicationError(refusal, type=ErrorType.UPDATE_REJECTED, non_retryable=True)
+
+    for fn, ret in ((handler, str), (validator, None)):
+        fn.__annotations__ = {"arg": model, "return": ret}
+        fn.__name__ = fn.__qualname__ = f"{name}_{fn.__name__}"
+    defined = workflow.update(name=name)(handler)
+    defined.validator(validator)
+    return defined
+
+
+def signal_handler(
+    name: str, model: type[M], *, into: str, value: Callable[[M], Any] | None = None
+) -> Any:
+    """A Signal handler that hands its argument to a wait; the first signal wins.
+
+    A signal may arrive before the run waits for it (a supplier confirms early): it is kept.
+    """
+
+    def handler(self: CheckpointedWorkflow, arg: Any) -> None:
+        if into not in self._inbox:
+            self._deliver(into, value(arg) if value is not None else arg)
+
+    handler.__annotations__ = {"arg": model, "return": None}
+    handler.__name__ = handler.__qualname__ = f"{name}_handler"
+    return workflow.signal(name=name)(handler)
+
+
+# ---- the base -----------------------------------------------------------------------------------
+
+
+class CheckpointedWorkflow:
+    """Base of every checkpointed workflow: the ledger, the ``state`` query, the inbox."""
+
+    #: The model of the ``state`` query (a :class:`RunState` subclass).
+    State: ClassVar[type[RunState]] = RunState
+
+    def __init__(self) -> None:
+        self.state: RunState = self.State()
+        self._inbox: dict[str, Any] = {}
+        self._run: Run | None = None
+
+    @workflow.query(name="state")
+    def query_state(self) -> RunState:
+        """Where the run is: phase, what it waits for, steps checkpointed and the head."""
+        if self._run is not None and self._run.ledger is not None:
+            self.state.steps = self._run.ledger.steps
+            self.state.head = self._run.ledger.head
+        return self.state
+
+    def checkpointed(self, request: Any) -> Run:
+        """The checkpointed region of the run (``async with self.checkpointed(req) as run``).
+
+        ``request`` is the workflow's input; its optional ``anchor_mode`` and
+        ``wait_for_anchor`` fields choose how this run is anchored.
+        """
+        self._run = Run(self, request)
+        return self._run
+
+    def _deliver(self, into: str, value: Any) -> None:
+        self._inbox[into] = value
+
+    def received(self, into: str) -> Any:
+        """What a signal or update delivered to ``into`` (None if nothing yet)."""
+        return self._inbox.get(into)
+
+
+class Saga:
+    """Compensations for the steps of one block, run in reverse if the block fails."""
+
+    def __init__(self, run: Run) -> None:
+        self._run = run
+        self._compensations: list[tuple[Callable[..., Any], Any, str | None]] = []
+
+    def compensate_with(
+        self, activity: Callable[..., Any], arg: Any, *, name: str | None = None
+    ) -> None:
+        """Register ``activity(arg)`` as the compensation of the step that follows.
+
+        Register before the step: a step that timed out may still have succeeded.
+        """
+        step_meta(activity)  # fail at once (a bug) if it is not a step activity
+        self._compensations.append((activity, arg, name))
+
+    def done(self) -> None:
+        """Nothing registered so far needs undoing any more (e.g. the supplier was paid)."""
+        self._compensations.clear()
+
+    async def __aenter__(self) -> Saga:
+        return self
+
+    async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
+        if exc is None or not self._compensations:
+            self._compensations.clear()
+            return False
+        run = self._run
+        if run.v2:
+            # Let in-flight update handlers finish before undoing (samples-python's rule).
+            await workflow.wait_condition(workflow.all_handlers_finished)
+        try:
+            done = await asyncio.shield(asyncio.ensure_future(self._compensate()))
+        except ActivityError as failure:
+            raise _CompensationFailed(reason_of(exc), failure) from failure
+        run.compensated.extend(done)
+        return False
+
+    async def _compensate(self) -> list[str]:
+        run = self._run
+        run.workflow.state.phase = "compensating"
+        done: list[str] = []
+        for activity, arg, name in reversed(self._compensations):
+            meta = step_meta(activity)
+            await run.step(activity, arg, name=name, kind="compensation")
+            done.append(name or meta.name)
+        self._compensations.clear()
+        return done
+
+
+class Run(Generic[ResultT]):
+    """The checkpointed region of one run: steps, sagas, waits, and how the run ended."""
+
+    def __init__(self, workflow_: CheckpointedWorkflow, request: Any) -> None:
+        self.workflow = workflow_
+        self.request = request
+        self.ledger: Ledger | None = None
+        #: Outcome and reason of the run (``completed`` unless a stop, failure or saga says else).
+        self.outcome = "completed"
+        self.reason = ""
+        #: Fields for the result model (``run.result(Model)`` fills them in).
+        self.fields: dict[str, Any] = {}
+        #: Names of the compensations that ran, in the order they ran.
+        self.compensated: list[str] = []
+        self.v2 = False
+
+    # -- the region --
+
+    async def __aenter__(self) -> Run[ResultT]:
+        mode = getattr(self.request, "anchor_mode", None)
+        wait = getattr(self.request, "wait_for_anchor", None) is not False
+        self.ledger = Ledger(mode, wait_for_anchor=wait)
+        return self
+
+    async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
+        ledger = self._ledger
+        state = self.workflow.state
+        if exc is None:
+            pass
+        elif isinstance(exc, Stop):
+            self.outcome, self.reason = exc.outcome, exc.reason
+        elif isinstance(exc, _CompensationFailed):
+            await ledger.finish("compensation-failed")
+            raise ApplicationError(
+                f"compensation failed after {exc.reason}: {reason_of(exc.failure)}; needs a human",
+                type=ErrorType.COMPENSATION_FAILED,
+                non_retryable=True,
+            ) from exc.failure
+        elif isinstance(exc, asyncio.CancelledError):
+            await ledger.finish("cancelled")
+            return False
+        elif isinstance(exc, Compensate) or (isinstance(exc, ActivityError) and self.compensated):
+            self.outcome, self.reason = "compensated", reason_of(exc)
+        elif isinstance(exc, ActivityError):
+            # Nothing was undone because nothing needed undoing: the run failed, loudly, after
+            # its record (the failed step included) is flushed and anchored.
+            await ledger.finish("failed")
+            return False
+        else:
+            return False  # a bug in workflow code: Temporal retries the task, visibly
+        state.phase = self.outcome
+        state.awaiting = None
+        await ledger.finish(self.outcome)
+        return True
+
+    @property
+    def _ledger(self) -> Ledger:
+        if self.ledger is None:
+            raise RuntimeError("use the run inside `async with self.checkpointed(request)`")
+        return self.ledger
+
+    def result(self, model: type[ResultT], **fields: Any) -> ResultT:
+        """The run's result: ``model`` filled with the outcome, the ledger and ``fields``."""
+        ledger = self._ledger
+        values: dict[str, Any] = {
+            "outcome": self.outcome,
+            "reason": self.reason,
+            **self.fields,
+            **fields,
+            "steps": ledger.steps,
+            "head": ledger.head,
+            "anchor_mode": ledger.mode,
+            "anchored": ledger.anchored,
+        }
+        if "compensations" in model.model_fields and self.compensated:
+            values.setdefault("compensations", list(self.compensated))
+        return model(**{k: v for k, v in values.items() if k in model.model_fields})
+
+    def stop(self, outcome: str, reason: str) -> Stop:
+        """``raise run.stop("rejected", "no offers")``: end early with a typed outcome."""
+        return Stop(outcome, reason)
+
+    def saga(self) -> Saga:
+        """A block whose registered compensations run in reverse if it fails."""
+        return Saga(self)
+
+    # -- steps --
+
+    @overload
+    async def step(
+        self,
+        activity: Callable[[A], Awaitable[R]],
+        arg: A,
+        *,
+        name: str | None = None,
+        kind: StepKind | None = None,
+    ) -> R: ...
+
+    @overload
+    async def step(
+        self,
+        activity: Callable[[Any, A], Awaitable[R]],
+        arg: A,
+        *,
+        name: str | None = None,
+        kind: StepKind | None = None,
+    ) -> R: ...
+
+    async def step(
+        self,
+        activity: Callable[..., Awaitable[Any]],
+        arg: Any,
+        *,
+        name: str | None = None,
+        kind: StepKind | None = None,
+    ) -> Any:
+        """Run ``activity(arg)`` as one checkpointed step; its kind, name, timeouts and retries
+        come from its ``@step_activity`` declaration.
+
+        A failure is recorded as a failed step (its error type and message are the output) and
+        re-raised as the activity's ``ActivityError``.
+        """
+        meta = step_meta(activity)
+        policy = meta.policy
+
+        async def call() -> Any:
+            if policy.local:
+                return await workflow.execute_local_activity(
+                    meta.name,
+                    arg,
+                    result_type=meta.result_type,
+                    start_to_close_timeout=policy.start_to_close,
+                    retry_policy=policy.retry,
+                )
+            return await workflow.execute_activity(
+                meta.name,
+                arg,
+                result_type=meta.result_type,
+                start_to_close_timeout=policy.start_to_close,
+                heartbeat_timeout=policy.heartbeat,
+                retry_policy=policy.retry,
+                summary=meta.summary,
+            )
+
+        return await self._ledger.step(kind or meta.kind, name or meta.name, arg, call)
+
+    def record(
+        self, kind: StepKind, name: str, input: Any, output: Any, *, ok: bool = True
+    ) -> None:
+        """Record a step that is not an activity (a signal, an update, a timer, a verdict)."""
+        self._ledger.record(kind, name, input, output, ok=ok)
+
+    async def flush(self) -> None:
+        """Hand the records so far to the store (and, per step, to the chain) now."""
+        await self._ledger.flush()
+
+    # -- waiting for the outside world --
+
+    async def wait_for(
+        self, what: str, ready: Callable[[], bool], *, timeout: timedelta | float
+    ) -> bool:
+        """Flush, then wait until ``ready()`` or the timeout; returns False on timeout.
+
+        While waiting, the ``state`` query says ``awaiting: what``.
+        """
+        state = self.workflow.state
+        state.awaiting = what
+        await self._ledger.flush()  # anchor what happened so far before waiting on the world
+        seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else timeout
+        try:
+            await workflow.wait_condition(ready, timeout=timedelta(seconds=seconds))
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            state.awaiting = None
+
+    async def wait(
+        self,
+        what: str,
+        *,
+        timeout: timedelta | float,
+        kind: StepKind = "signal",
+        timeout_error: str | None = None,
+        timeout_message: str | None = None,
+        timeout_input: Any = None,
+    ) -> Any:
+        """Wait for a signal or update delivered to ``what`` (see :func:`signal_handler`,
+        :func:`update_handler`), recording what happened as a step.
+
+        Arrival is recorded as ``<what>.received`` (input ``{}``, output the value); a timeout as
+        the failed timer step ``<what>.timeout`` whose output is ``{"error": {"type":
+        timeout_error, "message": timeout_message}}``; then ``None`` is returned.
+        """
+        arrived = await self.wait_for(
+            what, lambda: self.workflow.received(what) is not None, timeout=timeout
+        )
+        if not arrived:
+            seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else timeout
+            self.record(
+                "timer",
+                f"{what}.timeout",
+                timeout_input if timeout_input is not None else {"timeout_seconds": int(seconds)},
+                {
+                    "error": {
+                        "type": timeout_error or f"{what.title().replace('-', '')}Timeout",
+                        "message": timeout_message or f"no {what} before the timeout",
+                    }
+                },
+                ok=False,
+            )
+            return None
+        value = self.workflow.received(what)
+        self.record(kind, f"{what}.received", {}, value)
+        return value
