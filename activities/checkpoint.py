@@ -9,13 +9,13 @@ import time
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from ledgerflow.checkpoint.models import AnchorInfo, CheckpointAck, CheckpointBatch
+from ledgerflow.checkpoint.models import AnchorInfo, CheckpointAck, CheckpointBatch, anchor_infos
 from ledgerflow.errors import ContractRevert
 from ledgerflow.flow.errors import mapped_errors
 from ledgerflow.flow.registry import Activities
-from ledgerflow.store import AnchorRow, StepRow
+from ledgerflow.store import StepRow
 
-__all__ = ["CheckpointActivities", "anchor_infos"]
+__all__ = ["CheckpointActivities"]
 
 #: How long the final flush waits for the anchorer before the local activity retries.
 ANCHOR_WAIT_SECONDS = 45.0
@@ -43,27 +43,6 @@ def _rows(batch: CheckpointBatch) -> list[StepRow]:
         )
         for s in batch.steps
     ]
-
-
-def anchor_infos(steps: list[StepRow], anchors: dict[int, AnchorRow]) -> list[AnchorInfo]:
-    """One entry per distinct confirmed anchor of ``steps`` (per-step anchors name their step)."""
-    out: list[AnchorInfo] = []
-    seen: set[int] = set()
-    for st in steps:
-        a = anchors.get(st.anchor_id) if st.anchor_id is not None else None
-        if a is None or a.status != "confirmed" or a.id in seen or a.tx_hash is None:
-            continue
-        seen.add(a.id)  # type: ignore[arg-type]
-        out.append(
-            AnchorInfo(
-                mode=a.mode,  # type: ignore[arg-type]
-                tx_hash=a.tx_hash,
-                block_number=a.block_number or 0,
-                root=a.root,
-                step=st.seq if a.mode == "per-step" else None,
-            )
-        )
-    return out
 
 
 class CheckpointActivities(Activities):

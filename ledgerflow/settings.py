@@ -84,6 +84,21 @@ class Settings(BaseSettings):
     webhook_secret: SecretStr | None = None
     webhook_max_body_bytes: int = 256 * 1024
 
+    # Generic HTTP steps
+    http_allowed_hosts: list[str] = Field(
+        default_factory=list, description="hosts an http.request step may call (exact names)"
+    )
+    http_credentials: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description="named Authorization header values for http.request steps (JSON object)",
+    )
+
+    # Workflows
+    workflow_modules: list[str] = Field(
+        default_factory=list,
+        description="modules with a team's own @register'ed workflows, loaded by every process",
+    )
+
     # Logging
     log_level: str = "INFO"
     log_format: Literal["auto", "console", "json"] = "auto"

@@ -19,8 +19,6 @@ from pydantic import BaseModel
 from ledgerflow.cli.main import app
 from ledgerflow.settings import Settings
 from ledgerflow.workflows.procurement import (
-    ApprovalDecision,
-    DeliveryConfirmation,
     ProcurementRequest,
 )
 
@@ -110,30 +108,65 @@ def test_readme_procurement_json_is_a_valid_request() -> None:
 INPUT_RE = re.compile(r"--input '([^']*)'")
 
 
-def _input_model(command: str) -> type[BaseModel]:
+def _commands(text: str) -> list[str]:
+    """Every shell command of the document's code blocks, continuation lines joined."""
+    out: list[str] = []
+    for part in _code(text):
+        current = ""
+        for line in part.splitlines():
+            current += line.rstrip().removesuffix("\\") + " "
+            if not line.rstrip().endswith("\\"):
+                out.append(current.strip())
+                current = ""
+        if current.strip():
+            out.append(current.strip())
+    return out
+
+
+_ID_RE = re.compile(r"(?:--workflow-id|--id)\s+(\S+)")
+
+
+def _input_model(command: str, types_by_id: dict[str, str]) -> type[BaseModel]:
+    """The model of a command's --input: the workflow's input, or the signal's/update's."""
     from ledgerflow.flow import registry
 
-    for workflow_type, reg in registry.public().items():
-        model = reg.input_model
+    known = registry.public()
+    for workflow_type, reg in known.items():
         if f"--type {workflow_type}" in command or f"start {workflow_type}" in command:
-            return model
-    if "ProcurementWorkflow" in command:
-        return ProcurementRequest
-    if re.search(r"--name (approve|reject)\b", command):
-        return ApprovalDecision
-    if "--name confirm_delivery" in command:
-        return DeliveryConfirmation
+            return reg.input_model
+    name = re.search(r"--name (\w+)", command)
+    wf_id = _ID_RE.search(command)
+    if name and wf_id:
+        reg = known.get(types_by_id.get(wf_id.group(1), "ProcurementWorkflow"))
+        if reg is not None:
+            model = reg.signals.get(name.group(1)) or reg.updates.get(name.group(1))
+            if model is not None:
+                return model
     raise AssertionError(f"no known input model for: {command}")
 
 
 @pytest.mark.parametrize("doc", GUIDE, ids=lambda p: p.name)
 def test_every_input_in_commands_parses(doc: Path) -> None:
-    for part in _code(doc.read_text()):
-        for line in part.splitlines():
-            for raw in INPUT_RE.findall(line):
-                if raw.startswith("<"):
-                    continue  # a placeholder such as '<json>'
-                _input_model(line).model_validate_json(raw)
+    from ledgerflow.flow import registry
+
+    commands = _commands(doc.read_text())
+    types_by_id: dict[str, str] = {}
+    for command in commands:
+        wf_id = _ID_RE.search(command)
+        for workflow_type in registry.public():
+            if wf_id and (
+                f"--type {workflow_type}" in command or f"start {workflow_type}" in command
+            ):
+                types_by_id[wf_id.group(1)] = workflow_type
+    checked = 0
+    for command in commands:
+        for raw in INPUT_RE.findall(command):
+            if raw.startswith("<"):
+                continue  # a placeholder such as '<json>'
+            _input_model(command, types_by_id).model_validate_json(raw)
+            checked += 1
+    if "--input" in doc.read_text():
+        assert checked, f"{doc.name}: no --input was checked"
 
 
 def test_procurement_doc_examples_are_valid_requests() -> None:
@@ -168,7 +201,8 @@ def test_configuration_lists_every_setting_with_its_default() -> None:
     rows = dict(re.findall(r"^\| `(LEDGERFLOW_[A-Z0-9_]+)` \| `([^`]*)` \|", text, flags=re.M))
     assert set(rows) == SETTING_VARS, sorted(SETTING_VARS ^ set(rows))
     for name, field in Settings.model_fields.items():
-        assert rows[f"LEDGERFLOW_{name.upper()}"] == _shown(field.default), name
+        default = field.get_default(call_default_factory=True)
+        assert rows[f"LEDGERFLOW_{name.upper()}"] == _shown(default), name
     for alias in ("OPENAI_API_KEY", "OPENAI_BASE_URL", ".env"):
         assert alias in text
 

@@ -7,6 +7,7 @@ intentional, versioned change with ``LEDGERFLOW_RECORD_HISTORIES=1 make test``.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import uuid
@@ -103,22 +104,35 @@ _SCENARIOS: dict[str, tuple[str, dict[str, Any], tuple[str, dict[str, Any]] | No
         {"title": "Release notes", "body": "Version 2.4 is out.", "anchor_mode": "per-step"},
         None,
     ),
+    # The authoring example of docs/authoring.md: LLM decision, approval, escrow, saga.
+    "vendor-payment-approved": (
+        "VendorPaymentWorkflow",
+        {},
+        ("approve", {"approved": True, "approver": "cfo@acme", "reason": "replay"}),
+    ),
 }
+#: What each steered scenario waits for before its update is sent (the state query's `awaiting`).
+_AWAITING = {"resolve": "resolution", "review": "review", "approve": "approval"}
+
+
+async def _wait_awaiting(handle: Any, what: str, timeout: float = 60) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while asyncio.get_running_loop().time() < deadline:
+        if (await handle.query("state")).get("awaiting") == what:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{handle.id} never waited for {what}")
 
 
 @pytest.mark.parametrize("scenario", sorted(_SCENARIOS))
 async def test_fresh_history_replays_invoice_and_content(stack: Stack, scenario: str) -> None:
-    from tests.test_invoice import wait_phase
-
     workflow_type, data, update = _SCENARIOS[scenario]
     wf_id = f"{scenario}-{uuid.uuid4().hex[:8]}"
     await stack.client.start(workflow_type, data, workflow_id=wf_id)
     handle = stack.client.temporal.get_workflow_handle(wf_id)
     if update is not None:
         name, arg = update
-        await wait_phase(
-            stack, wf_id, "awaiting-resolution" if name == "resolve" else "awaiting-review"
-        )
+        await _wait_awaiting(handle, _AWAITING[name])
         await handle.execute_update(name, arg)
     await stack.client.result(wf_id)
     history = await handle.fetch_history()

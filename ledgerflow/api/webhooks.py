@@ -37,8 +37,6 @@ from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, ValidationError
-from sqlalchemy.exc import IntegrityError
-from sqlmodel import select
 from temporalio.client import WorkflowExecutionStatus, WorkflowUpdateFailedError
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
@@ -49,7 +47,6 @@ from ledgerflow.errors import ConfigError, WebhookError
 from ledgerflow.flow import registry
 from ledgerflow.sdk.client import LedgerflowClient, workflow_id_prefix
 from ledgerflow.settings import Settings
-from ledgerflow.store import Store, WebhookDelivery
 
 __all__ = [
     "TOLERANCE_SECONDS",
@@ -251,66 +248,6 @@ def webhook_workflow_id(workflow_type: str, webhook_id: str) -> str:
     return f"{workflow_id_prefix(workflow_type)}-wh-{digest}"
 
 
-# ---- the store: one row per accepted webhook-id -----------------------------------------------
-
-
-def _get_delivery(store: Store, webhook_id: str) -> WebhookDelivery | None:
-    with store.session() as s:
-        return s.exec(
-            select(WebhookDelivery).where(WebhookDelivery.webhook_id == webhook_id)
-        ).first()
-
-
-def _claim(
-    store: Store, webhook_id: str, route: str, workflow_id: str, run_id: str | None
-) -> WebhookDelivery | None:
-    """Record a delivery; ``None`` if this call recorded it, else the row recorded before."""
-    existing = _get_delivery(store, webhook_id)
-    if existing is not None:
-        return existing
-    with store.session() as s:
-        s.add(
-            WebhookDelivery(
-                webhook_id=webhook_id, workflow_type=route, workflow_id=workflow_id, run_id=run_id
-            )
-        )
-        try:
-            s.commit()
-            return None
-        except IntegrityError:
-            s.rollback()
-    existing = _get_delivery(store, webhook_id)
-    if existing is None:  # pragma: no cover - deleted in between; treat as ours
-        return _claim(store, webhook_id, route, workflow_id, run_id)
-    return existing
-
-
-def _set_run(store: Store, webhook_id: str, run_id: str) -> str:
-    """Fill in the run of a claimed delivery (first writer wins); returns the recorded run."""
-    with store.session() as s:
-        row = s.exec(
-            select(WebhookDelivery).where(WebhookDelivery.webhook_id == webhook_id)
-        ).first()
-        if row is None:  # pragma: no cover - the claim was removed; nothing to fill in
-            return run_id
-        if row.run_id is None:
-            row.run_id = run_id
-            s.add(row)
-            s.commit()
-        return row.run_id or run_id
-
-
-def _release(store: Store, webhook_id: str) -> None:
-    """Forget a claim whose action failed, so the sender's retry is tried again."""
-    with store.session() as s:
-        row = s.exec(
-            select(WebhookDelivery).where(WebhookDelivery.webhook_id == webhook_id)
-        ).first()
-        if row is not None:
-            s.delete(row)
-            s.commit()
-
-
 # ---- the handlers -----------------------------------------------------------------------------
 
 
@@ -415,7 +352,9 @@ class _Webhooks:
         client = await self.client()
         store = client.runtime.store
         workflow_id = webhook_workflow_id(workflow_type, webhook_id)
-        prior = await asyncio.to_thread(_claim, store, webhook_id, workflow_type, workflow_id, None)
+        prior = await asyncio.to_thread(
+            store.delivery_claim, webhook_id, workflow_type, workflow_id, None
+        )
         if prior is not None:
             if prior.workflow_type != workflow_type or prior.workflow_id != workflow_id:
                 raise WebhookError(
@@ -448,7 +387,7 @@ class _Webhooks:
             raise WebhookError(503, "the workflow engine refused the start; retry later") from None
         if not run_id:  # pragma: no cover - Temporal always answers a run id
             raise WebhookError(503, "the workflow engine did not return a run id; retry later")
-        run_id = await asyncio.to_thread(_set_run, store, webhook_id, run_id)
+        run_id = await asyncio.to_thread(store.delivery_set_run, webhook_id, run_id)
         log.info(
             "webhook.accepted",
             webhook_id=webhook_id,
@@ -495,7 +434,7 @@ class _Webhooks:
         desc = await self._describe(client, workflow_type, workflow_id)
         running = desc.status == WorkflowExecutionStatus.RUNNING
         route = f"{workflow_type}/{kind}/{name}"
-        prior = await asyncio.to_thread(_get_delivery, store, webhook_id)
+        prior = await asyncio.to_thread(store.delivery_get, webhook_id)
         if prior is not None and (prior.workflow_type != route or prior.workflow_id != workflow_id):
             raise WebhookError(
                 409, f"webhook-id {webhook_id!r} was already delivered to another route"
@@ -507,7 +446,7 @@ class _Webhooks:
                     409, f"run {workflow_id!r} is {status}; it no longer accepts a {kind}"
                 )
             prior = await asyncio.to_thread(
-                _claim, store, webhook_id, route, workflow_id, desc.run_id
+                store.delivery_claim, webhook_id, route, workflow_id, desc.run_id
             )
             if prior is not None and (
                 prior.workflow_type != route or prior.workflow_id != workflow_id
@@ -524,7 +463,7 @@ class _Webhooks:
                 try:
                     await handle.signal(name, arg)
                 except RPCError as exc:
-                    await asyncio.to_thread(_release, store, webhook_id)
+                    await asyncio.to_thread(store.delivery_release, webhook_id)
                     raise self._rpc_error(exc, workflow_id, kind) from None
             log.info(
                 "webhook.signal",
@@ -550,12 +489,12 @@ class _Webhooks:
             )
         except WorkflowUpdateFailedError as exc:
             if not duplicate:
-                await asyncio.to_thread(_release, store, webhook_id)
+                await asyncio.to_thread(store.delivery_release, webhook_id)
             cause = getattr(exc.cause, "message", None) or str(exc.cause)
             raise WebhookError(409, f"update {name} was rejected: {cause}") from None
         except RPCError as exc:
             if not duplicate:
-                await asyncio.to_thread(_release, store, webhook_id)
+                await asyncio.to_thread(store.delivery_release, webhook_id)
             raise self._rpc_error(exc, workflow_id, kind) from None
         except TimeoutError:
             raise WebhookError(

@@ -8,14 +8,13 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from ledgerflow.dev.stack import repo_root
 from ledgerflow.errors import ConfigError
 
 __all__ = ["Artifact", "artifacts_dir", "load_artifact"]
 
 
 def artifacts_dir() -> Path:
-    return repo_root() / "contracts" / "artifacts"
+    return Path(__file__).resolve().parents[2] / "contracts" / "artifacts"
 
 
 @dataclass(frozen=True)

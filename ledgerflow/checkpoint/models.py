@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from pydantic import Field
 
 from ledgerflow.checkpoint.records import StepKind, StepStatus
 from ledgerflow.types import AnchorMode, StrictModel
 
-__all__ = ["AnchorInfo", "CheckpointAck", "CheckpointBatch", "CheckpointStep"]
+if TYPE_CHECKING:
+    from ledgerflow.store import AnchorRow, StepRow
+
+__all__ = ["AnchorInfo", "CheckpointAck", "CheckpointBatch", "CheckpointStep", "anchor_infos"]
 
 
 class CheckpointStep(StrictModel):
@@ -51,3 +56,24 @@ class CheckpointAck(StrictModel):
     step_hashes: list[str]
     anchored: bool
     anchors: list[AnchorInfo] = Field(default_factory=list)
+
+
+def anchor_infos(steps: list[StepRow], anchors: dict[int, AnchorRow]) -> list[AnchorInfo]:
+    """One entry per distinct confirmed anchor of ``steps`` (per-step anchors name their step)."""
+    out: list[AnchorInfo] = []
+    seen: set[int] = set()
+    for st in steps:
+        a = anchors.get(st.anchor_id) if st.anchor_id is not None else None
+        if a is None or a.status != "confirmed" or a.id in seen or a.tx_hash is None:
+            continue
+        seen.add(a.id)  # type: ignore[arg-type]
+        out.append(
+            AnchorInfo(
+                mode=a.mode,  # type: ignore[arg-type]
+                tx_hash=a.tx_hash,
+                block_number=a.block_number or 0,
+                root=a.root,
+                step=st.seq if a.mode == "per-step" else None,
+            )
+        )
+    return out

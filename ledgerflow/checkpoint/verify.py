@@ -301,7 +301,7 @@ async def verify_run(
         history_checked = await _check_history(client, run, hashes, head, f)
     if pending:
         f.problems.append(f"{pending} step(s) not anchored yet")
-    from ledgerflow.activities.checkpoint import anchor_infos
+    from ledgerflow.checkpoint.models import anchor_infos
 
     return VerifyReport(
         workflow_id=run.workflow_id,

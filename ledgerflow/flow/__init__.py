@@ -10,10 +10,12 @@ docs/authoring.md.
 
 from ledgerflow.flow.activity import StepMeta, StepPolicy, step_activity, step_meta
 from ledgerflow.flow.registry import Activities, Registration, parse_input, register
+from ledgerflow.flow.steps import Approval
 from ledgerflow.flow.workflow import (
     CheckpointedWorkflow,
     Compensate,
     Run,
+    RunResult,
     RunState,
     Saga,
     Stop,
@@ -24,10 +26,12 @@ from ledgerflow.flow.workflow import (
 
 __all__ = [
     "Activities",
+    "Approval",
     "CheckpointedWorkflow",
     "Compensate",
     "Registration",
     "Run",
+    "RunResult",
     "RunState",
     "Saga",
     "StepMeta",

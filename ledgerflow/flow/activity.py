@@ -86,11 +86,16 @@ class StepMeta:
     kind: StepKind
     policy: StepPolicy
     summary: str | None
-    fn: Callable[..., Any] = field(repr=False)
+    fn: Callable[..., Any] | None = field(default=None, repr=False)
+    returns: type | None = None
 
     @functools.cached_property
     def result_type(self) -> type:
         """The activity's declared return type (what the workflow decodes its result into)."""
+        if self.returns is not None:
+            return self.returns
+        if self.fn is None:
+            raise TypeError(f"step {self.name} declares no result type")
         hints = typing.get_type_hints(self.fn)
         ret = hints.get("return")
         if ret is None:
@@ -107,6 +112,8 @@ def step_meta(fn: Any) -> StepMeta:
     Raises:
         TypeError: ``fn`` is not a step activity.
     """
+    if isinstance(fn, StepMeta):
+        return fn
     meta = getattr(fn, _META_ATTR, None)
     if not isinstance(meta, StepMeta):
         name = getattr(fn, "__qualname__", repr(fn))

@@ -46,6 +46,13 @@ BUILTIN_WORKFLOW_MODULES = (
     "ledgerflow.workflows.invoice",
     "ledgerflow.workflows.content",
     "ledgerflow.workflows.watcher",
+    "ledgerflow.workflows.vendor_payment",
+)
+#: Activity modules every worker serves even if no workflow module imports them.
+BUILTIN_ACTIVITY_MODULES = (
+    "ledgerflow.activities.checkpoint",
+    "ledgerflow.activities.events",
+    "ledgerflow.activities.steps",
 )
 
 W = TypeVar("W", bound=type)
@@ -162,7 +169,7 @@ def load(modules: Iterable[str] = ()) -> None:
     Raises:
         ConfigError: a module cannot be imported.
     """
-    for name in (*BUILTIN_WORKFLOW_MODULES, *modules):
+    for name in (*BUILTIN_WORKFLOW_MODULES, *BUILTIN_ACTIVITY_MODULES, *modules):
         name = name.strip()
         if not name or name in _loaded:
             continue

@@ -37,21 +37,39 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from typing import Any, ClassVar, Generic, TypeVar, overload
+from typing import Any, ClassVar, Generic, Literal, TypeVar, overload
 
 from pydantic import BaseModel
+from pydantic_core import to_jsonable_python
 from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError
 
+from ledgerflow.checkpoint.canonical import hash_obj, to_hex
 from ledgerflow.checkpoint.records import StepKind
-from ledgerflow.flow.activity import step_meta
+from ledgerflow.flow.activity import StepMeta, step_meta
 from ledgerflow.flow.ledger import Ledger, failure_output
-from ledgerflow.types import ErrorType, StrictModel
+from ledgerflow.flow.steps import (
+    CALL_CONTRACT,
+    DECIDE,
+    HTTP_REQUEST,
+    READ_CONTRACT,
+    Approval,
+    ContractCall,
+    ContractCallResult,
+    ContractRead,
+    ContractReadResult,
+    DecisionSpec,
+    HttpRequest,
+    HttpResponse,
+    LLMDecision,
+)
+from ledgerflow.types import AnchorMode, ErrorType, StrictModel
 
 __all__ = [
     "CheckpointedWorkflow",
     "Compensate",
     "Run",
+    "RunResult",
     "RunState",
     "Saga",
     "Stop",
@@ -76,6 +94,17 @@ class RunState(StrictModel):
     awaiting: str | None = None
     steps: int = 0
     head: str | None = None
+
+
+class RunResult(StrictModel):
+    """The fields every workflow result carries (``run.result(Model)`` fills them in)."""
+
+    outcome: str
+    reason: str = ""
+    steps: int
+    head: str
+    anchor_mode: AnchorMode
+    anchored: bool
 
 
 class Stop(Exception):
@@ -212,10 +241,10 @@ class Saga:
 
     def __init__(self, run: Run) -> None:
         self._run = run
-        self._compensations: list[tuple[Callable[..., Any], Any, str | None]] = []
+        self._compensations: list[tuple[Callable[..., Any] | StepMeta, Any, str | None]] = []
 
     def compensate_with(
-        self, activity: Callable[..., Any], arg: Any, *, name: str | None = None
+        self, activity: Callable[..., Any] | StepMeta, arg: Any, *, name: str | None = None
     ) -> None:
         """Register ``activity(arg)`` as the compensation of the step that follows.
 
@@ -223,6 +252,29 @@ class Saga:
         """
         step_meta(activity)  # fail at once (a bug) if it is not a step activity
         self._compensations.append((activity, arg, name))
+
+    def compensate_call(
+        self,
+        contract: str,
+        function: str,
+        args: list[Any] | tuple[Any, ...] = (),
+        *,
+        signer: Literal["orchestrator", "agent"] = "orchestrator",
+        unless: tuple[str, ...] = (),
+    ) -> None:
+        """Register a contract call (``run.call``'s arguments) as the next step's compensation.
+
+        A compensation must be idempotent: ``unless`` names the custom errors that mean there is
+        nothing to undo (``EscrowNotOpen`` for a refund of an order that was never opened).
+        """
+        call = ContractCall(
+            contract=contract,
+            function=function,
+            args=list(args),
+            signer=signer,
+            accept_reverts=list(unless),
+        )
+        self.compensate_with(CALL_CONTRACT, call, name=f"{contract}.{function}")
 
     def done(self) -> None:
         """Nothing registered so far needs undoing any more (e.g. the supplier was paid)."""
@@ -349,6 +401,16 @@ class Run(Generic[ResultT]):
     @overload
     async def step(
         self,
+        activity: StepMeta,
+        arg: Any,
+        *,
+        name: str | None = None,
+        kind: StepKind | None = None,
+    ) -> Any: ...
+
+    @overload
+    async def step(
+        self,
         activity: Callable[[A], Awaitable[R]],
         arg: A,
         *,
@@ -368,7 +430,7 @@ class Run(Generic[ResultT]):
 
     async def step(
         self,
-        activity: Callable[..., Awaitable[Any]],
+        activity: Callable[..., Awaitable[Any]] | StepMeta,
         arg: Any,
         *,
         name: str | None = None,
@@ -382,6 +444,8 @@ class Run(Generic[ResultT]):
         """
         meta = step_meta(activity)
         policy = meta.policy
+        if getattr(arg, "idempotency_key", "") is None:
+            arg = arg.model_copy(update={"idempotency_key": self.idempotency_key()})
 
         async def call() -> Any:
             if policy.local:
@@ -473,3 +537,121 @@ class Run(Generic[ResultT]):
         value = self.workflow.received(what)
         self.record(kind, f"{what}.received", {}, value)
         return value
+
+    async def approval(
+        self, what: str = "approval", *, timeout: timedelta | float
+    ) -> Approval | None:
+        """Wait for an :class:`Approval` delivered to ``what`` by an Update handler (e.g.
+        ``approve = update_handler("approve", Approval, into="approval")``).
+
+        Records ``<what>.approved`` or ``<what>.rejected`` (an ``update`` step: input the
+        approval, output ``{"approved": ...}``), or the failed timer step ``<what>.timeout``;
+        returns the approval, or ``None`` after the timeout.
+        """
+        answered = await self.wait_for(
+            what, lambda: self.workflow.received(what) is not None, timeout=timeout
+        )
+        if not answered:
+            seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else timeout
+            self.record(
+                "timer",
+                f"{what}.timeout",
+                {"timeout_seconds": int(seconds)},
+                {"error": {"type": "ApprovalTimeout", "message": f"no {what} before the timeout"}},
+                ok=False,
+            )
+            return None
+        decision: Approval = self.workflow.received(what)
+        verdict = "approved" if decision.approved else "rejected"
+        self.record("update", f"{what}.{verdict}", decision, {"approved": decision.approved})
+        return decision
+
+    # -- generic steps --
+
+    def key(self, purpose: str) -> str:
+        """A 0x-hex 32-byte id unique to this execution chain and ``purpose`` (an order id)."""
+        info = workflow.info()
+        return to_hex(
+            hash_obj(
+                {
+                    "purpose": purpose,
+                    "workflow_id": info.workflow_id,
+                    "first_run_id": info.first_execution_run_id,
+                }
+            )
+        )
+
+    def idempotency_key(self) -> str:
+        """The idempotency key of the next step: ``<workflow id>/<run id>/<seq>``.
+
+        The same step of the same run gets the same key on every attempt and after a crash, so
+        the contract call or HTTP request behind it takes effect once.
+        """
+        info = workflow.info()
+        return f"{info.workflow_id}/{info.run_id}/{self._ledger.seq}"
+
+    async def decide(
+        self,
+        model: type[M],
+        *,
+        instructions: str,
+        data: Any,
+        offline: M | None = None,
+        name: str | None = None,
+    ) -> M:
+        """An LLM decision into ``model`` (a StrictModel): strict JSON schema, refusals and
+        truncation handled, re-validated in the worker and again here before it is used.
+
+        ``data`` is untrusted (it reaches the model inside a JSON data block, never among the
+        instructions); ``offline`` is the answer the offline rules give (without it the offline
+        provider refuses). The step output records the answer, the model, prompt and response
+        hashes and token usage.
+        """
+        spec = DecisionSpec(
+            model=f"{model.__module__}:{model.__qualname__}",
+            schema_name=model.__name__[:64],
+            instructions=instructions,
+            data=to_jsonable_python(data),
+            offline_answer=offline.model_dump(mode="json") if offline is not None else None,
+        )
+        result: LLMDecision = await self.step(
+            DECIDE, spec, name=name or f"llm.decide.{model.__name__}"
+        )
+        return model.model_validate(result.answer)
+
+    async def call(
+        self,
+        contract: str,
+        function: str,
+        args: list[Any] | tuple[Any, ...] = (),
+        *,
+        signer: Literal["orchestrator", "agent"] = "orchestrator",
+        value: int = 0,
+        name: str | None = None,
+    ) -> ContractCallResult:
+        """Call ``function`` of the deployment's ``contract`` in a transaction, exactly once (the
+        signer's outbox and an idempotency key from the run and the step); a revert is a
+        non-retryable ``ContractRevert`` with the decoded custom error."""
+        call = ContractCall(
+            contract=contract, function=function, args=list(args), signer=signer, value=value
+        )
+        result: ContractCallResult = await self.step(
+            CALL_CONTRACT, call, name=name or f"{contract}.{function}"
+        )
+        return result
+
+    async def read(
+        self, contract: str, function: str, args: list[Any] | tuple[Any, ...] = ()
+    ) -> ContractReadResult:
+        """Read ``function`` of the deployment's ``contract`` (``eth_call``) as a step."""
+        read = ContractRead(contract=contract, function=function, args=list(args))
+        result: ContractReadResult = await self.step(
+            READ_CONTRACT, read, name=f"{contract}.{function}"
+        )
+        return result
+
+    async def http(self, request: HttpRequest, *, name: str | None = None) -> HttpResponse:
+        """An HTTP request to an enterprise API with an ``Idempotency-Key`` header; the response
+        body is hashed into the step output."""
+        result: HttpResponse = await self.step(HTTP_REQUEST, request, name=name)
+        return result

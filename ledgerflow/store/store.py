@@ -485,6 +485,65 @@ class Store:
             )
             return list(s.exec(q.order_by(OutboxTx.nonce)))  # type: ignore[arg-type]
 
+    # ---- webhook deliveries -----------------------------------------------------------------
+
+    def delivery_get(self, webhook_id: str) -> WebhookDelivery | None:
+        """The delivery recorded for ``webhook_id``, if any."""
+        with self.session() as s:
+            return s.exec(
+                select(WebhookDelivery).where(col(WebhookDelivery.webhook_id) == webhook_id)
+            ).first()
+
+    def delivery_claim(
+        self, webhook_id: str, route: str, workflow_id: str, run_id: str | None
+    ) -> WebhookDelivery | None:
+        """Record a delivery; ``None`` if this call recorded it, else the row recorded before."""
+        existing = self.delivery_get(webhook_id)
+        if existing is not None:
+            return existing
+        with self.session() as s:
+            s.add(
+                WebhookDelivery(
+                    webhook_id=webhook_id,
+                    workflow_type=route,
+                    workflow_id=workflow_id,
+                    run_id=run_id,
+                )
+            )
+            try:
+                s.commit()
+                return None
+            except IntegrityError:
+                s.rollback()
+        existing = self.delivery_get(webhook_id)
+        if existing is None:  # pragma: no cover - deleted in between; treat as ours
+            return self.delivery_claim(webhook_id, route, workflow_id, run_id)
+        return existing
+
+    def delivery_set_run(self, webhook_id: str, run_id: str) -> str:
+        """Fill in the run of a claimed delivery (first writer wins); returns the recorded run."""
+        with self.session() as s:
+            row = s.exec(
+                select(WebhookDelivery).where(col(WebhookDelivery.webhook_id) == webhook_id)
+            ).first()
+            if row is None:  # pragma: no cover - the claim was removed; nothing to fill in
+                return run_id
+            if row.run_id is None:
+                row.run_id = run_id
+                s.add(row)
+                s.commit()
+            return row.run_id or run_id
+
+    def delivery_release(self, webhook_id: str) -> None:
+        """Forget a claim whose action failed, so the sender's retry is tried again."""
+        with self.session() as s:
+            row = s.exec(
+                select(WebhookDelivery).where(col(WebhookDelivery.webhook_id) == webhook_id)
+            ).first()
+            if row is not None:
+                s.delete(row)
+                s.commit()
+
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
