@@ -75,7 +75,7 @@ class UpRun:
 
 
 @dataclass
-class Stack:
+class EmbeddedStack:
     """The settings of one embedded stack on free ports, and a way to run ``up`` on it."""
 
     cwd: Path
@@ -126,8 +126,8 @@ class Stack:
 
 
 @pytest.fixture
-def stack(tmp_path: Path) -> Iterator[Stack]:
-    s = Stack(
+def embedded(tmp_path: Path) -> Iterator[EmbeddedStack]:
+    s = EmbeddedStack(
         cwd=tmp_path,
         home=tmp_path / "home",
         ports={name: free_port() for name in ("temporal", "ui", "anvil", "api")},
@@ -207,30 +207,30 @@ def foreign_listener() -> Iterator[Foreign]:
     ],
 )
 def test_a_port_held_by_a_foreign_process_is_one_line_naming_it(
-    stack: Stack, foreign_listener: Foreign, service: str, setting: str
+    embedded: EmbeddedStack, foreign_listener: Foreign, service: str, setting: str
 ) -> None:
-    port = stack.ports[service]
+    port = embedded.ports[service]
     holder = foreign_listener(port)
-    done = stack.run_up("--no-demo")
+    done = embedded.run_up("--no-demo")
     assert done.returncode == 2, done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr
     assert lines[0].startswith(f"error: port {port} is already in use by pid {holder.pid} (python")
     assert setting in lines[0]
     # Nothing was started: no child on record, no service log, the holder untouched.
-    assert json.loads((stack.home / "up.lock").read_text() or "{}").get("children", []) == []
-    assert not (stack.home / "temporal.log").exists()
+    assert json.loads((embedded.home / "up.lock").read_text() or "{}").get("children", []) == []
+    assert not (embedded.home / "temporal.log").exists()
     assert holder.poll() is None
 
 
 def test_an_old_temporal_still_answering_is_not_taken_for_ours(
-    stack: Stack, tmp_path: Path
+    embedded: EmbeddedStack, tmp_path: Path
 ) -> None:
     """The issue's case: a Temporal that is not this ``up``'s answers on the port when it starts."""
-    port = stack.ports["temporal"]
+    port = embedded.ports["temporal"]
     old = start_temporal(port, log_path=tmp_path / "old-temporal.log")
     try:
-        done = stack.run_up("--no-demo")
+        done = embedded.run_up("--no-demo")
         assert done.returncode == 2, done.stderr
         line = done.stderr.strip()
         assert "\n" not in line
@@ -269,6 +269,30 @@ def test_a_child_that_does_not_listen_itself_is_not_ready(
     assert "Address already in use" in message  # the child's own log
 
 
+@pytest.mark.slow
+def test_up_runs_the_demo_against_its_own_children_and_stops_on_ctrl_c(
+    embedded: EmbeddedStack,
+) -> None:
+    """What ``make run`` does: the demo runs through the worker child and verifies."""
+    run = embedded.up()
+    run.wait_for("serving:", timeout=240)
+    out = run.stdout
+    children = run.children()
+    assert f"worker: pid {children['worker']}, polling task queue ledgerflow" in out
+    assert f"API: http://127.0.0.1:{embedded.ports['api']}/docs, pid {children['api']}" in out
+    assert "demo: outcome completed — bought " in out
+    assert "verify: ok — " in out
+    assert f"UI http://localhost:{embedded.ports['ui']}" in out  # the link follows the UI port
+    run.proc.send_signal(signal.SIGINT)
+    assert run.wait(STOP_TIMEOUT + 10) == 0, run.stderr[-3000:]
+    assert run.stdout.strip().splitlines()[-1] == (
+        "stopped: API, worker, anvil (state saved), Temporal"
+    )
+    assert _gone(list(children.values()), 2) == []
+    assert embedded.holders() == {}
+    assert (embedded.home / "up.lock").read_text() == ""  # nothing left to clean up
+
+
 # ---- 2. supervision: a dead child is named, the rest is stopped ---------------------------------
 
 
@@ -283,9 +307,9 @@ def test_a_child_that_does_not_listen_itself_is_not_ready(
     ],
 )
 def test_a_child_killed_mid_run_is_reported_and_the_rest_stopped(
-    stack: Stack, victim: str, sig: signal.Signals, how: str
+    embedded: EmbeddedStack, victim: str, sig: signal.Signals, how: str
 ) -> None:
-    run = stack.up("--no-demo")
+    run = embedded.up("--no-demo")
     run.wait_for("serving:")
     children = run.children()
     assert set(children) == {"temporal", "anvil", "worker", "api"}
@@ -303,15 +327,17 @@ def test_a_child_killed_mid_run_is_reported_and_the_rest_stopped(
     assert stopped.startswith("stopped: ")
     assert f"{label} (had been killed by {sig.name})" in stopped
     assert _gone(list(children.values()), 2) == []
-    assert stack.holders() == {}
+    assert embedded.holders() == {}
 
 
 # ---- 3. shutdown: bounded, whatever the services' state -----------------------------------------
 
 
 @pytest.mark.slow
-def test_sigterm_while_temporal_is_unreachable_stops_everything_in_time(stack: Stack) -> None:
-    run = stack.up("--no-demo")
+def test_sigterm_while_temporal_is_unreachable_stops_everything_in_time(
+    embedded: EmbeddedStack,
+) -> None:
+    run = embedded.up("--no-demo")
     run.wait_for("serving:")
     children = run.children()
     os.kill(children["temporal"], signal.SIGSTOP)  # alive, holding its port, answering nothing
@@ -324,12 +350,12 @@ def test_sigterm_while_temporal_is_unreachable_stops_everything_in_time(stack: S
     assert took < STOP_TIMEOUT, f"stopping took {took:.1f}s"
     assert run.stdout.strip().splitlines()[-1].startswith("stopped: API")
     assert _gone(list(children.values()), 2) == []
-    assert stack.holders() == {}
+    assert embedded.holders() == {}
 
 
 @pytest.mark.slow
-def test_a_new_up_after_the_previous_was_sigkilled_starts_cleanly(stack: Stack) -> None:
-    first = stack.up("--no-demo", name="first")
+def test_a_new_up_after_the_previous_was_sigkilled_starts_cleanly(embedded: EmbeddedStack) -> None:
+    first = embedded.up("--no-demo", name="first")
     first.wait_for("serving:")
     old = first.children()
     # A hung Temporal cannot act on the parent-death signal: only the lock file can clean it up.
@@ -340,12 +366,12 @@ def test_a_new_up_after_the_previous_was_sigkilled_starts_cleanly(stack: Stack) 
         assert _gone([old["worker"], old["api"], old["anvil"]], 5) == []
     assert psutil.Process(old["temporal"]).status() == psutil.STATUS_STOPPED
 
-    second = stack.up("--no-demo", name="second")
+    second = embedded.up("--no-demo", name="second")
     second.wait_for("serving:")
     out = second.stdout
     assert (
         "cleanup: stopped what the previous `ledgerflow up` left running: "
-        f"temporal (pid {old['temporal']})" in out
+        f"temporal (pid {old['temporal']}" in out  # ", killed)" if it took more than 5 s
     )
     assert "contracts: deployed at block" in out  # anvil saved its state on the way out
     assert _gone(list(old.values()), 0) == []
@@ -359,23 +385,23 @@ def test_a_new_up_after_the_previous_was_sigkilled_starts_cleanly(stack: Stack) 
         "stopped: API, worker, anvil (state saved), Temporal"
     )
     assert _gone(list(new.values()), 2) == []
-    assert stack.holders() == {}
+    assert embedded.holders() == {}
 
 
 # ---- the lock file ------------------------------------------------------------------------------
 
 
-def test_a_second_up_on_the_same_state_directory_is_refused(stack: Stack) -> None:
-    lock = UpLock(stack.home)
+def test_a_second_up_on_the_same_state_directory_is_refused(embedded: EmbeddedStack) -> None:
+    lock = UpLock(embedded.home)
     lock.acquire()
     try:
-        done = stack.run_up("--no-demo")
+        done = embedded.run_up("--no-demo")
     finally:
         lock.release()
     assert done.returncode == 2
     assert done.stderr.strip() == (
         f"error: another `ledgerflow up` (pid {os.getpid()}) is running on the state directory "
-        f"{stack.home}; stop it first (Ctrl-C in its terminal, or `kill {os.getpid()}`)"
+        f"{embedded.home}; stop it first (Ctrl-C in its terminal, or `kill {os.getpid()}`)"
     )
 
 
