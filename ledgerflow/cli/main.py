@@ -60,7 +60,12 @@ def _emit(data: Any, as_json: bool) -> None:
 
 @app.command()
 def up(demo: Annotated[bool, typer.Option(help="run one demo workflow")] = True) -> None:
-    """Start the embedded stack, deploy, run a demo, and serve until Ctrl-C."""
+    """Start the embedded stack, deploy, run a demo, and serve until Ctrl-C.
+
+    Exit code 0 after Ctrl-C or SIGTERM (1 if the demo run did not verify), 2 if something is in
+    the way at start (a taken port, another `up` on the same state directory), 3 if a service died
+    while it ran (every other one is stopped first).
+    """
     from ledgerflow.dev.up import run_up
 
     raise typer.Exit(run_up(_settings(), demo=demo))

@@ -1,32 +1,94 @@
-"""``ledgerflow up``: the embedded stack on one machine (what ``make run`` runs).
+"""``ledgerflow up``: the embedded stack on one machine (what ``make run`` runs), supervised.
 
-Starts the Temporal dev server (SQLite under .ledgerflow/, UI on :8233) and anvil (state under
-.ledgerflow/, so a restart keeps contracts and balances), deploys the contracts when the deployment
-file is missing or stale, starts the worker (with the anchorer) and the API, runs one demo
-procurement, prints its id, the UI link and the verification result, then serves until Ctrl-C or
-SIGTERM and stops every child it started.
+``up`` starts four children, in this order, and reports each one only once it is really up:
+
+- the Temporal dev server (SQLite under ``.ledgerflow/``, UI on :8233): started when the process we
+  started listens on the gRPC and UI ports itself;
+- anvil (state under ``.ledgerflow/``, so a restart keeps contracts and balances): started when our
+  anvil listens on the RPC port; then the contracts are deployed if the deployment file is missing
+  or stale;
+- the worker (``ledgerflow worker``, with the anchorer): started when *that* process polls the task
+  queue on our Temporal (its identity, ``<pid>@<host>``, is among the task queue's pollers);
+- the API (``ledgerflow api``): started when that process listens on the API port and answers
+  ``/health``.
+
+Then it runs one demo procurement in-process as a client, prints its id, the UI link and the
+verification result, and serves until Ctrl-C or SIGTERM.
+
+Supervision: ``up`` restarts nothing. When a child dies while ``up`` runs, it says which and how
+(exit code or signal), stops the others and exits with code 3: a crash of the dev stack is shown,
+not hidden behind a restart (production runs ``ledgerflow worker`` and ``ledgerflow api`` under a
+supervisor with a restart policy; see docs/operations.md).
+
+Shutdown: within :data:`STOP_TIMEOUT` seconds of Ctrl-C, SIGTERM or SIGHUP, whatever state the
+services are in: API and worker first (SIGTERM, SIGKILL after :data:`CLIENT_GRACE` s), then anvil
+(which saves its state on SIGTERM), then Temporal; a second Ctrl-C kills what is left at once. If
+``up`` is killed hard, the kernel stops its children (parent-death signal, Linux), and the next
+``up`` stops whatever is left on the lock file's list (:mod:`ledgerflow.dev.lock`), and only that.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import signal
-from typing import Any
+import sys
+import time
+from collections.abc import Awaitable, Sequence
+from pathlib import Path
+from types import FrameType
+from typing import Any, TypeVar
 from urllib.parse import urlparse
 
+import httpx
 import structlog
+from pydantic import AliasChoices, SecretStr
 from rich.console import Console
+from rich.markup import escape
 
-from ledgerflow.dev.stack import ManagedProcess, port_in_use, start_anvil, start_temporal
+from ledgerflow.dev.lock import UpLock, stop_leftovers
+from ledgerflow.dev.stack import ManagedProcess, anvil_process, require_free, temporal_process
+from ledgerflow.errors import StackError
 from ledgerflow.settings import Settings
 
-__all__ = ["run_up"]
+__all__ = [
+    "CLIENT_GRACE",
+    "EXIT_SERVICE_DIED",
+    "STOP_TIMEOUT",
+    "child_env",
+    "outcome_line",
+    "run_up",
+]
 
 log = structlog.get_logger(__name__)
 console = Console(stderr=False, soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
+
+T = TypeVar("T")
 
 DEMO_SKU = "WIDGET-42"
+
+#: From Ctrl-C or SIGTERM to the last child gone, whatever state the services are in.
+STOP_TIMEOUT = 15.0
+#: How long the API and the worker get to stop after SIGTERM before SIGKILL.
+CLIENT_GRACE = 5.0
+#: How long anvil gets to save its state and stop after SIGTERM before SIGKILL.
+ANVIL_GRACE = 4.0
+#: Exit code of ``up`` when one of its services died while it ran.
+EXIT_SERVICE_DIED = 3
+
+TEMPORAL_READY_TIMEOUT = 60.0
+ANVIL_READY_TIMEOUT = 30.0
+WORKER_READY_TIMEOUT = 90.0
+API_READY_TIMEOUT = 60.0
+_WATCH_SECONDS = 0.2
+
+#: Ctrl-C, ``kill``, and the terminal closing all stop the stack the same way.
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+_LABELS = {"temporal": "Temporal", "anvil": "anvil", "worker": "worker", "api": "API"}
+#: Stop order: clients of the servers first, then the chain (it saves its state), then Temporal.
+_STOP_ORDER = (("api", "worker"), ("anvil",), ("temporal",))
 
 
 def _port(url: str, default: int) -> int:
@@ -34,33 +96,48 @@ def _port(url: str, default: int) -> int:
     return parsed.port or default
 
 
-def start_services(settings: Settings) -> list[ManagedProcess]:
-    """Start Temporal and anvil as children; raises StackError naming a taken port."""
-    home = settings.home
-    home.mkdir(parents=True, exist_ok=True)
-    procs: list[ManagedProcess] = []
-    try:
-        procs.append(
-            start_temporal(
-                _port(settings.temporal_address, 7233),
-                ui_port=settings.temporal_ui_port,
-                db_file=home / "temporal.db",
-                namespace=settings.namespace,
-                log_path=home / "temporal.log",
-            )
-        )
-        procs.append(
-            start_anvil(
-                _port(settings.rpc_url, 8545),
-                state_file=home / "anvil-state.json",
-                log_path=home / "anvil.log",
-            )
-        )
-    except BaseException:
-        for p in reversed(procs):
-            p.stop()
-        raise
-    return procs
+def _ui_url(settings: Settings) -> str:
+    """The UI link: the configured one, or the one of the UI port ``up`` starts the UI on."""
+    if "temporal_ui_url" in settings.model_fields_set:
+        return settings.temporal_ui_url
+    return f"http://localhost:{settings.temporal_ui_port}"
+
+
+def child_env(settings: Settings) -> dict[str, str]:
+    """``up``'s settings as the environment of the worker and API it starts, so that they use the
+    stack ``up`` started whatever the child would read from ``.env`` on its own."""
+    env: dict[str, str] = {}
+    for name, info in type(settings).model_fields.items():
+        value = getattr(settings, name)
+        if value is None:
+            continue
+        alias = info.validation_alias
+        if isinstance(alias, AliasChoices) and isinstance(alias.choices[0], str):
+            key = alias.choices[0]
+        elif isinstance(alias, str):
+            key = alias
+        else:
+            key = f"LEDGERFLOW_{name.upper()}"
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        if isinstance(value, bool):
+            env[key] = "true" if value else "false"
+        elif isinstance(value, str | int | float | Path):
+            env[key] = str(value)
+        else:
+            env[key] = json.dumps(value, default=str)
+    return env
+
+
+class ServiceDied(Exception):
+    """A child of ``up`` ended while ``up`` ran."""
+
+    def __init__(self, child: ManagedProcess) -> None:
+        super().__init__(f"{child.name} {child.exit_description()}")
+        self.child = child
+
+
+# ---- the demo ------------------------------------------------------------------------------------
 
 
 def ensure_deployed(settings: Settings) -> None:
@@ -109,7 +186,31 @@ def simulate_sales(settings: Settings) -> Any:
     return receipt
 
 
-async def run_demo(settings: Settings) -> bool:
+def outcome_line(result: dict[str, Any]) -> str:
+    """The demo's one line about how the purchase ended: "bought" only for a completed one."""
+    outcome = str(result.get("outcome"))
+    sku = escape(str(result.get("sku") or DEMO_SKU))
+    reason = escape(str(result.get("reason") or "no reason given"))
+    if outcome == "completed":
+        return (
+            f"demo: outcome [bold]completed[/bold] — bought {result.get('quantity')} x {sku} "
+            f"from {escape(str(result.get('supplier')))} for "
+            f"{(result.get('total') or 0) / 1e6:,.2f} tUSD "
+            f"(decided by {escape(str(result.get('decided_by')))})"
+        )
+    if outcome == "rejected":
+        return f"demo: outcome [bold]rejected[/bold] — nothing bought: {reason}"
+    if outcome == "compensated":
+        done = [escape(str(c)) for c in result.get("compensations") or []]
+        undone = f"; compensated by {', '.join(done)}" if done else ""
+        return (
+            f"demo: outcome [bold]compensated[/bold] — the purchase of {sku} did not complete: "
+            f"{reason}{undone}"
+        )
+    return f"demo: outcome [bold]{escape(outcome)}[/bold] — {reason}"
+
+
+async def run_demo(settings: Settings, ui_url: str) -> bool:
     """The flagship, event-driven: sales cause an on-chain shortfall, the chain-event watcher
     starts the procurement for that event (the demo starts the same run with USE_EXISTING, so
     whoever is first, there is one run), then the run is verified."""
@@ -122,7 +223,7 @@ async def run_demo(settings: Settings) -> bool:
 
     async with await LedgerflowClient.connect(settings) as lf:
         watcher = await ensure_watcher(lf, input=WatcherInput(procurement=DEMO_PROCUREMENT))
-        console.print(f"watcher: following ShortfallDetected events ({watcher})")
+        console.print(f"watcher: following ShortfallDetected events ({escape(str(watcher))})")
         receipt = await asyncio.to_thread(simulate_sales, settings)
         starts = []
         if receipt is not None:
@@ -139,20 +240,16 @@ async def run_demo(settings: Settings) -> bool:
                 conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
             )
             console.print(
-                f"demo: ShortfallDetected -> ProcurementWorkflow [bold]{handle.id}[/bold] "
-                f"(trigger {starts[0].request['trigger']})"
+                f"demo: ShortfallDetected -> ProcurementWorkflow [bold]{escape(handle.id)}[/bold] "
+                f"(trigger {escape(str(starts[0].request['trigger']))})"
             )
         else:
             handle = await lf.start("ProcurementWorkflow", {"sku": DEMO_SKU, **DEMO_PROCUREMENT})
-            console.print(f"demo: started ProcurementWorkflow [bold]{handle.id}[/bold]")
-        ui = f"{settings.temporal_ui_url}/namespaces/{settings.namespace}/workflows/{handle.id}"
-        console.print(f"demo: watch it in the Temporal UI: {ui}")
+            console.print(f"demo: started ProcurementWorkflow [bold]{escape(handle.id)}[/bold]")
+        link = f"{ui_url}/namespaces/{settings.namespace}/workflows/{handle.id}"
+        console.print(f"demo: watch it in the Temporal UI: {escape(link)}")
         result = await lf.result(handle.id)
-        console.print(
-            f"demo: outcome [bold]{result['outcome']}[/bold] — bought {result.get('quantity')} x "
-            f"{DEMO_SKU} from {result.get('supplier')} for "
-            f"{(result.get('total') or 0) / 1e6:,.2f} tUSD (decided by {result.get('decided_by')})"
-        )
+        console.print(outcome_line(result))
         report = await lf.verify(handle.id)
         mark = "[green]ok[/green]" if report.ok else "[red]FAILED[/red]"
         console.print(
@@ -160,67 +257,341 @@ async def run_demo(settings: Settings) -> bool:
             f"{len(report.anchors)} anchor(s), anchor mode {report.anchor_mode}"
         )
         for problem in report.problems:
-            console.print(f"verify: {problem}")
-        console.print(f"verify again any time: ledgerflow verify {handle.id} --json")
+            console.print(f"verify: {escape(str(problem))}")
+        console.print(f"verify again any time: ledgerflow verify {escape(handle.id)} --json")
         return bool(report.ok)
 
 
-async def _serve(settings: Settings, *, demo: bool) -> int:
-    from ledgerflow.api.webhooks import serve_api
-    from ledgerflow.worker.runner import run_worker
+# ---- the supervisor ------------------------------------------------------------------------------
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    tasks = [
-        asyncio.create_task(run_worker(settings, stop), name="worker"),
-        asyncio.create_task(serve_api(settings, stop), name="api"),
-    ]
-    code = 0
-    try:
-        if demo:
-            demo_task = asyncio.create_task(run_demo(settings))
-            done, _ = await asyncio.wait(
-                [demo_task, asyncio.create_task(stop.wait()), *tasks],
-                return_when=asyncio.FIRST_COMPLETED,
-            )
-            if demo_task in done:
-                code = 0 if demo_task.result() else 1
-            for t in tasks:
-                if t in done and t.exception():
-                    raise t.exception()  # type: ignore[misc]
-        console.print(
-            f"serving: Temporal UI {settings.temporal_ui_url} · API "
-            f"http://{settings.api_host}:{settings.api_port}/docs · Ctrl-C to stop"
+
+class Up:
+    """One run of ``ledgerflow up``: start, watch, stop."""
+
+    def __init__(self, settings: Settings, *, demo: bool = True) -> None:
+        self.settings = settings
+        self.demo = demo
+        self.home = settings.home
+        self.ui_url = _ui_url(settings)
+        self.lock = UpLock(self.home)
+        self.children: list[ManagedProcess] = []
+        self.stop_signal: int | None = None
+        self.demo_ok: bool | None = None
+        self._hurry = False
+        self._stopping = False
+        self._serving = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._main: asyncio.Task[int] | None = None
+
+    # -- signals: one handler for the whole run, so that no phase is left without one
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        if self.stop_signal is not None or self._stopping:
+            self._hurry = True  # a second Ctrl-C: kill what is left now
+            return
+        self.stop_signal = signum
+        loop, main = self._loop, self._main
+        if loop is not None and main is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(main.cancel)
+
+    def run(self) -> int:
+        previous = {s: signal.signal(s, self._on_signal) for s in _STOP_SIGNALS}
+        try:
+            leftovers = self.lock.acquire()
+            try:
+                stopped = stop_leftovers(leftovers, grace=CLIENT_GRACE)
+                if stopped:
+                    console.print(
+                        "cleanup: stopped what the previous `ledgerflow up` left running: "
+                        + ", ".join(stopped)
+                    )
+                self.lock.record([])
+                self._check_ports()
+                return self._run_loop()
+            finally:
+                self._shutdown()
+                self.lock.release()
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+    def _check_ports(self) -> None:
+        """Every port ``up`` needs is free before anything starts (one line names the holder)."""
+        s = self.settings
+        require_free(
+            _port(s.temporal_address, 7233),
+            "the Temporal dev server",
+            "set LEDGERFLOW_TEMPORAL_ADDRESS",
         )
-        await stop.wait()
-    finally:
-        stop.set()
-        for t in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await asyncio.wait_for(t, 15)
-    return code
+        require_free(s.temporal_ui_port, "the Temporal UI", "set LEDGERFLOW_TEMPORAL_UI_PORT")
+        require_free(_port(s.rpc_url, 8545), "anvil", "set LEDGERFLOW_RPC_URL")
+        require_free(s.api_port, "the API", "set LEDGERFLOW_API_PORT")
+
+    def _run_loop(self) -> int:
+        loop = self._loop = asyncio.new_event_loop()
+        try:
+            main = self._main = loop.create_task(self._serve())
+            if self.stop_signal is not None:  # asked to stop before the loop started
+                main.cancel()
+            try:
+                return loop.run_until_complete(main)
+            except asyncio.CancelledError:
+                return 1 if self.demo_ok is False else 0
+        finally:
+            self._main = None
+            pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+            for t in pending:
+                t.cancel()
+            if pending:
+                loop.run_until_complete(asyncio.wait(pending, timeout=2))
+            # Threads still busy (a deploy cut short) are not waited for: close() does not join.
+            loop.close()
+            self._loop = None
+
+    async def _serve(self) -> int:
+        try:
+            await self._start_services()
+            if self.demo:
+                try:
+                    self.demo_ok = await self._watching(run_demo(self.settings, self.ui_url))
+                except (ServiceDied, asyncio.CancelledError):
+                    raise
+                except Exception as exc:  # the demo failing is reported; the stack keeps serving
+                    self._check_children()  # unless it failed because a service died
+                    self.demo_ok = False
+                    err_console.print(
+                        f"[red]demo failed:[/red] {escape(type(exc).__name__)}: {escape(str(exc))}"
+                    )
+            s = self.settings
+            self._serving = True
+            console.print(
+                f"serving: Temporal UI {escape(self.ui_url)} · API "
+                f"http://{s.api_host}:{s.api_port}/docs · Ctrl-C to stop"
+            )
+            await self._watching(asyncio.Event().wait())
+            return 0  # not reached: serving ends by a signal or a death
+        except ServiceDied as died:
+            self._report_death(died.child)
+            return EXIT_SERVICE_DIED
+
+    def _check_children(self) -> None:
+        for child in self.children:
+            if child.returncode is not None:
+                raise ServiceDied(child)
+
+    async def _watching(self, aw: Awaitable[T]) -> T:
+        """Await ``aw`` while watching every child; a death cancels it and raises ServiceDied."""
+        task = asyncio.ensure_future(aw)
+        try:
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=_WATCH_SECONDS)
+                if done:
+                    return task.result()
+                self._check_children()
+        finally:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await asyncio.wait_for(task, 2)
+
+    def _launch(self, child: ManagedProcess) -> ManagedProcess:
+        """Start ``child`` (from the main thread: its parent-death signal is bound to it) and put
+        it on the lock file's list before anything else can happen."""
+        self.children.append(child.start())
+        self.lock.record(self.children)
+        return child
+
+    async def _until_listening(
+        self, child: ManagedProcess, ports: Sequence[int], timeout: float
+    ) -> None:
+        deadline = time.monotonic() + timeout
+        while not child.check_listening(ports):
+            self._check_children()
+            if time.monotonic() > deadline:
+                raise StackError(child.not_ready_message(ports, timeout))
+            await asyncio.sleep(0.05)
+
+    async def _start_services(self) -> None:
+        s = self.settings
+        self.home.mkdir(parents=True, exist_ok=True)
+        t_port = _port(s.temporal_address, 7233)
+        temporal = self._launch(
+            temporal_process(
+                t_port,
+                ui_port=s.temporal_ui_port,
+                db_file=self.home / "temporal.db",
+                namespace=s.namespace,
+                log_path=self.home / "temporal.log",
+                port_hint="set LEDGERFLOW_TEMPORAL_ADDRESS",
+                ui_port_hint="set LEDGERFLOW_TEMPORAL_UI_PORT",
+            )
+        )
+        a_port = _port(s.rpc_url, 8545)
+        anvil = self._launch(
+            anvil_process(
+                a_port,
+                state_file=self.home / "anvil-state.json",
+                log_path=self.home / "anvil.log",
+                port_hint="set LEDGERFLOW_RPC_URL",
+            )
+        )
+        await asyncio.gather(
+            self._until_listening(temporal, [t_port, s.temporal_ui_port], TEMPORAL_READY_TIMEOUT),
+            self._until_listening(anvil, [a_port], ANVIL_READY_TIMEOUT),
+        )
+        console.print(
+            f"temporal: {escape(s.temporal_address)} (UI {escape(self.ui_url)}), "
+            f"pid {temporal.pid} · anvil: {escape(s.rpc_url)}, pid {anvil.pid}"
+        )
+        await self._watching(asyncio.to_thread(ensure_deployed, s))
+
+        env = child_env(s)
+        cli = [sys.executable, "-m", "ledgerflow.cli"]
+        # Killing these two loses nothing (Temporal retries, the outbox resends), and a graceful
+        # stop could hang once Temporal is gone: they die with ``up``.
+        worker = self._launch(
+            ManagedProcess(
+                "worker",
+                [*cli, "worker"],
+                env=env,
+                inherit_output=True,
+                parent_death_signal=signal.SIGKILL,
+            )
+        )
+        api = self._launch(
+            ManagedProcess(
+                "api",
+                [*cli, "api"],
+                env=env,
+                inherit_output=True,
+                parent_death_signal=signal.SIGKILL,
+            )
+        )
+        await asyncio.gather(self._worker_ready(worker), self._api_ready(api))
+        console.print(
+            f"worker: pid {worker.pid}, polling task queue {escape(s.task_queue)} (with the "
+            f"anchorer) · API: http://{s.api_host}:{s.api_port}/docs, pid {api.pid}"
+        )
+
+    async def _worker_ready(self, worker: ManagedProcess) -> None:
+        """Ready when the worker process we started polls the task queue on our Temporal."""
+        from temporalio.api.enums.v1 import TaskQueueType
+        from temporalio.api.taskqueue.v1 import TaskQueue
+        from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
+
+        from ledgerflow.temporal import connect
+
+        s = self.settings
+        deadline = time.monotonic() + WORKER_READY_TIMEOUT
+        client = await self._watching(connect(s.temporal_address, s.namespace, timeout=30))
+        request = DescribeTaskQueueRequest(
+            namespace=s.namespace,
+            task_queue=TaskQueue(name=s.task_queue),
+            task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,
+        )
+        me = f"{worker.pid}@"
+        while True:
+            resp = await self._watching(client.workflow_service.describe_task_queue(request))
+            if any(p.identity.startswith(me) for p in resp.pollers):
+                return
+            if time.monotonic() > deadline:
+                raise StackError(
+                    f"the worker (pid {worker.pid}) runs but did not poll task queue "
+                    f"{s.task_queue!r} on {s.temporal_address} within {WORKER_READY_TIMEOUT:.0f}s"
+                )
+            await asyncio.sleep(0.2)
+
+    async def _api_ready(self, api: ManagedProcess) -> None:
+        """Ready when the API process we started listens on the API port and answers /health."""
+        s = self.settings
+        host = "127.0.0.1" if s.api_host in ("0.0.0.0", "::", "") else s.api_host
+        url = f"http://{host}:{s.api_port}/health"
+        await self._until_listening(api, [s.api_port], API_READY_TIMEOUT)
+        deadline = time.monotonic() + API_READY_TIMEOUT
+        async with httpx.AsyncClient(timeout=2) as http:
+            while True:
+                with contextlib.suppress(httpx.HTTPError):
+                    if (await http.get(url)).status_code == 200:
+                        return
+                self._check_children()
+                if time.monotonic() > deadline:
+                    raise StackError(f"the API (pid {api.pid}) did not answer {url}")
+                await asyncio.sleep(0.1)
+
+    # -- deaths and the stop
+
+    def _report_death(self, child: ManagedProcess) -> None:
+        where = f"; its log: {child.log_path}" if child.log_path else ""
+        err_console.print(
+            f"[red]error:[/red] {_LABELS.get(child.name, child.name)} (pid {child.pid}) "
+            f"{child.exit_description()} while `ledgerflow up` was "
+            f"{'serving' if self._serving else 'starting'}{escape(where)}; stopping the rest"
+        )
+
+    def _shutdown(self) -> None:
+        """Stop every child still running, in order, within :data:`STOP_TIMEOUT` seconds."""
+        if not self.children:
+            return
+        self._stopping = True
+        # One second of the budget is kept for SIGKILL and reaping.
+        deadline = time.monotonic() + STOP_TIMEOUT - 1.0
+        by_name = {c.name: c for c in self.children}
+        outcome: dict[str, str] = {}
+        groups = [[by_name[n] for n in names if n in by_name] for names in _STOP_ORDER]
+        groups = [g for g in groups if g]
+        for i, group in enumerate(groups):
+            left = max(deadline - time.monotonic(), 0.0)
+            if i == len(groups) - 1:
+                grace = left
+            elif group[0].name in ("api", "worker"):
+                grace = min(CLIENT_GRACE, left)
+            else:
+                grace = min(ANVIL_GRACE, left)
+            outcome.update(self._stop_group(group, grace))
+        self.lock.record([c for c in self.children if c.alive])
+        parts = []
+        for c in reversed(self.children):
+            how = outcome.get(c.name, "stopped")
+            label = _LABELS.get(c.name, c.name)
+            if c.name == "anvil" and how == "stopped" and c.returncode == 0:
+                how = "state saved"
+            elif c.name == "anvil" and how.startswith("killed"):
+                how += "; chain state as of its last dump"
+            parts.append(label if how == "stopped" else f"{label} ({how})")
+        with contextlib.suppress(OSError):  # the terminal may be gone (SIGHUP)
+            console.print("stopped: " + ", ".join(parts))
+
+    def _stop_group(self, group: Sequence[ManagedProcess], grace: float) -> dict[str, str]:
+        """SIGTERM the group at once, wait up to ``grace`` seconds, SIGKILL the rest."""
+        how: dict[str, str] = {}
+        running = []
+        for c in group:
+            if c.returncode is not None:
+                how[c.name] = c.stop()  # "had exited with code 1", "had been killed by SIGSEGV"
+            else:
+                c.terminate()
+                running.append(c)
+        deadline = time.monotonic() + grace
+        for c in running:
+            if c.wait_exit(deadline - time.monotonic(), hurry=lambda: self._hurry):
+                how[c.name] = "stopped"
+        for c in running:
+            if c.name not in how:
+                c.kill()
+                how[c.name] = "killed at once" if self._hurry else f"killed after {grace:.0f}s"
+        return how
 
 
 def run_up(settings: Settings, *, demo: bool = True) -> int:
-    """Run the embedded stack until Ctrl-C; returns the process exit code."""
-    from ledgerflow.errors import StackError
+    """Run the embedded stack until Ctrl-C or SIGTERM; returns the process exit code.
 
-    if port_in_use(settings.api_port, settings.api_host):
-        raise StackError(
-            f"port {settings.api_port} is already in use, so the API cannot start there; "
-            "stop what listens there or set LEDGERFLOW_API_PORT"
-        )
-    procs = start_services(settings)
-    console.print(
-        f"temporal: {settings.temporal_address} (UI {settings.temporal_ui_url}) · "
-        f"anvil: {settings.rpc_url}"
-    )
-    try:
-        ensure_deployed(settings)
-        return asyncio.run(_serve(settings, demo=demo))
-    finally:
-        for p in reversed(procs):
-            p.stop()
-        console.print("stopped: worker, API, anvil (state saved), Temporal")
+    Returns:
+        0 after a requested stop (1 if the demo run did not verify), :data:`EXIT_SERVICE_DIED`
+        if a service died while ``up`` ran.
+
+    Raises:
+        StackError: a port is taken, another ``up`` runs on the same state directory, or a
+            service did not start (one line each).
+    """
+    return Up(settings, demo=demo).run()

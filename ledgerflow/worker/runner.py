@@ -18,6 +18,7 @@ from temporalio.worker import Worker
 
 from ledgerflow.checkpoint.anchorer import Anchorer
 from ledgerflow.dev.stack import SEARCH_ATTRIBUTES
+from ledgerflow.errors import StackError
 from ledgerflow.flow import registry
 from ledgerflow.runtime import Runtime
 from ledgerflow.settings import Settings
@@ -90,8 +91,22 @@ async def run_worker(settings: Settings, stop: asyncio.Event, *, anchorer: bool 
         )
         tasks.append(asyncio.create_task(batcher.run(stop), name="anchorer"))
     log.info("worker started", task_queue=settings.task_queue, anchorer=anchorer)
-    await stop.wait()
-    await worker.shutdown()
+    stopping = asyncio.create_task(stop.wait(), name="stop")
+    done, _ = await asyncio.wait([stopping, *tasks], return_when=asyncio.FIRST_COMPLETED)
+    # A worker whose poller or anchorer ended on its own must not keep looking alive: stop the
+    # rest and leave with the failure, so a supervisor (ledgerflow up, systemd, Kubernetes)
+    # notices and restarts it.
+    failed = next((t for t in tasks if t in done), None)
+    stopping.cancel()
+    stop.set()
+    if worker.is_running:
+        await worker.shutdown()
     for t in tasks:
         with contextlib.suppress(asyncio.CancelledError):
             await t
+    if failed is not None:
+        error = failed.exception() if not failed.cancelled() else None
+        raise StackError(
+            f"the {failed.get_name()} stopped unexpectedly"
+            + (f": {type(error).__name__}: {error}" if error else "")
+        )
