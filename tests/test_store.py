@@ -60,7 +60,7 @@ def make_run(
     but not saved; steps ``start..n-1`` are returned."""
     wf = workflow_id or f"wf-{uuid.uuid4().hex[:8]}"
     run = str(uuid.uuid4())
-    rk = to_hex(run_key(wf, run))
+    rk = to_hex(run_key(wf, run, spec=1))
     store.ensure_run(
         workflow_id=wf, run_id=run, workflow_type="Synthetic", run_key=rk, anchor_mode=mode
     )

@@ -670,7 +670,7 @@ def _synthetic_steps(workflow_id: str, run_id: str, n: int) -> list[Any]:
     from ledgerflow.checkpoint.records import StepRecord, next_head, run_key
     from ledgerflow.store import StepRow
 
-    rk = run_key(workflow_id, run_id)
+    rk = run_key(workflow_id, run_id, spec=1)
     rk_hex = to_hex(rk)
     head = rk
     rows: list[StepRow] = []
@@ -786,7 +786,7 @@ async def _bench_verification(world: _World, cfg: BenchConfig) -> dict[str, Any]
         workflow_id=wf,
         run_id=run,
         workflow_type="BenchWorkflow",
-        run_key=to_hex(run_key(wf, run)),
+        run_key=to_hex(run_key(wf, run, spec=1)),
         anchor_mode="batched",
     )
     for i in range(0, n, 1000):

@@ -121,7 +121,7 @@ async def build_step_proof(
     where = f"step {step} of {run.workflow_id}/{run.run_id}"
     if anchor is None or anchor.status != "confirmed" or not anchor.tx_hash:
         raise StoreError(f"{where} is not anchored yet; try again once the anchorer has run")
-    rk = _hex(run_key(run.workflow_id, run.run_id))
+    rk = _hex(run_key(run.workflow_id, run.run_id, spec=1))
     chain_id = anchor.chain_id if anchor.chain_id is not None else runtime.chain_id
     registry = anchor.registry_address or runtime.address("CheckpointRegistry")
     doc: dict[str, Any] = {
@@ -266,7 +266,7 @@ def _offline(doc: dict[str, Any]) -> tuple[list[str], _Parsed | None]:
     if not isinstance(wf, str) or not isinstance(run, str):
         p.append("workflow_id and run_id must be strings")
         return p, None
-    expected_rk = _hex(run_key(wf, run))
+    expected_rk = _hex(run_key(wf, run, spec=1))
     rk = doc.get("run_key")
     if hex32(rk, "run_key") and rk != expected_rk:
         p.append("run_key is not the run key of workflow_id/run_id")

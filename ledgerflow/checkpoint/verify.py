@@ -89,7 +89,7 @@ def verify_steps(
     workflow_id: str, run_id: str, rows: list[StepRow], findings: _Findings
 ) -> tuple[list[bytes], bytes]:
     """Recompute step hashes and the head chain; returns (step hashes, final head)."""
-    rk = run_key(workflow_id, run_id)
+    rk = run_key(workflow_id, run_id, spec=1)
     rk_hex = _hex(rk)
     head = rk
     hashes: list[bytes] = []
@@ -274,7 +274,7 @@ async def verify_run(
     run = await asyncio.to_thread(store.get_run, workflow_id, run_id)
     rows = await asyncio.to_thread(store.get_steps, run.workflow_id, run.run_id)
     f = _Findings()
-    if run.run_key != _hex(run_key(run.workflow_id, run.run_id)):
+    if run.run_key != _hex(run_key(run.workflow_id, run.run_id, spec=1)):
         f.bad(None, "stored run key is not the run's key")
     hashes, head = verify_steps(run.workflow_id, run.run_id, rows, f)
     anchors = await asyncio.to_thread(
