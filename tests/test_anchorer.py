@@ -241,7 +241,7 @@ async def test_root_already_anchored_is_recorded_as_done(procs: Processes) -> No
     signer = await rt.signer("orchestrator")
     receipt = await signer.send(
         f"elsewhere:{anchor.root}",
-        registry.functions.anchorRoot(bytes.fromhex(anchor.root[2:]), anchor.leaf_count),
+        registry.functions.anchorRoot(bytes.fromhex(anchor.root[2:]), anchor.leaf_count, []),
         contract="CheckpointRegistry",
     )
     assert await Anchorer(rt, batch_size=64, max_wait=0.1).resume() == 1

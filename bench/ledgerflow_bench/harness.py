@@ -537,7 +537,7 @@ async def _bench_signer(world: _World, cfg: BenchConfig) -> dict[str, Any]:
     # Baseline: the same calls, pre-signed (gas, fees and nonces fixed up front), then sent one
     # after the other in nonce order as fast as the node takes them.
     base_acct = Account.from_key(DEV_KEYS[8])
-    probe = registry.functions.anchorRoot(os.urandom(32), 1)
+    probe = registry.functions.anchorRoot(os.urandom(32), 1, [])
     estimate = int(await probe.estimate_gas({"from": base_acct.address}))
     gas = estimate + estimate // 5 + 10_000  # the signer's own margin
     block = await w3.eth.get_block("latest")
@@ -556,7 +556,7 @@ async def _bench_signer(world: _World, cfg: BenchConfig) -> dict[str, Any]:
         nonlocal next_nonce
         raws: list[bytes] = []
         for _ in range(m):
-            tx = await registry.functions.anchorRoot(os.urandom(32), 1).build_transaction(
+            tx = await registry.functions.anchorRoot(os.urandom(32), 1, []).build_transaction(
                 {
                     "from": base_acct.address,
                     "nonce": next_nonce,
@@ -579,12 +579,12 @@ async def _bench_signer(world: _World, cfg: BenchConfig) -> dict[str, Any]:
 
     # The signer: M concurrent sends of the same calls, as the anchorer and activities send them.
     signer = Signer(w3, DEV_KEYS[7], rt.store, rt.chain_id, timeout=rt.settings.tx_timeout_seconds)
-    warm = registry.functions.anchorRoot(os.urandom(32), 1)
+    warm = registry.functions.anchorRoot(os.urandom(32), 1, [])
     await signer.send(f"bench-signer:{tag}:warmup", warm, contract="CheckpointRegistry")
     errors: list[str] = []
 
     async def signer_round(r: int) -> tuple[float, int]:
-        calls = [registry.functions.anchorRoot(os.urandom(32), 1) for _ in range(m)]
+        calls = [registry.functions.anchorRoot(os.urandom(32), 1, []) for _ in range(m)]
 
         async def send(i: int, call: Any) -> Any:
             try:

@@ -684,7 +684,7 @@ async def measure_anchor_gas(
     anchor_gas: dict[int, int] = {}
     for size in batch_sizes:
         root, _ = build_batch([_hex(os.urandom(32)) for _ in range(size)])
-        call = registry.functions.anchorRoot(_b32(root), size)
+        call = registry.functions.anchorRoot(_b32(root), size, [])
         receipt = await signer.send(
             f"{key_prefix}:anchor:{root}", call, contract="CheckpointRegistry"
         )
