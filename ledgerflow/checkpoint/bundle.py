@@ -462,8 +462,8 @@ def _phase2(run: _Run, f: _Findings, redacted: list[dict[str, Any]]) -> None:
                 f.add(i, "outcome", "the outcome input is not {workflow_type, status}")
             if has_out and not _exact_strings(out, ("outcome", "reason")):
                 f.add(i, "outcome", "the outcome output is not {outcome, reason}")
-        is_tx = isinstance(out, dict) and "tx_hash" in out
-        if r["kind"] == "chain" and r["status"] == "ok" and is_tx:
+        chain_ok = r["kind"] == "chain" and r["status"] == "ok"
+        if chain_ok and isinstance(out, dict) and "tx_hash" in out:
             if _is_tx_result(out):
                 run.tx_results[i] = out
             else:
