@@ -17,6 +17,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -716,8 +717,8 @@ def test_the_cli_verifier_agrees_on_every_case(battery_dir: Path) -> None:
     manifest = json.loads((battery_dir / "manifest.json").read_text())
     assert len(manifest["cases"]) >= 24
     env = {**os.environ, "LEDGERFLOW_HOME": str(battery_dir / "no-home")}
-    mismatches = []
-    for case in manifest["cases"]:
+
+    def run_case(case: dict[str, Any]) -> tuple[Any, ...] | None:
         trust = case["trust"]
         argv = [
             sys.executable,
@@ -736,15 +737,16 @@ def test_the_cli_verifier_agrees_on_every_case(battery_dir: Path) -> None:
             case["rpc_url"],
             "--json",
         ]
-        if trust.get("contracts") is not None:
-            for address in trust["contracts"]:
-                argv += ["--contract", address]
-        done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=60)
+        for address in trust.get("contracts") or []:
+            argv += ["--contract", address]
+        done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
         report = json.loads(done.stdout)
         got = {k: report[k] for k in ("ok", "sealed", "first_bad_step")}
         expected_exit = 0 if case["expected"]["ok"] else 1
         if got != case["expected"] or done.returncode != expected_exit:
-            mismatches.append(
-                (case["name"], got, case["expected"], done.returncode, done.stderr[-500:])
-            )
+            return (case["name"], got, case["expected"], done.returncode, done.stderr[-500:])
+        return None
+
+    with ThreadPoolExecutor(4) as pool:
+        mismatches = [m for m in pool.map(run_case, manifest["cases"]) if m is not None]
     assert not mismatches, mismatches

@@ -45,6 +45,7 @@ __all__ = [
     "BundleReport",
     "Chain",
     "Finding",
+    "RpcChain",
     "TrustRoot",
     "Web3Chain",
     "build_bundle",
@@ -217,6 +218,107 @@ class Web3Chain:
             "gasUsed": int(r["gasUsed"]),
             "logs": [_plain_log(x) for x in r["logs"]],
         }
+
+
+class RpcChain:
+    """:class:`Chain` over plain JSON-RPC (httpx): what an outside verifier needs, without web3's
+    import cost. Receipts are fetched in JSON-RPC batches; log scans in chunks of ``chunk``
+    blocks."""
+
+    def __init__(self, url: str, *, chunk: int = 100_000, batch: int = 100, timeout: float = 30):
+        import httpx
+
+        self.url = url
+        self.chunk = chunk
+        self.batch = batch
+        self._client = httpx.AsyncClient(timeout=timeout)
+        self._id = 0
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def _call(self, calls: list[tuple[str, list[Any]]]) -> list[Any]:
+        import httpx
+
+        body = []
+        for method, params in calls:
+            self._id += 1
+            body.append({"jsonrpc": "2.0", "id": self._id, "method": method, "params": params})
+        try:
+            resp = await self._client.post(self.url, json=body if len(body) > 1 else body[0])
+            resp.raise_for_status()
+            data = resp.json()
+        except (httpx.HTTPError, ValueError) as exc:
+            raise ChainError(f"JSON-RPC request to {self.url} failed: {exc}") from None
+        answers = data if isinstance(data, list) else [data]
+        by_id = {a.get("id"): a for a in answers if isinstance(a, dict)}
+        out = []
+        for req in body:
+            a = by_id.get(req["id"])
+            if a is None or "error" in a:
+                detail = a.get("error") if a else "no answer"
+                raise ChainError(f"{req['method']} failed at {self.url}: {detail}")
+            out.append(a.get("result"))
+        return out
+
+    async def chain_id(self) -> int:
+        (v,) = await self._call([("eth_chainId", [])])
+        return int(v, 16)
+
+    async def block_number(self) -> int:
+        (v,) = await self._call([("eth_blockNumber", [])])
+        return int(v, 16)
+
+    async def get_logs(
+        self, address: str, topics: Sequence[str], from_block: int, to_block: int
+    ) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        start = from_block
+        while start <= to_block:
+            end = min(to_block, start + self.chunk - 1)
+            flt = {
+                "address": address,
+                "topics": list(topics),
+                "fromBlock": hex(start),
+                "toBlock": hex(end),
+            }
+            (logs,) = await self._call([("eth_getLogs", [flt])])
+            out += [_rpc_log(x) for x in logs or []]
+            start = end + 1
+        return out
+
+    async def receipt(self, tx_hash: str) -> dict[str, Any] | None:
+        return (await self.receipts([tx_hash]))[0]
+
+    async def receipts(self, tx_hashes: Sequence[str]) -> list[dict[str, Any] | None]:
+        out: list[dict[str, Any] | None] = []
+        for i in range(0, len(tx_hashes), self.batch):
+            chunk = tx_hashes[i : i + self.batch]
+            got = await self._call([("eth_getTransactionReceipt", [h]) for h in chunk])
+            out += [_rpc_receipt(r) if r else None for r in got]
+        return out
+
+
+def _rpc_log(x: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "address": str(x["address"]).lower(),
+        "topics": [str(t).lower() for t in x["topics"]],
+        "data": str(x["data"]).lower(),
+        "logIndex": int(x["logIndex"], 16),
+        "transactionHash": str(x["transactionHash"]).lower(),
+        "blockNumber": int(x["blockNumber"], 16),
+    }
+
+
+def _rpc_receipt(r: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "status": int(r["status"], 16),
+        "blockNumber": int(r["blockNumber"], 16),
+        "blockHash": str(r["blockHash"]).lower(),
+        "to": str(r["to"]).lower() if r.get("to") else None,
+        "gasUsed": int(r["gasUsed"], 16),
+        "logs": [_rpc_log(x) for x in r.get("logs") or []],
+    }
 
 
 # ---- phase 0: shape ----------------------------------------------------------------------------
@@ -517,7 +619,11 @@ def _registry_logs(
 
 async def _gather_receipts(chain: Chain, tx_hashes: Iterable[str]) -> dict[str, Any]:
     unique = list(dict.fromkeys(h.lower() for h in tx_hashes))
-    got = await asyncio.gather(*(chain.receipt(h) for h in unique))
+    many = getattr(chain, "receipts", None)
+    if many is not None:
+        got = await many(unique)
+    else:
+        got = await asyncio.gather(*(chain.receipt(h) for h in unique))
     return dict(zip(unique, got, strict=True))
 
 

@@ -183,13 +183,28 @@ _UPGRADES: dict[int, Sequence[str | tuple[str, str, str]]] = {
 class Store:
     """Access to the store. One instance per process; thread-safe through SQLAlchemy's pool."""
 
-    def __init__(self, url: str, *, echo: bool = False) -> None:
+    def __init__(self, url: str, *, echo: bool = False, create: bool = True) -> None:
+        """Open the store at ``url``.
+
+        With ``create`` False (readers such as ``verify`` and ``export``) a SQLite file must exist
+        already: nothing is created, and the error names the URL tried.
+
+        Raises:
+            StoreError: ``create`` is False and there is no SQLite file at ``url``.
+        """
         self.url = url
         connect_args: dict[str, Any] = {}
         if url.startswith("sqlite"):
-            path = url.split("///", 1)[-1]
+            path = url.split("///", 1)[-1].split("?", 1)[0]
             if path and path != ":memory:":
-                Path(path).parent.mkdir(parents=True, exist_ok=True)
+                if not create and not Path(path).is_file():
+                    raise StoreError(
+                        f"no store at {url} (from LEDGERFLOW_DATABASE_URL or the default, "
+                        f"relative to {Path.cwd()}); run this where the store is, or set "
+                        "LEDGERFLOW_DATABASE_URL"
+                    )
+                if create:
+                    Path(path).parent.mkdir(parents=True, exist_ok=True)
             connect_args = {"check_same_thread": False, "timeout": 30}
         self.engine: Engine = create_engine(url, echo=echo, connect_args=connect_args)
         if url.startswith("sqlite"):
