@@ -543,7 +543,7 @@ def _phase2(run: _Run, f: _Findings, redacted: list[dict[str, Any]]) -> None:
                 continue
             salt = bytes.fromhex(p["salt"][2:]) if v2 else b""
             if _h(keccak(salt + data)) != r[part]:
-                f.add(i, "commitment", f"the {part} preimage does not match its commitment")
+                f.add(i, "commitment", f"{part} preimage does not match its commitment")
         if parts:
             redacted.append({"step": i, "parts": parts})
         if not v2:
