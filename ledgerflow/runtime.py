@@ -82,8 +82,21 @@ class Runtime:
         return self._deployment
 
     def address(self, name: str) -> str:
+        """A contract's checksummed address (``LEDGERFLOW_REGISTRY_ADDRESS``, in any case,
+        overrides the deployment's CheckpointRegistry).
+
+        Raises:
+            ConfigError: the contract is unknown or the configured address is not one.
+        """
         if name == "CheckpointRegistry" and self.settings.registry_address:
-            return self.settings.registry_address
+            from web3 import Web3
+
+            value = self.settings.registry_address.strip()
+            if not Web3.is_address(value.lower()):
+                raise ConfigError(
+                    f"LEDGERFLOW_REGISTRY_ADDRESS {value!r} is not a 20-byte 0x-hex address"
+                )
+            return str(Web3.to_checksum_address(value.lower()))
         try:
             return str(self.deployment.contracts[name])
         except KeyError:

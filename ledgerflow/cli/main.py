@@ -203,32 +203,163 @@ def status(
     _emit(_run(_main()), as_json)
 
 
+def _trust(
+    settings: Settings,
+    registry: str | None,
+    chain_id: int | None,
+    from_block: int | None,
+    contracts: list[str] | None,
+) -> Any:
+    """The trust root: explicit flags, else the deployments file (spec section 9.4)."""
+    from ledgerflow.checkpoint.bundle import TrustRoot
+
+    if registry is not None or chain_id is not None:
+        if registry is None or chain_id is None:
+            raise LedgerflowError("--registry and --chain-id go together")
+        trust = TrustRoot.explicit(registry, chain_id, from_block or 0)
+        if contracts:
+            trust.contracts = list(contracts)
+        return trust
+    from ledgerflow.chain.deploy import load_deployment
+
+    path = settings.deployments_path
+    if not path.exists():
+        raise LedgerflowError(
+            f"no trust root: no deployments file at {path}; pass --registry ADDR --chain-id N "
+            "(or set LEDGERFLOW_DEPLOYMENTS_FILE)"
+        )
+    reg = None
+    if settings.registry_address:
+        from web3 import Web3
+
+        if not Web3.is_address(settings.registry_address.lower()):
+            raise LedgerflowError(
+                f"LEDGERFLOW_REGISTRY_ADDRESS {settings.registry_address!r} is not an address"
+            )
+        reg = Web3.to_checksum_address(settings.registry_address.lower())
+    trust = TrustRoot.from_deployment(load_deployment(path), registry=reg)
+    if from_block is not None:
+        trust.from_block = min(trust.from_block, from_block)
+    return trust
+
+
+def _reader_runtime(settings: Settings) -> Any:
+    """A runtime over an existing store: never creates a database file."""
+    from ledgerflow.runtime import Runtime
+    from ledgerflow.store import Store
+
+    return Runtime(settings, store=Store(settings.database_url, create=False))
+
+
+_RegistryOpt = Annotated[
+    str | None, typer.Option("--registry", help="trust this registry (any case) instead")
+]
+_ChainIdOpt = Annotated[int | None, typer.Option("--chain-id", help="the trusted chain id")]
+_FromBlockOpt = Annotated[
+    int | None, typer.Option("--from-block", help="scan the registry's logs from this block")
+]
+_ContractOpt = Annotated[
+    list[str] | None,
+    typer.Option("--contract", help="a trusted contract for chain-effect checks (repeatable)"),
+]
+_RpcOpt = Annotated[str | None, typer.Option("--rpc-url", help="JSON-RPC endpoint")]
+
+
+@app.command()
+def export(
+    workflow_id: str,
+    output: Annotated[Path, typer.Option("--out", "-o", help="write the bundle here")],
+    run_id: Annotated[str | None, typer.Option(help="a specific run")] = None,
+) -> None:
+    """Write a run's audit bundle: one self-contained JSON document (docs/checkpoint-spec.md)."""
+    settings = _settings()
+
+    async def _main() -> dict[str, Any]:
+        from ledgerflow.checkpoint.verify import export_run
+
+        runtime = _reader_runtime(settings)
+        try:
+            return await asyncio.to_thread(export_run, runtime, workflow_id, run_id)
+        finally:
+            await runtime.aclose()
+
+    bundle = _run(_main())
+    output.write_text(json.dumps(bundle, indent=1) + "\n")
+    err.print(
+        f"wrote the audit bundle of {bundle['workflow_id']} ({bundle['run_id']}): "
+        f"{len(bundle['steps'])} steps, {'sealed' if bundle['seal'] else 'not sealed'} -> {output}"
+    )
+
+
 @app.command()
 def verify(
-    workflow_id: str,
+    workflow_id: Annotated[str | None, typer.Argument(help="a stored run's workflow id")] = None,
+    bundle: Annotated[
+        Path | None, typer.Option("--bundle", help="verify this audit bundle (no store)")
+    ] = None,
     run_id: Annotated[str | None, typer.Option(help="a specific run")] = None,
+    registry: _RegistryOpt = None,
+    chain_id: _ChainIdOpt = None,
+    from_block: _FromBlockOpt = None,
+    contract: _ContractOpt = None,
+    rpc_url: _RpcOpt = None,
+    allow_unsealed_v1: Annotated[
+        bool,
+        typer.Option("--allow-unsealed-v1", help="accept version 1 runs, which have no seal"),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
     no_history: Annotated[
         bool, typer.Option("--no-history", help="skip the Temporal cross-check")
     ] = False,
 ) -> None:
-    """Verify a run against its preimages, the chain and Temporal history. Exit 0 only if ok."""
-    from ledgerflow.checkpoint.verify import verify_run
-    from ledgerflow.runtime import Runtime
-    from ledgerflow.temporal import connect
+    """Verify a run (from the store, or an audit bundle with --bundle) against the chain.
 
+    Anchors are checked only against the trusted registry and chain: the deployments file, or
+    --registry ADDR --chain-id N. Exit 0 only for a sealed run whose every step is anchored and
+    checks; 1 when it does not verify; 2 on an error (malformed bundle, no store, no chain).
+    """
+    if (workflow_id is None) == (bundle is None):
+        err.print("[red]error:[/red] give a workflow id or --bundle FILE (one of the two)")
+        raise typer.Exit(2)
     settings = _settings()
 
     async def _main() -> Any:
+        trust = _trust(settings, registry, chain_id, from_block, contract)
+        if bundle is not None:
+            from ledgerflow.checkpoint.bundle import RpcChain, verify_bundle
+
+            try:
+                text = bundle.read_text()
+            except OSError as exc:
+                raise LedgerflowError(f"cannot read {bundle}: {exc}") from None
+            chain = RpcChain(rpc_url or settings.rpc_url)
+            try:
+                return await verify_bundle(text, trust, chain, allow_unsealed_v1=allow_unsealed_v1)
+            finally:
+                await chain.aclose()
+        from ledgerflow.checkpoint.verify import verify_run
+
+        assert workflow_id is not None
+        if rpc_url:
+            settings.rpc_url = rpc_url
         client = None
         if not no_history:
+            from ledgerflow.temporal import connect
+
             try:
                 client = await connect(settings.temporal_address, settings.namespace, timeout=5)
             except LedgerflowError:
                 err.print("note: Temporal is not reachable; verifying without history")
-        runtime = Runtime(settings)
+        runtime = _reader_runtime(settings)
         try:
-            return await verify_run(runtime, workflow_id, run_id, client=client)
+            return await verify_run(
+                runtime,
+                workflow_id,
+                run_id,
+                client=client,
+                trust=trust,
+                allow_unsealed_v1=allow_unsealed_v1,
+            )
         finally:
             await runtime.aclose()
 
@@ -238,7 +369,13 @@ def verify(
     else:
         mark = "[green]ok[/green]" if report.ok else "[red]FAILED[/red]"
         out.print(f"{report.workflow_id} ({report.run_id}): {mark}")
-        out.print(f"steps {report.steps}, head {report.head}, mode {report.anchor_mode}")
+        out.print(
+            f"spec v{report.spec_version}, {report.steps} steps, head {report.head}, "
+            f"mode {report.anchor_mode}, {'sealed' if report.sealed else 'NOT sealed'}"
+        )
+        out.print(f"checked against registry {report.registry} on chain {report.chain_id}")
+        for r in report.redacted:
+            out.print(f"  step {r['step']}: {' and '.join(r['parts'])} redacted")
         for p in report.problems:
             out.print(f"  - {p}")
         if report.first_bad_step is not None:
@@ -253,17 +390,16 @@ def proof(
     run_id: Annotated[str | None, typer.Option(help="a specific run")] = None,
     output: Annotated[Path | None, typer.Option("--out", "-o", help="write to this file")] = None,
     include_preimages: Annotated[
-        bool, typer.Option(help="disclose this step's own input and output values")
+        bool, typer.Option(help="disclose this step's own input and output (with their salts)")
     ] = False,
 ) -> None:
     """Write the self-contained proof document of one step (reveals no other step)."""
     from ledgerflow.checkpoint.proofs import build_step_proof
-    from ledgerflow.runtime import Runtime
 
     settings = _settings()
 
     async def _main() -> dict[str, Any]:
-        runtime = Runtime(settings)
+        runtime = _reader_runtime(settings)
         try:
             return await build_step_proof(
                 runtime, workflow_id, step, run_id, include_preimages=include_preimages
@@ -283,20 +419,26 @@ def proof(
 @app.command("verify-proof")
 def verify_proof(
     file: Annotated[Path, typer.Argument(help="a proof document written by `ledgerflow proof`")],
+    registry: _RegistryOpt = None,
+    chain_id: _ChainIdOpt = None,
+    rpc_url: _RpcOpt = None,
     offline: Annotated[bool, typer.Option(help="skip the chain checks")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
-    """Check a step proof offline and against the chain (RPC from settings). Exit 0 only if ok."""
+    """Check a step proof offline and against the trusted registry and chain (the deployments
+    file, or --registry ADDR --chain-id N). Exit 0 only if ok."""
     from ledgerflow.checkpoint.proofs import verify_proof_document
 
     settings = _settings()
     w3 = None
-    if not offline:
-        from ledgerflow.chain.deploy import connect as connect_chain
-
-        w3 = connect_chain(settings.rpc_url)
+    trust = None
     try:
-        check = verify_proof_document(file.read_text(), w3=w3)
+        if not offline:
+            from ledgerflow.chain.deploy import connect as connect_chain
+
+            trust = _trust(settings, registry, chain_id, None, None)
+            w3 = connect_chain(rpc_url or settings.rpc_url)
+        check = verify_proof_document(file.read_text(), w3=w3, trust=trust)
     except (OSError, LedgerflowError) as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
@@ -305,6 +447,8 @@ def verify_proof(
     else:
         mark = "[green]ok[/green]" if check.ok else "[red]FAILED[/red]"
         out.print(f"{file}: {mark}")
+        if check.registry is not None:
+            out.print(f"checked against registry {check.registry} on chain {check.chain_id}")
         for p in check.problems:
             out.print(f"  - {p}")
     raise typer.Exit(0 if check.ok else 1)

@@ -170,11 +170,42 @@ class LedgerflowClient:
         handle = self.temporal.get_workflow_handle(workflow_id)
         await handle.signal("confirm_delivery", DeliveryConfirmation(reference=reference))
 
-    async def verify(self, workflow_id: str, run_id: str | None = None) -> Any:
-        """Verify a run (preimages, chain, Temporal history); returns a ``VerifyReport``."""
+    async def verify(
+        self, workflow_id: str, run_id: str | None = None, *, allow_unsealed_v1: bool = False
+    ) -> Any:
+        """Verify a run as its audit bundle (preimages, chain, seal, Temporal history while it is
+        retained) against the deployments file; returns a ``VerifyReport``."""
         from ledgerflow.checkpoint.verify import verify_run
 
-        return await verify_run(self.runtime, workflow_id, run_id, client=self.temporal)
+        return await verify_run(
+            self.runtime,
+            workflow_id,
+            run_id,
+            client=self.temporal,
+            allow_unsealed_v1=allow_unsealed_v1,
+        )
+
+    async def export(self, workflow_id: str, run_id: str | None = None) -> dict[str, Any]:
+        """The audit bundle of a run (docs/checkpoint-spec.md, section 9)."""
+        import asyncio
+
+        from ledgerflow.checkpoint.verify import export_run
+
+        return await asyncio.to_thread(export_run, self.runtime, workflow_id, run_id)
+
+    async def verify_bundle(
+        self, bundle: dict[str, Any] | str, *, allow_unsealed_v1: bool = False
+    ) -> Any:
+        """Verify an audit bundle against this client's chain and deployments file."""
+        from ledgerflow.checkpoint.bundle import Web3Chain, verify_bundle
+        from ledgerflow.checkpoint.verify import trust_root
+
+        return await verify_bundle(
+            bundle,
+            trust_root(self.runtime),
+            Web3Chain(self.runtime.w3),
+            allow_unsealed_v1=allow_unsealed_v1,
+        )
 
     async def proof(
         self,
@@ -192,10 +223,14 @@ class LedgerflowClient:
         )
 
     async def verify_proof(self, document: dict[str, Any] | str) -> Any:
-        """Check a proof document offline and against this client's chain (``ProofCheck``)."""
+        """Check a proof document offline and against this client's chain, trusting only the
+        registry and chain of the deployments file (``ProofCheck``)."""
         from ledgerflow.checkpoint.proofs import verify_proof_document_async
+        from ledgerflow.checkpoint.verify import trust_root
 
-        return await verify_proof_document_async(document, w3=self.runtime.w3)
+        return await verify_proof_document_async(
+            document, w3=self.runtime.w3, trust=trust_root(self.runtime)
+        )
 
     async def close(self) -> None:
         """Release the chain connection (the Temporal client needs no closing)."""

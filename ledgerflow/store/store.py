@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Index, UniqueConstraint, event, func, text, update
+from sqlalchemy import Index, UniqueConstraint, event, func, inspect, text, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Field, Session, SQLModel, col, create_engine, select
@@ -27,12 +27,13 @@ __all__ = [
     "AnchorRow",
     "OutboxTx",
     "RunRow",
+    "SealRow",
     "StepRow",
     "Store",
     "WebhookDelivery",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 def _now() -> datetime:
@@ -57,6 +58,7 @@ class RunRow(SQLModel, table=True):
     status: str = Field(default="running", max_length=32)
     head: str | None = Field(default=None, max_length=66)
     steps: int = 0
+    spec_version: int = 1  # checkpoint spec version the run is recorded under
     created_at: datetime = Field(default_factory=_now)
     updated_at: datetime = Field(default_factory=_now)
 
@@ -81,6 +83,11 @@ class StepRow(SQLModel, table=True):
     head: str = Field(max_length=66)
     input_preimage: str | None = None
     output_preimage: str | None = None
+    # Spec v2: the salts of the input and output commitments (0x-hex, 32 bytes); null for v1.
+    spec_version: int = 1
+    input_salt: str | None = Field(default=None, max_length=66)
+    output_salt: str | None = Field(default=None, max_length=66)
+    redacted_at: datetime | None = None  # preimages and salts erased (the record stays)
     anchor_mode: str = Field(max_length=16)
     anchor_id: int | None = Field(default=None, foreign_key="anchors.id")
     proof: str | None = None  # JSON list of 0x-hex siblings (batched mode)
@@ -100,6 +107,33 @@ class AnchorRow(SQLModel, table=True):
     registry_address: str | None = Field(default=None, max_length=42)
     created_at: datetime = Field(default_factory=_now)
     anchored_at: datetime | None = None
+
+
+class SealRow(SQLModel, table=True):
+    """The seal of an ended run (spec v2): its step count and final head, anchored once.
+
+    Batched runs: ``pending`` until the anchorer puts it into an anchoring transaction
+    (``anchor_id``, status ``claimed``), ``confirmed`` with that transaction's hash and block.
+    Per-step runs: written ``confirmed`` by the flush that sent ``sealRun``.
+    """
+
+    __tablename__ = "seals"
+    __table_args__ = (
+        UniqueConstraint("workflow_id", "run_id"),
+        Index("ix_seals_pending", "status", "id"),
+    )
+    id: int | None = Field(default=None, primary_key=True)
+    workflow_id: str = Field(max_length=255)
+    run_id: str = Field(max_length=64)
+    run_key: str = Field(max_length=66)
+    steps: int
+    head: str = Field(max_length=66)
+    anchor_mode: str = Field(default="batched", max_length=16)
+    status: str = Field(default="pending", max_length=16)  # pending | claimed | confirmed
+    anchor_id: int | None = Field(default=None, foreign_key="anchors.id")
+    tx_hash: str | None = Field(default=None, max_length=66)
+    block_number: int | None = None
+    created_at: datetime = Field(default_factory=_now)
 
 
 class OutboxTx(SQLModel, table=True):
@@ -132,19 +166,45 @@ class WebhookDelivery(SQLModel, table=True):
 
 
 #: Upgrade steps: version N -> N+1. Append only; never edit a released step.
-_UPGRADES: dict[int, Sequence[str]] = {}
+#: A step is an SQL statement, or ``(table, column, type)``: add that column unless it exists.
+_UPGRADES: dict[int, Sequence[str | tuple[str, str, str]]] = {
+    # 1 -> 2: checkpoint spec v2 (salted commitments, redaction, seals). The seals table is
+    # created by create_all; existing rows are version 1 runs.
+    1: (
+        ("runs", "spec_version", "INTEGER NOT NULL DEFAULT 1"),
+        ("steps", "spec_version", "INTEGER NOT NULL DEFAULT 1"),
+        ("steps", "input_salt", "VARCHAR(66)"),
+        ("steps", "output_salt", "VARCHAR(66)"),
+        ("steps", "redacted_at", "TIMESTAMP"),
+    ),
+}
 
 
 class Store:
     """Access to the store. One instance per process; thread-safe through SQLAlchemy's pool."""
 
-    def __init__(self, url: str, *, echo: bool = False) -> None:
+    def __init__(self, url: str, *, echo: bool = False, create: bool = True) -> None:
+        """Open the store at ``url``.
+
+        With ``create`` False (readers such as ``verify`` and ``export``) a SQLite file must exist
+        already: nothing is created, and the error names the URL tried.
+
+        Raises:
+            StoreError: ``create`` is False and there is no SQLite file at ``url``.
+        """
         self.url = url
         connect_args: dict[str, Any] = {}
         if url.startswith("sqlite"):
-            path = url.split("///", 1)[-1]
+            path = url.split("///", 1)[-1].split("?", 1)[0]
             if path and path != ":memory:":
-                Path(path).parent.mkdir(parents=True, exist_ok=True)
+                if not create and not Path(path).is_file():
+                    raise StoreError(
+                        f"no store at {url} (from LEDGERFLOW_DATABASE_URL or the default, "
+                        f"relative to {Path.cwd()}); run this where the store is, or set "
+                        "LEDGERFLOW_DATABASE_URL"
+                    )
+                if create:
+                    Path(path).parent.mkdir(parents=True, exist_ok=True)
             connect_args = {"check_same_thread": False, "timeout": 30}
         self.engine: Engine = create_engine(url, echo=echo, connect_args=connect_args)
         if url.startswith("sqlite"):
@@ -165,6 +225,12 @@ class Store:
                 return SCHEMA_VERSION
             while row.version < SCHEMA_VERSION:
                 for stmt in _UPGRADES.get(row.version, ()):
+                    if isinstance(stmt, tuple):
+                        table, column, ddl = stmt
+                        have = {c["name"] for c in inspect(s.connection()).get_columns(table)}
+                        if column in have:
+                            continue
+                        stmt = f"ALTER TABLE {table} ADD COLUMN {column} {ddl}"
                     s.exec(text(stmt))  # type: ignore[call-overload]
                 row.version += 1
                 s.add(row)
@@ -181,7 +247,14 @@ class Store:
     # ---- runs and steps -------------------------------------------------------------------
 
     def ensure_run(
-        self, *, workflow_id: str, run_id: str, workflow_type: str, run_key: str, anchor_mode: str
+        self,
+        *,
+        workflow_id: str,
+        run_id: str,
+        workflow_type: str,
+        run_key: str,
+        anchor_mode: str,
+        spec_version: int = 1,
     ) -> RunRow:
         with self.session() as s:
             row = s.exec(
@@ -197,6 +270,7 @@ class Store:
                 workflow_type=workflow_type,
                 run_key=run_key,
                 anchor_mode=anchor_mode,
+                spec_version=spec_version,
             )
             s.add(row)
             try:
@@ -209,6 +283,7 @@ class Store:
                     workflow_type=workflow_type,
                     run_key=run_key,
                     anchor_mode=anchor_mode,
+                    spec_version=spec_version,
                 )
             return row
 
@@ -332,48 +407,161 @@ class Store:
             return int(count), oldest
 
     def claim_batch(
-        self, limit: int, build: Any, *, chain_id: int, registry: str
+        self,
+        limit: int,
+        build: Any,
+        *,
+        chain_id: int,
+        registry: str,
+        max_seals: int = 256,
+        seal_only_root: Any = None,
     ) -> tuple[AnchorRow, list[StepRow]] | None:
-        """Atomically put up to ``limit`` pending batched steps into a new anchor.
+        """Atomically put up to ``limit`` pending batched steps into a new anchor, together with
+        the pending seals that become anchorable with it.
 
-        ``build(step_hashes) -> (root, proofs)`` computes the Merkle root and each step's proof;
-        the anchor row, the steps' anchor id and their proofs are written in one transaction, so a
-        crash leaves either no batch or a complete pending one (resumed by the anchorer).
+        The steps of one batch share a spec version (that of the oldest pending step):
+        ``build(step_hashes, spec_version) -> (root, proofs)`` computes the version's Merkle root
+        and each step's proof. A pending seal of a batched run joins the batch when every step of
+        its run is in this batch or in a confirmed one (so a seal's transaction never precedes its
+        steps' anchors). When no step is pending but such seals are, and ``seal_only_root`` is
+        given, ``seal_only_root(seals) -> root`` makes a seal-only anchor (``leaf_count`` 0).
+        The anchor row, the steps' anchor id and proofs and the seals' anchor id are written in
+        one transaction, so a crash leaves either no batch or a complete pending one.
         """
         with self.session() as s:
             if self.is_sqlite:
                 # Take the write lock before reading, so two claimers never read the same steps.
                 s.connection().exec_driver_sql("BEGIN IMMEDIATE")
-            q = (
-                select(StepRow)
+            oldest = s.exec(
+                select(StepRow.spec_version)
                 .where(
                     StepRow.anchor_id.is_(None),  # type: ignore[union-attr]
                     StepRow.anchor_mode == "batched",
                 )
                 .order_by(StepRow.id)  # type: ignore[arg-type]
-                .limit(limit)
-            )
-            if not self.is_sqlite:
-                q = q.with_for_update(skip_locked=True)
-            steps = list(s.exec(q))
-            if not steps:
+                .limit(1)
+            ).first()
+            steps: list[StepRow] = []
+            if oldest is not None:
+                q = (
+                    select(StepRow)
+                    .where(
+                        StepRow.anchor_id.is_(None),  # type: ignore[union-attr]
+                        StepRow.anchor_mode == "batched",
+                        StepRow.spec_version == oldest,
+                    )
+                    .order_by(StepRow.id)  # type: ignore[arg-type]
+                    .limit(limit)
+                )
+                if not self.is_sqlite:
+                    q = q.with_for_update(skip_locked=True)
+                steps = list(s.exec(q))
+            if not steps and seal_only_root is None:
                 return None
-            root, proofs = build([st.step_hash for st in steps])
             anchor = AnchorRow(
-                mode="batched",
-                root=root,
-                leaf_count=len(steps),
-                chain_id=chain_id,
-                registry_address=registry,
+                mode="batched", leaf_count=len(steps), chain_id=chain_id, registry_address=registry
             )
             s.add(anchor)
             s.flush()
-            for st, proof in zip(steps, proofs, strict=True):
+            for st in steps:
                 st.anchor_id = anchor.id
-                st.proof = json.dumps(proof)
                 s.add(st)
+            s.flush()
+            seals = self._anchorable_seals(s, anchor.id, max_seals)  # type: ignore[arg-type]
+            if not steps and not seals:
+                s.rollback()
+                return None
+            if steps:
+                root, proofs = build([st.step_hash for st in steps], oldest)
+                for st, proof in zip(steps, proofs, strict=True):
+                    st.proof = json.dumps(proof)
+                    s.add(st)
+            else:
+                root = seal_only_root(seals)
+            anchor.root = root
+            s.add(anchor)
+            for seal in seals:
+                seal.anchor_id = anchor.id
+                seal.status = "claimed"
+                s.add(seal)
             s.commit()
             return anchor, steps
+
+    def _anchorable_seals(self, s: Session, anchor_id: int, limit: int) -> list[SealRow]:
+        pending = list(
+            s.exec(
+                select(SealRow)
+                .where(col(SealRow.status) == "pending", col(SealRow.anchor_mode) == "batched")
+                .order_by(SealRow.id)  # type: ignore[arg-type]
+                .limit(limit * 4)
+            )
+        )
+        out: list[SealRow] = []
+        for seal in pending:
+            stored, waiting = s.exec(
+                select(
+                    func.count(),
+                    func.count().filter(
+                        StepRow.anchor_id.is_(None)  # type: ignore[union-attr]
+                        | (
+                            (StepRow.anchor_id != anchor_id)
+                            & StepRow.anchor_id.in_(  # type: ignore[union-attr]
+                                select(AnchorRow.id).where(col(AnchorRow.status) != "confirmed")
+                            )
+                        )
+                    ),
+                ).where(StepRow.workflow_id == seal.workflow_id, StepRow.run_id == seal.run_id)
+            ).one()
+            if int(stored) == seal.steps and int(waiting) == 0:
+                out.append(seal)
+                if len(out) >= limit:
+                    break
+        return out
+
+    def anchor_seals(self, anchor_id: int) -> list[SealRow]:
+        """The seals that ride in an anchor's transaction, in the order they are sent."""
+        with self.session() as s:
+            q = select(SealRow).where(col(SealRow.anchor_id) == anchor_id)
+            return list(s.exec(q.order_by(SealRow.id)))  # type: ignore[arg-type]
+
+    def pending_seal_count(self) -> int:
+        with self.session() as s:
+            q = select(func.count()).where(
+                col(SealRow.status) == "pending", col(SealRow.anchor_mode) == "batched"
+            )
+            return int(s.exec(q).one())
+
+    def save_seal(self, seal: SealRow) -> SealRow:
+        """Store a run's seal once (idempotent: the same seal again returns the stored one).
+
+        Raises:
+            StoreError: another seal is stored for the run.
+        """
+        with self.session() as s:
+            old = s.exec(
+                select(SealRow).where(
+                    col(SealRow.workflow_id) == seal.workflow_id,
+                    col(SealRow.run_id) == seal.run_id,
+                )
+            ).first()
+            if old is not None:
+                if (old.steps, old.head) != (seal.steps, seal.head):
+                    raise StoreError(
+                        f"run {seal.workflow_id}/{seal.run_id} is already sealed at "
+                        f"{old.steps} steps"
+                    )
+                return old
+            s.add(seal)
+            s.commit()
+            return seal
+
+    def get_seal(self, workflow_id: str, run_id: str) -> SealRow | None:
+        with self.session() as s:
+            return s.exec(
+                select(SealRow).where(
+                    col(SealRow.workflow_id) == workflow_id, col(SealRow.run_id) == run_id
+                )
+            ).first()
 
     def unfinished_anchors(self) -> list[AnchorRow]:
         with self.session() as s:
@@ -382,8 +570,23 @@ class Store:
             )
             return list(s.exec(q.order_by(AnchorRow.id)))  # type: ignore[arg-type]
 
-    def confirm_anchor(self, anchor_id: int, *, tx_hash: str, block_number: int) -> None:
+    def confirm_anchor(
+        self,
+        anchor_id: int,
+        *,
+        tx_hash: str,
+        block_number: int,
+        requeue_seals: Sequence[int] = (),
+    ) -> None:
+        """Mark an anchor (and the seals in its transaction) confirmed; ``requeue_seals`` are
+        seals that transaction turned out not to carry: they wait for a later one."""
         with self.session() as s:
+            if requeue_seals:
+                s.exec(
+                    update(SealRow)  # type: ignore[call-overload]
+                    .where(col(SealRow.id).in_(list(requeue_seals)))
+                    .values(status="pending", anchor_id=None)
+                )
             s.exec(
                 update(AnchorRow)  # type: ignore[call-overload]
                 .where(col(AnchorRow.id) == anchor_id)
@@ -393,6 +596,11 @@ class Store:
                     block_number=block_number,
                     anchored_at=_now(),
                 )
+            )
+            s.exec(
+                update(SealRow)  # type: ignore[call-overload]
+                .where(col(SealRow.anchor_id) == anchor_id)
+                .values(status="confirmed", tx_hash=tx_hash, block_number=block_number)
             )
             s.commit()
 
