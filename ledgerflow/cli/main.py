@@ -218,9 +218,9 @@ def verify(
         client = None
         if not no_history:
             try:
-                client = await connect(settings.temporal_address, settings.namespace, timeout=5)
-            except LedgerflowError:
-                err.print("note: Temporal is not reachable; verifying without history")
+                client = await connect(settings, timeout=5)
+            except LedgerflowError as exc:
+                err.print(f"note: verifying without Temporal history: {exc}", markup=False)
         runtime = Runtime(settings)
         try:
             return await verify_run(runtime, workflow_id, run_id, client=client)
