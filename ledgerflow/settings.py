@@ -38,7 +38,9 @@ class Settings(BaseSettings):
 
     home: Path = Field(Path(".ledgerflow"), description="state directory of the embedded stack")
 
-    # Temporal
+    # Temporal: these two override Temporal's own environment configuration (TEMPORAL_ADDRESS,
+    # TEMPORAL_NAMESPACE, TEMPORAL_API_KEY, TEMPORAL_TLS_*, TOML profiles) only when set; see
+    # ledgerflow.temporal.
     temporal_address: str = "localhost:7233"
     namespace: str = "default"
     task_queue: str = "ledgerflow"
@@ -56,6 +58,9 @@ class Settings(BaseSettings):
     deployments_file: Path | None = None
     registry_address: str | None = None
     tx_timeout_seconds: float = 60.0
+    anvil_bin: Path | None = Field(
+        None, description="anvil binary for `ledgerflow up` (default: checkout's npm package, PATH)"
+    )
 
     # Store
     database_url: str = "sqlite:///.ledgerflow/ledgerflow.db"
