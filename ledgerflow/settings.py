@@ -9,10 +9,12 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["ANVIL_DEFAULT_KEYS", "AnchorMode", "Settings", "get_settings"]
+from ledgerflow.errors import ConfigError
+
+__all__ = ["ANVIL_DEFAULT_KEYS", "FILE_SETTINGS", "AnchorMode", "Settings", "get_settings"]
 
 AnchorMode = Literal["batched", "per-step"]
 
@@ -27,6 +29,17 @@ ANVIL_DEFAULT_KEYS = (
     "0x8b3a350cf5c34c9194ca85829a2df0ec3153be0318b5e2d3348e872092edffba",
 )
 DEV_CHAIN_ID = 31337
+
+#: Secrets that can also be read from a file (Docker or Kubernetes secrets): the value of ``x`` is
+#: the content of the file named by ``LEDGERFLOW_X_FILE``, surrounding whitespace removed.
+FILE_SETTINGS = (
+    "orchestrator_key",
+    "agent_key",
+    "approver_key",
+    "webhook_secret",
+    "openai_api_key",
+    "database_url",
+)
 
 
 class Settings(BaseSettings):
@@ -92,6 +105,33 @@ class Settings(BaseSettings):
     # Logging
     log_level: str = "INFO"
     log_format: Literal["auto", "console", "json"] = "auto"
+
+    # Secrets from files (see FILE_SETTINGS): each names a file whose content is the value.
+    orchestrator_key_file: Path | None = None
+    agent_key_file: Path | None = None
+    approver_key_file: Path | None = None
+    webhook_secret_file: Path | None = None
+    openai_api_key_file: Path | None = None
+    database_url_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _read_secret_files(self) -> Settings:
+        for name in FILE_SETTINGS:
+            path = getattr(self, f"{name}_file")
+            if path is None:
+                continue
+            var = f"LEDGERFLOW_{name.upper()}"
+            if name in self.model_fields_set:
+                raise ConfigError(f"set {var} or {var}_FILE, not both")
+            try:
+                text = Path(path).read_text(encoding="utf-8").strip()
+            except (OSError, UnicodeDecodeError) as exc:
+                why = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+                raise ConfigError(f"{var}_FILE={path} cannot be read: {why}") from None
+            if not text:
+                raise ConfigError(f"{var}_FILE={path} is empty")
+            setattr(self, name, text if name == "database_url" else SecretStr(text))
+        return self
 
     @property
     def deployments_path(self) -> Path:
