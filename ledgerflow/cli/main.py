@@ -368,6 +368,10 @@ app.command()(watch)
 def main(argv: Sequence[str] | None = None) -> None:
     """Console-script entry point."""
     code: int | str | None = 0
+    # Everything this process and its children (the Temporal dev server, anvil) create is
+    # readable by its owner only: the store, the Temporal database, anvil's state, the deployment
+    # file, logs, exported bundles and proofs (they hold preimages).
+    os.umask(os.umask(0o077) | 0o077)
     try:
         app(args=list(argv) if argv is not None else None)
     except LedgerflowError as exc:

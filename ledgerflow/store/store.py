@@ -10,6 +10,7 @@ The API is synchronous (SQLAlchemy); async callers use ``asyncio.to_thread``.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -143,8 +144,11 @@ class Store:
         connect_args: dict[str, Any] = {}
         if url.startswith("sqlite"):
             path = url.split("///", 1)[-1]
-            if path and path != ":memory:":
-                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            if path and path != ":memory:" and "?" not in path and "://" not in path:
+                # Readable by the owner only: SQLite gives the -wal and -shm files the mode of
+                # the database file, so creating it 0600 covers all three.
+                Path(path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
             connect_args = {"check_same_thread": False, "timeout": 30}
         self.engine: Engine = create_engine(url, echo=echo, connect_args=connect_args)
         if url.startswith("sqlite"):
