@@ -59,7 +59,7 @@ def config(secrets_dir: Path) -> dict[str, Any]:
         for k, v in os.environ.items()
         if not k.startswith(("LEDGERFLOW_", "OPENAI_", "POSTGRES_", "COMPOSE_"))
     }
-    env["LEDGERFLOW_SECRETS_DIR"] = str(secrets_dir)
+    env["SECRETS_DIR"] = str(secrets_dir)
     result = subprocess.run(
         [_compose_binary(), "-f", str(ROOT / "docker-compose.yml"), "config", "--format", "json"],
         cwd=ROOT,
