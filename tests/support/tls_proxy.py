@@ -20,19 +20,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
-import ipaddress
+import os
+import shutil
 import ssl
+import subprocess
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from hpack import Decoder, Encoder, NeverIndexedHeaderTuple
 
 __all__ = ["TLSProxy", "TestPKI"]
@@ -43,33 +40,28 @@ _END_STREAM, _END_HEADERS, _PADDED, _PRIORITY = 0x1, 0x4, 0x8, 0x20
 GRPC_UNAUTHENTICATED = 16
 
 
-def _key() -> ec.EllipticCurvePrivateKey:
-    return ec.generate_private_key(ec.SECP256R1())
-
-
-def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-
-def _write_pair(
-    directory: Path, stem: str, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey
-) -> tuple[Path, Path]:
-    cert_path, key_path = directory / f"{stem}.pem", directory / f"{stem}.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
+def _openssl(*args: str, cwd: Path) -> None:
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        raise RuntimeError("the openssl command is required to make the test PKI")
+    result = subprocess.run(
+        [openssl, *args], cwd=cwd, capture_output=True, text=True, timeout=60, check=False
     )
-    key_path.chmod(0o600)
-    return cert_path, key_path
+    if result.returncode != 0:
+        raise RuntimeError(f"openssl {args[0]} failed: {result.stderr.strip()}")
+
+
+_EC = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
 
 
 @dataclass(frozen=True)
 class TestPKI:
-    """A CA, a server certificate for ``localhost``/127.0.0.1 and a client certificate."""
+    """A CA, a server certificate for ``localhost``/127.0.0.1 and a client certificate.
+
+    Made with the ``openssl`` command (P-256 keys, PKCS#8, X.509 v3 extensions as rustls wants
+    them), not the ``cryptography`` package: installing that brings ``cffi``, which switches
+    pycryptodome (the checkpoint core's Keccak) to a slower backend in the test process.
+    """
 
     ca_path: Path
     ca_key_path: Path
@@ -83,71 +75,45 @@ class TestPKI:
     @classmethod
     def create(cls, directory: Path, *, ca_name: str = "ledgerflow test CA") -> TestPKI:
         directory.mkdir(parents=True, exist_ok=True)
-        now = datetime.datetime.now(datetime.UTC)
-        valid = (now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=1))
-        ca_key = _key()
-        ca = (
-            x509.CertificateBuilder()
-            .subject_name(_name(ca_name))
-            .issuer_name(_name(ca_name))
-            .public_key(ca_key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(valid[0])
-            .not_valid_after(valid[1])
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=True,
-                    crl_sign=True,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
+        _openssl(
+            "req", "-x509", *_EC, "-keyout", "ca.key", "-out", "ca.pem", "-days", "1",
+            "-subj", f"/CN={ca_name}",
+            "-addext", "basicConstraints=critical,CA:TRUE,pathlen:0",
+            "-addext", "keyUsage=critical,keyCertSign,cRLSign,digitalSignature",
+            "-addext", "subjectKeyIdentifier=hash",
+            cwd=directory,
+        )  # fmt: skip
+        leaves = {
+            "server": ("localhost", "serverAuth", "subjectAltName=DNS:localhost,IP:127.0.0.1\n"),
+            "client": ("ledgerflow-worker", "clientAuth", ""),
+        }
+        for stem, (cn, usage, san) in leaves.items():
+            (directory / f"{stem}.ext").write_text(
+                "basicConstraints=critical,CA:FALSE\n"
+                f"extendedKeyUsage={usage}\n"
+                "authorityKeyIdentifier=keyid\n" + san
             )
-            .add_extension(
-                x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False
-            )
-            .sign(ca_key, hashes.SHA256())
+            _openssl(
+                "req", "-new", *_EC, "-keyout", f"{stem}.key", "-out", f"{stem}.csr",
+                "-subj", f"/CN={cn}",
+                cwd=directory,
+            )  # fmt: skip
+            _openssl(
+                "x509", "-req", "-in", f"{stem}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+                "-set_serial", str(int.from_bytes(os.urandom(8), "big")), "-days", "1",
+                "-extfile", f"{stem}.ext", "-out", f"{stem}.pem",
+                cwd=directory,
+            )  # fmt: skip
+        for key in directory.glob("*.key"):
+            key.chmod(0o600)
+        return cls(
+            directory / "ca.pem",
+            directory / "ca.key",
+            directory / "server.pem",
+            directory / "server.key",
+            directory / "client.pem",
+            directory / "client.key",
         )
-
-        def leaf(
-            cn: str, usage: x509.ObjectIdentifier, san: list[x509.GeneralName]
-        ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-            key = _key()
-            builder = (
-                x509.CertificateBuilder()
-                .subject_name(_name(cn))
-                .issuer_name(ca.subject)
-                .public_key(key.public_key())
-                .serial_number(x509.random_serial_number())
-                .not_valid_before(valid[0])
-                .not_valid_after(valid[1])
-                .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-                .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-                .add_extension(
-                    x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
-                    critical=False,
-                )
-            )
-            if san:
-                builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
-            return builder.sign(ca_key, hashes.SHA256()), key
-
-        server, server_key = leaf(
-            "localhost",
-            ExtendedKeyUsageOID.SERVER_AUTH,
-            [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))],
-        )
-        client, client_key = leaf("ledgerflow-worker", ExtendedKeyUsageOID.CLIENT_AUTH, [])
-        ca_path, ca_key_path = _write_pair(directory, "ca", ca, ca_key)
-        server_cert, server_key_path = _write_pair(directory, "server", server, server_key)
-        client_cert, client_key_path = _write_pair(directory, "client", client, client_key)
-        return cls(ca_path, ca_key_path, server_cert, server_key_path, client_cert, client_key_path)
 
 
 class TLSProxy:
