@@ -8,15 +8,25 @@ VENV_STAMP := $(VENV)/.installed
 NODE_STAMP := contracts/node_modules/.installed
 PYTEST_ARGS ?=
 
-.PHONY: run test bootstrap browser lint typecheck contracts clean
+.PHONY: run test bootstrap browser lint typecheck contracts lock clean
 
 bootstrap: $(VENV_STAMP) $(NODE_STAMP)
 
-$(VENV_STAMP): pyproject.toml bench/pyproject.toml
+# Every Python dependency comes pinned, with its hashes, from requirements-dev.lock (compiled
+# from the ranges in pyproject.toml by `make lock`); the project itself is installed without
+# resolving anything.
+$(VENV_STAMP): pyproject.toml bench/pyproject.toml requirements-dev.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]' -e bench/
+	$(BIN)/python -m pip install --quiet --require-hashes -r requirements-dev.lock
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e . -e bench/
 	touch $@
+
+# Refresh both lock files after changing a dependency range in pyproject.toml (or to take newer
+# releases within the ranges): one resolution for every supported Python and platform.
+LOCK_FLAGS := --universal --python-version 3.11 --generate-hashes --quiet
+lock: $(VENV_STAMP)
+	$(BIN)/uv pip compile pyproject.toml $(LOCK_FLAGS) -o requirements.lock
+	$(BIN)/uv pip compile pyproject.toml --extra dev $(LOCK_FLAGS) -o requirements-dev.lock
 
 $(NODE_STAMP): contracts/package.json contracts/package-lock.json
 	cd contracts && npm ci --no-audit --no-fund --loglevel=error

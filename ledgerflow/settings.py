@@ -9,10 +9,12 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["ANVIL_DEFAULT_KEYS", "AnchorMode", "Settings", "get_settings"]
+from ledgerflow.errors import ConfigError
+
+__all__ = ["ANVIL_DEFAULT_KEYS", "FILE_SETTINGS", "AnchorMode", "Settings", "get_settings"]
 
 AnchorMode = Literal["batched", "per-step"]
 
@@ -28,6 +30,17 @@ ANVIL_DEFAULT_KEYS = (
 )
 DEV_CHAIN_ID = 31337
 
+#: Secrets that can also be read from a file (Docker or Kubernetes secrets): the value of ``x`` is
+#: the content of the file named by ``LEDGERFLOW_X_FILE``, surrounding whitespace removed.
+FILE_SETTINGS = (
+    "orchestrator_key",
+    "agent_key",
+    "approver_key",
+    "webhook_secret",
+    "openai_api_key",
+    "database_url",
+)
+
 
 class Settings(BaseSettings):
     """All of ledgerflow's settings. Each field ``x`` is read from ``LEDGERFLOW_X``."""
@@ -38,7 +51,9 @@ class Settings(BaseSettings):
 
     home: Path = Field(Path(".ledgerflow"), description="state directory of the embedded stack")
 
-    # Temporal
+    # Temporal: these two override Temporal's own environment configuration (TEMPORAL_ADDRESS,
+    # TEMPORAL_NAMESPACE, TEMPORAL_API_KEY, TEMPORAL_TLS_*, TOML profiles) only when set; see
+    # ledgerflow.temporal.
     temporal_address: str = "localhost:7233"
     namespace: str = "default"
     task_queue: str = "ledgerflow"
@@ -56,6 +71,9 @@ class Settings(BaseSettings):
     deployments_file: Path | None = None
     registry_address: str | None = None
     tx_timeout_seconds: float = 60.0
+    anvil_bin: Path | None = Field(
+        None, description="anvil binary for `ledgerflow up` (default: checkout's npm package, PATH)"
+    )
 
     # Store
     database_url: str = "sqlite:///.ledgerflow/ledgerflow.db"
@@ -102,6 +120,33 @@ class Settings(BaseSettings):
     # Logging
     log_level: str = "INFO"
     log_format: Literal["auto", "console", "json"] = "auto"
+
+    # Secrets from files (see FILE_SETTINGS): each names a file whose content is the value.
+    orchestrator_key_file: Path | None = None
+    agent_key_file: Path | None = None
+    approver_key_file: Path | None = None
+    webhook_secret_file: Path | None = None
+    openai_api_key_file: Path | None = None
+    database_url_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _read_secret_files(self) -> Settings:
+        for name in FILE_SETTINGS:
+            path = getattr(self, f"{name}_file")
+            if path is None:
+                continue
+            var = f"LEDGERFLOW_{name.upper()}"
+            if name in self.model_fields_set:
+                raise ConfigError(f"set {var} or {var}_FILE, not both")
+            try:
+                text = Path(path).read_text(encoding="utf-8").strip()
+            except (OSError, UnicodeDecodeError) as exc:
+                why = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+                raise ConfigError(f"{var}_FILE={path} cannot be read: {why}") from None
+            if not text:
+                raise ConfigError(f"{var}_FILE={path} is empty")
+            setattr(self, name, text if name == "database_url" else SecretStr(text))
+        return self
 
     @property
     def deployments_path(self) -> Path:

@@ -46,7 +46,17 @@ VAR_RE = re.compile(r"\bLEDGERFLOW_[A-Z0-9_]+")
 
 README_INPUT = {"sku": "WIDGET-42", "quantity": 25, "simulate_delivery_after_seconds": 2}
 
-COMPOSE_SERVICES = ("postgresql", "temporal", "temporal-ui", "anvil", "deploy", "worker", "api")
+COMPOSE_SERVICES = (
+    "postgresql",
+    "temporal-schema",
+    "temporal",
+    "temporal-namespace",
+    "temporal-ui",
+    "anvil",
+    "deploy",
+    "worker",
+    "api",
+)
 
 
 def _fenced(text: str) -> list[tuple[str, str]]:
@@ -284,9 +294,9 @@ def test_compose_services_and_their_settings() -> None:
     text = COMPOSE.read_text()
     for service in COMPOSE_SERVICES:
         assert f"\n  {service}:\n" in text, f"service {service} missing"
-    assert "temporalio/auto-setup:" in text and "temporalio/ui:" in text
+    assert "temporalio/server:" in text and "temporalio/ui:" in text
     assert "dockerfile: docker/Dockerfile" in text
-    assert "postgresql+psycopg://" in text
+    assert "LEDGERFLOW_DATABASE_URL_FILE" in text  # the URL itself is a secret file
     for script in re.findall(r"/app/(docker/[\w./-]+)", text):
         assert (ROOT / script).exists(), script
     # Commands of the ledgerflow services are real CLI commands.

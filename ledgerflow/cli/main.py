@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from ledgerflow.errors import LedgerflowError
+from ledgerflow.errors import ConfigError, LedgerflowError
 from ledgerflow.log import configure_logging
 from ledgerflow.settings import Settings, get_settings
 
@@ -93,11 +93,22 @@ def api() -> None:
 
 @app.command()
 def deploy(
-    seed: Annotated[bool, typer.Option(help="seed the procurement demo data")] = True,
+    seed: Annotated[
+        bool | None,
+        typer.Option(
+            "--seed/--no-seed",
+            help="seed the procurement demo data (default: only on the local dev chain, 31337)",
+        ),
+    ] = None,
     force: Annotated[bool, typer.Option(help="deploy even if the file is current")] = False,
+    allow_dev_keys: Annotated[
+        bool,
+        typer.Option(help="allow anvil's public development keys on a chain other than 31337"),
+    ] = False,
 ) -> None:
     """Deploy the contracts and write the deployment file."""
     from ledgerflow.chain import deploy as d
+    from ledgerflow.settings import ANVIL_DEFAULT_KEYS, DEV_CHAIN_ID
 
     settings = _settings()
     path = settings.deployments_path
@@ -108,12 +119,24 @@ def deploy(
     ):
         out.print(f"deployment at {path} is current; use --force to redeploy")
         return
-    keys = [
-        (k.get_secret_value() if k else settings.dev_key(i))
-        for i, k in enumerate(
-            (settings.orchestrator_key, settings.agent_key, settings.approver_key)
-        )
-    ]
+    roles = ("orchestrator", "agent", "approver")
+    configured = (settings.orchestrator_key, settings.agent_key, settings.approver_key)
+    keys = [(k.get_secret_value() if k else settings.dev_key(i)) for i, k in enumerate(configured)]
+    chain_id = int(d.connect(settings.rpc_url).eth.chain_id)
+    if chain_id != DEV_CHAIN_ID:
+        public = {k.lower() for k in ANVIL_DEFAULT_KEYS}
+        dev_roles = [r for r, k in zip(roles, keys, strict=True) if k.lower() in public]
+        if dev_roles and not allow_dev_keys:
+            names = ", ".join(f"LEDGERFLOW_{r.upper()}_KEY" for r in dev_roles)
+            raise ConfigError(
+                f"refusing to deploy on chain {chain_id} with anvil's public development keys "
+                f"(anyone can sign with them): set {names} (or the _FILE forms), or pass "
+                "--allow-dev-keys for a throwaway test chain"
+            )
+    if seed is None:
+        seed = chain_id == DEV_CHAIN_ID
+        if not seed:
+            err.print(f"note: not seeding the demo data on chain {chain_id} (--seed to seed it)")
     dep = d.deploy_all(settings.rpc_url, keys[0], agent_key=keys[1], approver_key=keys[2])
     d.save_deployment(path, dep)
     if seed:
@@ -347,9 +370,9 @@ def verify(
             from ledgerflow.temporal import connect
 
             try:
-                client = await connect(settings.temporal_address, settings.namespace, timeout=5)
-            except LedgerflowError:
-                err.print("note: Temporal is not reachable; verifying without history")
+                client = await connect(settings, timeout=5)
+            except LedgerflowError as exc:
+                err.print(f"note: verifying without Temporal history: {exc}", markup=False)
         runtime = _reader_runtime(settings)
         try:
             return await verify_run(
@@ -517,6 +540,10 @@ app.command()(watch)
 def main(argv: Sequence[str] | None = None) -> None:
     """Console-script entry point."""
     code: int | str | None = 0
+    # Everything this process and its children (the Temporal dev server, anvil) create is
+    # readable by its owner only: the store, the Temporal database, anvil's state, the deployment
+    # file, logs, exported bundles and proofs (they hold preimages).
+    os.umask(os.umask(0o077) | 0o077)
     try:
         app(args=list(argv) if argv is not None else None)
     except LedgerflowError as exc:

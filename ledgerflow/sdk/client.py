@@ -59,7 +59,7 @@ class LedgerflowClient:
     @classmethod
     async def connect(cls, settings: Settings | None = None) -> LedgerflowClient:
         settings = settings or get_settings()
-        client = await connect(settings.temporal_address, settings.namespace, timeout=10)
+        client = await connect(settings, timeout=10)
         return cls(client, settings)
 
     async def __aenter__(self) -> LedgerflowClient:

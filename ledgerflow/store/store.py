@@ -10,6 +10,7 @@ The API is synchronous (SQLAlchemy); async callers use ``asyncio.to_thread``.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -196,7 +197,7 @@ class Store:
         connect_args: dict[str, Any] = {}
         if url.startswith("sqlite"):
             path = url.split("///", 1)[-1].split("?", 1)[0]
-            if path and path != ":memory:":
+            if path and path != ":memory:" and "://" not in path:
                 if not create and not Path(path).is_file():
                     raise StoreError(
                         f"no store at {url} (from LEDGERFLOW_DATABASE_URL or the default, "
@@ -204,7 +205,10 @@ class Store:
                         "LEDGERFLOW_DATABASE_URL"
                     )
                 if create:
-                    Path(path).parent.mkdir(parents=True, exist_ok=True)
+                    # Readable by the owner only: SQLite gives the -wal and -shm files the mode
+                    # of the database file, so creating it 0600 covers all three.
+                    Path(path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                    os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
             connect_args = {"check_same_thread": False, "timeout": 30}
         self.engine: Engine = create_engine(url, echo=echo, connect_args=connect_args)
         if url.startswith("sqlite"):
