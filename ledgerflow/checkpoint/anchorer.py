@@ -18,6 +18,7 @@ import asyncio
 from datetime import UTC, datetime
 
 import structlog
+from web3.logs import DISCARD
 
 from ledgerflow.checkpoint.canonical import keccak
 from ledgerflow.checkpoint.merkle import build_standard_tree, build_tree
@@ -145,12 +146,19 @@ class Anchorer:
                 f"anchor:{anchor.root}", call, contract="CheckpointRegistry"
             )
             tx_hash, block = receipt.tx_hash, receipt.block_number
+            missing: list[int] = []
         except ContractRevert as exc:
             if exc.error != "CheckpointRootAlreadyAnchored":
                 raise
             tx_hash, block = await self._find_anchor_tx(root)
+            # Anchored by another transaction (a lost outbox row): its seals may not be ours.
+            missing = await self._seals_missing_from(tx_hash, seals)
         await asyncio.to_thread(
-            self.rt.store.confirm_anchor, anchor.id, tx_hash=tx_hash, block_number=block
+            self.rt.store.confirm_anchor,
+            anchor.id,
+            tx_hash=tx_hash,
+            block_number=block,
+            requeue_seals=missing,
         )
         self.anchored_roots += 1
         self.rt.anchor_events.notify()
@@ -162,6 +170,25 @@ class Anchorer:
             tx_hash=tx_hash,
             block=block,
         )
+
+    async def _seals_missing_from(self, tx_hash: str, seals: list[SealRow]) -> list[int]:
+        """The ids of ``seals`` that the transaction ``tx_hash`` did not emit (to send again)."""
+        if not seals:
+            return []
+        registry = self.rt.contract("CheckpointRegistry")
+        emitted: set[tuple[bytes, int, bytes]] = set()
+        if tx_hash:
+            receipt = await self.rt.w3.eth.get_transaction_receipt(tx_hash)  # type: ignore[arg-type]
+            for ev in registry.events.RunSealed().process_receipt(receipt, errors=DISCARD):
+                if str(ev["address"]).lower() == str(registry.address).lower():
+                    args = ev["args"]
+                    emitted.add((bytes(args["run"]), int(args["steps"]), bytes(args["head"])))
+        return [
+            x.id
+            for x in seals
+            if x.id is not None
+            and (bytes.fromhex(x.run_key[2:]), x.steps, bytes.fromhex(x.head[2:])) not in emitted
+        ]
 
     async def _find_anchor_tx(self, root: bytes) -> tuple[str, int]:
         registry = self.rt.contract("CheckpointRegistry")

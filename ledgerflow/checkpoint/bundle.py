@@ -26,8 +26,9 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, Field
 
-from ledgerflow.checkpoint.canonical import encode_string, keccak
+from ledgerflow.checkpoint.canonical import encode_string
 from ledgerflow.checkpoint.merkle import MultiVerifier
+from ledgerflow.checkpoint.merkle import keccak256_bytes as _k
 from ledgerflow.checkpoint.records import (
     OUTCOME_STEP_NAME,
     STEP_KINDS_V1,
@@ -60,6 +61,8 @@ TOPIC_ROOT_ANCHORED = "0xc29adcd0845ee582e2fd2c72c9eb59b04c906cfbff492932739ea2d
 TOPIC_RUN_SEALED = "0xd7f82339b23106d0e6b054a49a1caff2f03de5e5bdf47d466d30b48fabb4c3d8"
 
 _HEX32 = re.compile(r"^0x[0-9a-f]{64}\Z")
+_HEX32_FOUR = re.compile(r"(?:0x[0-9a-f]{64}){4}")
+_HEX32_MANY = re.compile(r"(?:0x[0-9a-f]{64})*")
 _ADDRESS = re.compile(r"^0x[0-9a-fA-F]{40}\Z")
 _MAX_INT = 1 << 53
 _RECORD_KEYS = frozenset(("v", "run", "seq", "kind", "name", "input", "output", "status", "prev"))
@@ -405,8 +408,13 @@ def parse_bundle(data: str | bytes | Mapping[str, Any]) -> dict[str, Any]:
         _need(r["kind"] in kinds, f"{where}.record.kind", "is not a kind of this version")
         _need(isinstance(r["name"], str), f"{where}.record.name", "is not a string")
         _need(r["status"] in ("ok", "failed"), f"{where}.record.status", "is not ok or failed")
-        for key in ("run", "input", "output", "prev"):
-            _need(_hex32(r[key]), f"{where}.record.{key}", "is not hex32")
+        hexes = (r["run"], r["input"], r["output"], r["prev"])
+        if not (
+            all(type(x) is str and len(x) == 66 for x in hexes)
+            and _HEX32_FOUR.fullmatch("".join(hexes))
+        ):
+            for key in ("run", "input", "output", "prev"):
+                _need(_hex32(r[key]), f"{where}.record.{key}", "is not hex32")
         for part in ("input", "output"):
             p = st[part]
             if p is None:
@@ -420,7 +428,13 @@ def parse_bundle(data: str | bytes | Mapping[str, Any]) -> dict[str, Any]:
         is_root = a_idx is not None and anchors[a_idx]["type"] == "root"
         proof = st["proof"]
         if is_root:
-            _need(isinstance(proof, list) and all(_hex32(x) for x in proof), where, "proof array")
+            _need(
+                isinstance(proof, list)
+                and all(type(x) is str and len(x) == 66 for x in proof)
+                and _HEX32_MANY.fullmatch("".join(proof)) is not None,
+                where,
+                "proof array",
+            )
         else:
             _need(proof is None, where, "has a proof without a root anchor")
     return b
@@ -514,14 +528,14 @@ def _phase2(run: _Run, f: _Findings, redacted: list[dict[str, Any]]) -> None:
     rk_hex = run.rk_hex
     for i, st in enumerate(run.steps):
         r = st["record"]
-        sh = keccak(_record_preimage(r))
+        sh = _k(_record_preimage(r))
         if r["seq"] != i:
             f.add(i, "seq", f"position {i} holds the record of seq {r['seq']}")
         if r["run"] != rk_hex:
             f.add(i, "run", "the record belongs to another run")
         if r["prev"] != _h(head):
             f.add(i, "prev", "prev is not the head of the steps before it")
-        head = keccak(head + sh)
+        head = _k(head + sh)
         run.sh.append(sh)
         run.heads.append(head)
         values: dict[str, Any] = {}
@@ -542,8 +556,8 @@ def _phase2(run: _Run, f: _Findings, redacted: list[dict[str, Any]]) -> None:
                 f.add(i, "preimage", f"the {part} preimage is not canonical LCE-1 ({exc})")
                 continue
             salt = bytes.fromhex(p["salt"][2:]) if v2 else b""
-            if _h(keccak(salt + data)) != r[part]:
-                f.add(i, "commitment", f"the {part} preimage does not match its commitment")
+            if _h(_k(salt + data)) != r[part]:
+                f.add(i, "commitment", f"{part} preimage does not match its commitment")
         if parts:
             redacted.append({"step": i, "parts": parts})
         if not v2:
@@ -662,8 +676,9 @@ async def _phase3(
             )
             trusted = False
         if a["type"] == "root":
-            leaf = keccak(keccak(run.sh[i])) if v2 else keccak(b"\x00" + run.sh[i])
-            proof = [bytes.fromhex(x[2:]) for x in st["proof"]]
+            leaf = _k(_k(run.sh[i])) if v2 else _k(b"\x00" + run.sh[i])
+            raw = bytes.fromhex("".join(x[2:] for x in st["proof"]))
+            proof = [raw[j : j + 32] for j in range(0, len(raw), 32)]
             if not verifier.verify(leaf, proof, bytes.fromhex(a["root"][2:])):
                 f.add(i, "proof", "the Merkle proof does not lead to the anchored root")
         elif a["seq"] != i:

@@ -36,6 +36,7 @@ __all__ = [
     "build_tree",
     "hash_pair",
     "keccak256",
+    "keccak256_bytes",
     "process_proof",
     "standard_leaf",
     "verify_proof",
@@ -135,6 +136,10 @@ def keccak256(data: bytes) -> bytes:
     if _RAW is None:
         return _slow_keccak256(bytes(data))
     return _RAW.one(bytes(data))
+
+
+#: :func:`keccak256` without the copy and checks, for hot loops that pass ``bytes`` only.
+keccak256_bytes: Callable[[bytes], bytes] = _RAW.one if _RAW is not None else _slow_keccak256
 
 
 class _Session:

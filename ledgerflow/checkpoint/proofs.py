@@ -60,11 +60,13 @@ __all__ = [
     "PROOF_SPEC_VERSION",
     "GasRow",
     "ProofCheck",
+    "SealGas",
     "build_step_proof",
     "check_proof_offline",
     "format_gas_table",
     "gas_rows",
     "measure_anchor_gas",
+    "measure_seal_gas",
     "verify_proof_document",
     "verify_proof_document_async",
 ]
@@ -477,7 +479,8 @@ def _judge(parsed: _Parsed, facts: _Facts) -> list[str]:
                 f"anchoredAt(root) is block {facts.anchored_at}, the document says "
                 f"{parsed.block_number}"
             )
-        if facts.verify_step is not True:
+        # Version 1 leaves are not the v2 registry's: verifyStep is a version 2 check only.
+        if parsed.version == 2 and facts.verify_step is not True:
             p.append("the registry's verifyStep(root, step_hash, proof) is false")
     receipt = facts.receipt
     if receipt is None:
@@ -789,3 +792,59 @@ async def measure_anchor_gas(
         per_step.append(receipt.gas_used)
         head = next_head(head, sh)
     return gas_rows(anchor_gas, per_step)
+
+
+class SealGas(BaseModel):
+    """What sealing adds, from mined receipts (spec v2: one ``RunSealed`` per ended run)."""
+
+    anchor_root_gas: dict[int, int]  # seals in one anchorRoot -> its gasUsed (one leaf)
+    batched_gas_per_seal: float  # extra gas per run of a batched seal (an event in anchorRoot)
+    seal_run_gas: int  # sealRun of a per-step run
+    per_step: dict[str, float]  # extra gas per step, e.g. "batched@8", "per-step@64"
+
+
+async def measure_seal_gas(
+    runtime: Runtime,
+    seal_counts: Sequence[int] = (0, 1, 8),
+    steps_per_run: Sequence[int] = (8, 64),
+    *,
+    key_prefix: str = "seal-gas",
+) -> SealGas:
+    """Send ``anchorRoot`` with 0, 1, 8 seals and one ``sealRun`` through the runtime's
+    orchestrator signer and report the extra gas per run and per step. Writes to the registry:
+    run it against a dev or bench chain."""
+    registry = runtime.contract("CheckpointRegistry")
+    signer = await runtime.signer("orchestrator")
+    gas: dict[int, int] = {}
+    for k in seal_counts:
+        root = os.urandom(32)
+        seals = [(os.urandom(32), 8, os.urandom(32)) for _ in range(k)]
+        call = registry.functions.anchorRoot(root, 1, seals)
+        receipt = await signer.send(
+            f"{key_prefix}:anchor:{_hex(root)}", call, contract="CheckpointRegistry"
+        )
+        gas[k] = receipt.gas_used
+    counts = sorted(k for k in gas if k > 0)
+    base = gas.get(0, min(gas.values()))
+    per_seal = max((gas[k] - base) / k for k in counts) if counts else 0.0
+    run = os.urandom(32)
+    sh = os.urandom(32)
+    key = f"{key_prefix}:checkpoint:{_hex(run)}"
+    await signer.send(
+        key, registry.functions.checkpoint(run, 0, run, sh), contract="CheckpointRegistry"
+    )
+    receipt = await signer.send(
+        f"{key_prefix}:seal:{_hex(run)}",
+        registry.functions.sealRun(run, 1, next_head(run, sh)),
+        contract="CheckpointRegistry",
+    )
+    per_step: dict[str, float] = {}
+    for n in steps_per_run:
+        per_step[f"batched@{n}"] = round(per_seal / n, 1)
+        per_step[f"per-step@{n}"] = round(receipt.gas_used / n, 1)
+    return SealGas(
+        anchor_root_gas=gas,
+        batched_gas_per_seal=round(per_seal, 1),
+        seal_run_gas=receipt.gas_used,
+        per_step=per_step,
+    )

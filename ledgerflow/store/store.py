@@ -247,7 +247,14 @@ class Store:
     # ---- runs and steps -------------------------------------------------------------------
 
     def ensure_run(
-        self, *, workflow_id: str, run_id: str, workflow_type: str, run_key: str, anchor_mode: str
+        self,
+        *,
+        workflow_id: str,
+        run_id: str,
+        workflow_type: str,
+        run_key: str,
+        anchor_mode: str,
+        spec_version: int = 1,
     ) -> RunRow:
         with self.session() as s:
             row = s.exec(
@@ -263,6 +270,7 @@ class Store:
                 workflow_type=workflow_type,
                 run_key=run_key,
                 anchor_mode=anchor_mode,
+                spec_version=spec_version,
             )
             s.add(row)
             try:
@@ -275,6 +283,7 @@ class Store:
                     workflow_type=workflow_type,
                     run_key=run_key,
                     anchor_mode=anchor_mode,
+                    spec_version=spec_version,
                 )
             return row
 
@@ -561,9 +570,23 @@ class Store:
             )
             return list(s.exec(q.order_by(AnchorRow.id)))  # type: ignore[arg-type]
 
-    def confirm_anchor(self, anchor_id: int, *, tx_hash: str, block_number: int) -> None:
-        """Mark an anchor (and the seals in its transaction) confirmed."""
+    def confirm_anchor(
+        self,
+        anchor_id: int,
+        *,
+        tx_hash: str,
+        block_number: int,
+        requeue_seals: Sequence[int] = (),
+    ) -> None:
+        """Mark an anchor (and the seals in its transaction) confirmed; ``requeue_seals`` are
+        seals that transaction turned out not to carry: they wait for a later one."""
         with self.session() as s:
+            if requeue_seals:
+                s.exec(
+                    update(SealRow)  # type: ignore[call-overload]
+                    .where(col(SealRow.id).in_(list(requeue_seals)))
+                    .values(status="pending", anchor_id=None)
+                )
             s.exec(
                 update(AnchorRow)  # type: ignore[call-overload]
                 .where(col(AnchorRow.id) == anchor_id)
