@@ -3,8 +3,8 @@ same audit bundles and say where they disagree.
 
 A case is a bundle file, the RPC endpoint of the chain it was anchored on and the trust root to
 check it against. Both verifiers run as separate processes, as an outside auditor would run them:
-``ledgerflow verify --bundle`` once per case, the TypeScript CLI once per group of cases that share
-an endpoint and a trust root (one Node process verifies the whole group; its start-up dominates).
+``ledgerflow verify --bundle`` once per case, the TypeScript CLI once for all cases (``--manifest``:
+one Node process verifies them all, since its start-up would otherwise dominate).
 
 They must agree on the verdict ``(ok, sealed, first_bad_step)``, on whether the bundle is
 malformed, on the recomputed ``head`` and ``steps`` and, as spec section 10 promises of two
@@ -20,6 +20,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -141,32 +142,38 @@ def python_outcomes(
 
 
 def ts_outcomes(cases: Sequence[BundleCase], extra_args: Sequence[str] = ()) -> dict[str, Outcome]:
-    """The TypeScript verifier over every case: one process per (endpoint, trust root, options).
+    """The TypeScript verifier over every case, in one process (``--manifest``, the conformance
+    format of spec section 10.10, which carries each case's endpoint and trust root).
 
     The exit code of each case is derived from its result as the CLI derives it for a single
     bundle (0 ok, 1 not ok, 2 error); tests/test_ts_verifier.py checks the real codes."""
     cli = build_ts_verifier()
-    groups: dict[tuple[str, ...], list[BundleCase]] = {}
-    for c in cases:
-        key = (c.rpc_url, *_trust_args(c.trust), *(["--allow-unsealed-v1"] * c.allow_unsealed_v1))
-        groups.setdefault(key, []).append(c)
-    out: dict[str, Outcome] = {}
-    for key, group in groups.items():
-        argv = ["node", str(cli), "--rpc", key[0], *key[1:], *extra_args, "--json"]
-        for c in group:
-            argv += ["--bundle", str(c.file)]
+    manifest = {
+        "cases": [
+            {
+                "name": c.name,
+                "file": str(Path(c.file).resolve()),
+                "rpc_url": c.rpc_url,
+                "trust": dict(c.trust),
+                "allow_unsealed_v1": c.allow_unsealed_v1,
+            }
+            for c in cases
+        ]
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "manifest.json"
+        path.write_text(json.dumps(manifest))
+        argv = ["node", str(cli), "--manifest", str(path), *extra_args, "--json"]
         done = subprocess.run(argv, capture_output=True, text=True, timeout=300)
-        results = json.loads(done.stdout)
-        if len(group) == 1:
-            results = [{"bundle": str(group[0].file), **results}]
-        by_file = {r["bundle"]: r for r in results}
-        for c in group:
-            r = by_file[str(c.file)]
-            if "error" in r:
-                malformed = bool(r.get("malformed", False))
-                out[c.name] = Outcome(exit_code=2, error=r["error"], malformed=malformed)
-            else:
-                out[c.name] = _outcome(r, 0 if r["ok"] else 1)
+    if not done.stdout.strip():
+        raise RuntimeError(f"the TypeScript verifier gave no results: {done.stderr[-2000:]}")
+    out: dict[str, Outcome] = {}
+    for r in json.loads(done.stdout):
+        if "error" in r:
+            malformed = bool(r.get("malformed", False))
+            out[r["name"]] = Outcome(exit_code=2, error=r["error"], malformed=malformed)
+        else:
+            out[r["name"]] = _outcome(r, 0 if r["ok"] else 1)
     return out
 
 
@@ -180,6 +187,9 @@ def disagreements(
         if p is None or t is None:
             lines.append(f"{name}: verified by only one verifier")
             continue
+        for who, o in (("ledgerflow", p), ("TypeScript", t)):
+            if o.report is None and not o.malformed:
+                lines.append(f"{name}: {who} gave neither a verdict nor 'malformed': {o.error}")
         if (p.report is None) != (t.report is None) or p.malformed != t.malformed:
             lines.append(
                 f"{name}: ledgerflow {'error ' + p.error if p.report is None else p.verdict}, "
@@ -192,7 +202,16 @@ def disagreements(
             lines.append(f"{name}: verdict ledgerflow {p.verdict}, TypeScript {t.verdict}")
         if p.exit_code != t.exit_code:
             lines.append(f"{name}: exit code ledgerflow {p.exit_code}, TypeScript {t.exit_code}")
-        for k in ("head", "steps", "seal", "anchors", "redacted", "registry", "chain_id"):
+        for k in (
+            "head",
+            "steps",
+            "seal",
+            "anchors",
+            "redacted",
+            "pending_steps",
+            "registry",
+            "chain_id",
+        ):
             if p.report.get(k) != t.report.get(k):
                 lines.append(
                     f"{name}: {k} ledgerflow {p.report.get(k)}, TypeScript {t.report.get(k)}"

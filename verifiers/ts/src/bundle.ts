@@ -168,7 +168,9 @@ class Shape {
   }
 }
 
-const utf8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
+// A leading byte order mark is dropped: RFC 8259 section 8.1 lets a parser ignore one, and the
+// bundle's own text is never hashed (preimages are strings inside it).
+const utf8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: false });
 
 /** Decode and parse the bundle file's bytes, then check its shape. */
 export function parseBundle(data: Uint8Array): Bundle {

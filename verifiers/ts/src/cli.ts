@@ -4,22 +4,26 @@
  *                  [--registry ADDR --chain-id N [--from-block B] [--contract ADDR ...]]
  *                  [--deployments FILE] [--allow-unsealed-v1] [--json]
  *
+ * node dist/cli.js --manifest FILE [--json]      (the conformance cases of spec section 10.10)
+ *
  * Exit status: 0 iff the run verifies, 1 when it does not, 2 on a malformed bundle or an error
  * (unreadable file, missing trust root, unreachable node), as spec section 10.8 says.
  */
 
 import { readFileSync } from "node:fs";
-import { join } from "node:path";
+import { dirname, join, resolve } from "node:path";
 import { parseArgs } from "node:util";
 
 import { MalformedBundle, parseBundle } from "./bundle.js";
+import { JsonObject, parseJson } from "./json.js";
 import { RpcChain } from "./chain.js";
-import { TrustError, explicitTrust, trustFromDeployments } from "./trust.js";
+import { TrustError, explicitTrust, trustFromDeployments, trustFromJson } from "./trust.js";
 import { VERIFIER, verifyBundle, type Report, type TrustRoot } from "./verify.js";
 
 const USAGE = `usage: ledgerflow-verify-ts --bundle FILE [--bundle FILE ...] [--rpc URL]
          [--registry ADDR --chain-id N [--from-block B] [--contract ADDR]...]
          [--deployments FILE] [--allow-unsealed-v1] [--log-range BLOCKS] [--json]
+       ledgerflow-verify-ts --manifest FILE [--log-range BLOCKS] [--json]
 
 Verifies a ledgerflow audit bundle against the chain (checkpoint spec version 2, section 10).
 Trust root: --registry/--chain-id, else --deployments FILE, else $LEDGERFLOW_DEPLOYMENTS_FILE,
@@ -27,7 +31,10 @@ else $LEDGERFLOW_HOME/deployments.json (LEDGERFLOW_HOME defaults to .ledgerflow)
 RPC: --rpc (or --rpc-url), else $LEDGERFLOW_RPC_URL, else http://127.0.0.1:8545.
 Exit 0 iff the run verifies, 1 if it does not, 2 on a malformed bundle or an error.
 With several --bundle files (one trust root), --json prints a list with one result per file and
-the exit status is 2 if any file had an error, else 1 if any run does not verify, else 0.`;
+the exit status is 2 if any file had an error, else 1 if any run does not verify, else 0.
+--manifest runs the conformance cases of a manifest (spec section 10.10: each case names its
+bundle file, RPC endpoint, trust root and, optionally, its expected verdict); exit 0 iff every
+expected verdict is met.`;
 
 class UsageError extends Error {}
 
@@ -66,12 +73,13 @@ function output(json: boolean, value: unknown, text: string): void {
 }
 
 async function main(argv: string[]): Promise<number> {
-  let v: Record<string, string | string[] | boolean | undefined>;
+  let v: Values;
   try {
     v = parseArgs({
       args: argv,
       options: {
         bundle: { type: "string", multiple: true },
+        manifest: { type: "string" },
         rpc: { type: "string" },
         "rpc-url": { type: "string" },
         registry: { type: "string" },
@@ -101,28 +109,38 @@ async function main(argv: string[]): Promise<number> {
     return 2;
   };
   const files = (v["bundle"] as string[] | undefined) ?? [];
-  if (files.length === 0) return fail("--bundle FILE is required");
-  let trust: TrustRoot;
-  let chain: RpcChain;
+  const manifest = v["manifest"] as string | undefined;
+  if ((files.length === 0) === (manifest === undefined))
+    return fail("give --bundle FILE (one or more) or --manifest FILE");
+  let logRange: bigint | undefined;
   try {
-    trust = trustRoot(v);
-    const rpc =
-      (v["rpc"] as string | undefined) ??
-      (v["rpc-url"] as string | undefined) ??
-      process.env["LEDGERFLOW_RPC_URL"] ??
-      "http://127.0.0.1:8545";
     const range = v["log-range"] as string | undefined;
-    if (range !== undefined && !/^[1-9][0-9]*$/.test(range))
+    if (range !== undefined && !/^[1-9][0-9]*$/.test(range)) {
       throw new UsageError("--log-range must be a positive integer");
-    chain = new RpcChain(rpc, range === undefined ? undefined : BigInt(range));
+    }
+    logRange = range === undefined ? undefined : BigInt(range);
+    if (manifest !== undefined) return await runManifest(manifest, json, logRange);
   } catch (e) {
     if (e instanceof TrustError || e instanceof UsageError) return fail(e.message);
     throw e;
   }
+
+  let trust: TrustRoot;
+  try {
+    trust = trustRoot(v);
+  } catch (e) {
+    if (e instanceof TrustError || e instanceof UsageError) return fail(e.message);
+    throw e;
+  }
+  const rpc =
+    (v["rpc"] as string | undefined) ??
+    (v["rpc-url"] as string | undefined) ??
+    process.env["LEDGERFLOW_RPC_URL"] ??
+    "http://127.0.0.1:8545";
+  const chain = new RpcChain(rpc, logRange);
   const options = { allowUnsealedV1: v["allow-unsealed-v1"] === true };
 
-  const results: Result[] = [];
-  for (const file of files) results.push(await verifyFile(file, trust, chain, options));
+  const results = await mapLimit(files, PARALLEL, (file) => verifyFile(file, trust, chain, options));
   if (files.length === 1) {
     const [r] = results as [Result];
     if ("error" in r) return fail(r.error);
@@ -136,11 +154,33 @@ async function main(argv: string[]): Promise<number> {
     results,
     results.map((r) => ("error" in r ? `ERROR: ${r.bundle}: ${r.error}` : `${r.bundle}\n${human(r)}`)).join("\n"),
   );
-  if (results.some((r) => "error" in r)) return 2;
-  return results.every((r) => "ok" in r && r.ok) ? 0 : 1;
+  return worst(results);
 }
 
+type Values = Record<string, string | string[] | boolean | undefined>;
+
 type Result = (Report & { bundle: string }) | { bundle: string; ok: false; error: string; malformed: boolean };
+
+/** How many bundles are verified at once (each mostly waits for the node). */
+const PARALLEL = 8;
+
+function worst(results: Result[]): number {
+  if (results.some((r) => "error" in r)) return 2;
+  return results.every((r) => r.ok) ? 0 : 1;
+}
+
+async function mapLimit<T, R>(items: T[], limit: number, fn: (item: T, index: number) => Promise<R>): Promise<R[]> {
+  const out: R[] = new Array<R>(items.length);
+  let next = 0;
+  const worker = async (): Promise<void> => {
+    while (next < items.length) {
+      const k = next++;
+      out[k] = await fn(items[k] as T, k);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
+  return out;
+}
 
 async function verifyFile(
   file: string,
@@ -152,11 +192,67 @@ async function verifyFile(
     const bundle = parseBundle(readFileSync(file));
     return { bundle: file, ...(await verifyBundle(bundle, trust, chain, options)) };
   } catch (e) {
-    if (e instanceof MalformedBundle)
+    if (e instanceof MalformedBundle) {
       return { bundle: file, ok: false, error: `malformed bundle: ${e.message}`, malformed: true };
+    }
     const message = `${(e as Error).name}: ${(e as Error).message.split("\n")[0]}`;
     return { bundle: file, ok: false, error: message, malformed: false };
   }
+}
+
+/**
+ * Conformance cases (spec section 10.10): a manifest `{"cases": [{"name", "file", "rpc_url",
+ * "trust": {"chain_id", "registry", "from_block", "contracts"}, "expected"?,
+ * "allow_unsealed_v1"?}]}`, each file relative to the manifest. Prints one result per case (with
+ * `conforms` where an expected verdict is given); exit 0 iff every expected verdict was given,
+ * 2 if a case could not be read or verified, else 1.
+ */
+async function runManifest(path: string, json: boolean, logRange: bigint | undefined): Promise<number> {
+  const m = parseJson(readFileSync(path, "utf8"), { allowFractions: true });
+  const cases = m instanceof JsonObject ? m.get("cases") : undefined;
+  if (!Array.isArray(cases)) throw new UsageError(`${path} has no "cases" list`);
+  const chains = new Map<string, RpcChain>();
+  const results = await mapLimit(cases, PARALLEL, async (c, k) => {
+    if (!(c instanceof JsonObject)) throw new UsageError(`case ${k} of ${path} is not an object`);
+    const str = (key: string): string => {
+      const x = c.get(key);
+      if (typeof x !== "string") throw new UsageError(`case ${k} of ${path}: ${key} is not a string`);
+      return x;
+    };
+    const name = str("name");
+    const rpc = str("rpc_url");
+    const trust = trustFromJson(c.get("trust"), `case ${name}`);
+    const chain = chains.get(rpc) ?? new RpcChain(rpc, logRange);
+    chains.set(rpc, chain);
+    const result = await verifyFile(resolve(dirname(path), str("file")), trust, chain, {
+      allowUnsealedV1: c.get("allow_unsealed_v1") === true,
+    });
+    const expected = c.get("expected");
+    if (!(expected instanceof JsonObject)) return { name, ...result };
+    const want = {
+      ok: expected.get("ok"),
+      sealed: expected.get("sealed"),
+      first_bad_step: expected.get("first_bad_step") === null ? null : Number(expected.get("first_bad_step")),
+    };
+    const conforms =
+      !("error" in result) &&
+      result.ok === want.ok &&
+      result.sealed === want.sealed &&
+      result.first_bad_step === want.first_bad_step;
+    return { name, ...result, expected: want, conforms };
+  });
+  output(
+    json,
+    results,
+    results
+      .map(
+        (r) =>
+          `${"conforms" in r ? (r.conforms ? "CONFORMS " : "DIFFERS  ") : ""}${r.name}: ${"error" in r ? `ERROR ${r.error}` : `ok=${r.ok} sealed=${r.sealed} first_bad_step=${r.first_bad_step}`}`,
+      )
+      .join("\n"),
+  );
+  if (results.some((r) => "error" in r)) return 2;
+  return results.every((r) => !("conforms" in r) || r.conforms) ? 0 : 1;
 }
 
 main(process.argv.slice(2)).then(

@@ -71,3 +71,21 @@ export function explicitTrust(
     source: "explicit",
   };
 }
+
+/** A trust root written as JSON (`{"chain_id", "registry", "from_block", "contracts"}`, the
+ * conformance manifest's form; `contracts` null or absent means unknown). */
+export function trustFromJson(v: Json | undefined, what: string): TrustRoot {
+  if (!(v instanceof JsonObject)) throw new TrustError(`${what}: the trust root is not an object`);
+  const contracts = v.get("contracts");
+  let list: string[] | null = null;
+  if (Array.isArray(contracts)) list = contracts.map((c, k) => address(c, `${what}: contracts[${k}]`));
+  else if (contracts !== null && contracts !== undefined) throw new TrustError(`${what}: contracts is not a list`);
+  const from = v.get("from_block");
+  return {
+    chain_id: safeInt(v.get("chain_id"), `${what}: chain_id`, 1),
+    registry: address(v.get("registry"), `${what}: registry`),
+    from_block: BigInt(from === undefined ? 0 : safeInt(from, `${what}: from_block`, 0)),
+    contracts: list,
+    source: v.get("source") === "deployments" ? "deployments" : "explicit",
+  };
+}

@@ -57,6 +57,7 @@ export interface Report {
   anchors: Record<string, string | number>[];
   seal: { steps: number; head: string; tx_hash: string; block_number: number } | null;
   redacted: { step: number; parts: string[] }[];
+  pending_steps: number;
   findings: Finding[];
   problems: string[];
   verifier: string;
@@ -430,6 +431,7 @@ export async function verifyBundle(
     anchors,
     seal,
     redacted,
+    pending_steps: b.steps.filter((st) => st.anchor === null).length,
     findings,
     problems: findings.map((f) => `step ${f.step}: ${f.message} [${f.code}]`),
     verifier: VERIFIER,
