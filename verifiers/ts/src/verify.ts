@@ -324,9 +324,12 @@ export async function verifyBundle(
   // ---- phase 4: the seal
   let sealed = false;
   let seal: Report["seal"] = null;
-  if (spec === 1) {
+  if (!online) {
+    // "When chain queries are skipped, sealed is false and this phase adds nothing" (10.5), for
+    // version 1 bundles too
+  } else if (spec === 1) {
     if (!options.allowUnsealedV1) add(M, "unsealed", "a version 1 run has no seal (allow_unsealed_v1 is not set)");
-  } else if (online) {
+  } else {
     const logs = await scan([TOPIC.RunSealed, rk]);
     const seals = logs.map((l) => {
       const [n, h] = decodeWords(l, ["uint256", "bytes32"]) as [bigint, string];
