@@ -670,6 +670,8 @@ def _corpus(
     for name, trust in trusts.items():
         add(f"trust/{name}/batched", "batched", lambda b: None, trust)
         add(f"trust/{name}/per-step", "per-step", lambda b: None, trust)
+        add(f"trust/{name}/v1-batched", "v1-batched", lambda b: None, trust)
+        add(f"trust/{name}/v1-per-step/allowed", "v1-per-step", lambda b: None, trust, True)
     for name, (base, edit) in RAW.items():
         text = json.dumps(clean[base]).encode()
         edited = edit(text)
