@@ -22,8 +22,8 @@ import { VERIFIER, verifyBundle, type Report, type TrustRoot } from "./verify.js
 
 const USAGE = `usage: ledgerflow-verify-ts --bundle FILE [--bundle FILE ...] [--rpc URL]
          [--registry ADDR --chain-id N [--from-block B] [--contract ADDR]...]
-         [--deployments FILE] [--allow-unsealed-v1] [--log-range BLOCKS] [--json]
-       ledgerflow-verify-ts --manifest FILE [--log-range BLOCKS] [--json]
+         [--deployments FILE] [--allow-unsealed-v1] [--log-range BLOCKS] [--offline] [--json]
+       ledgerflow-verify-ts --manifest FILE [--log-range BLOCKS] [--offline] [--json]
 
 Verifies a ledgerflow audit bundle against the chain (checkpoint spec version 2, section 10).
 Trust root: --registry/--chain-id, else --deployments FILE, else $LEDGERFLOW_DEPLOYMENTS_FILE,
@@ -32,6 +32,8 @@ RPC: --rpc (or --rpc-url), else $LEDGERFLOW_RPC_URL, else http://127.0.0.1:8545.
 Exit 0 iff the run verifies, 1 if it does not, 2 on a malformed bundle or an error.
 With several --bundle files (one trust root), --json prints a list with one result per file and
 the exit status is 2 if any file had an error, else 1 if any run does not verify, else 0.
+--offline asks no node: records, commitments and proofs are checked, nothing on chain, so the run
+never verifies (finding node_chain at step 0, spec 10.2).
 --manifest runs the conformance cases of a manifest (spec section 10.10: each case names its
 bundle file, RPC endpoint, trust root and, optionally, its expected verdict); exit 0 iff every
 expected verdict is met.`;
@@ -88,6 +90,7 @@ async function main(argv: string[]): Promise<number> {
         contract: { type: "string", multiple: true },
         deployments: { type: "string" },
         "allow-unsealed-v1": { type: "boolean" },
+        offline: { type: "boolean" },
         "log-range": { type: "string" },
         json: { type: "boolean" },
         help: { type: "boolean" },
@@ -119,7 +122,7 @@ async function main(argv: string[]): Promise<number> {
       throw new UsageError("--log-range must be a positive integer");
     }
     logRange = range === undefined ? undefined : BigInt(range);
-    if (manifest !== undefined) return await runManifest(manifest, json, logRange);
+    if (manifest !== undefined) return await runManifest(manifest, json, logRange, v["offline"] === true);
   } catch (e) {
     if (e instanceof TrustError || e instanceof UsageError) return fail(e.message);
     throw e;
@@ -137,7 +140,7 @@ async function main(argv: string[]): Promise<number> {
     (v["rpc-url"] as string | undefined) ??
     process.env["LEDGERFLOW_RPC_URL"] ??
     "http://127.0.0.1:8545";
-  const chain = new RpcChain(rpc, logRange);
+  const chain = v["offline"] === true ? null : new RpcChain(rpc, logRange);
   const options = { allowUnsealedV1: v["allow-unsealed-v1"] === true };
 
   const results = await mapLimit(files, PARALLEL, (file) => verifyFile(file, trust, chain, options));
@@ -185,7 +188,7 @@ async function mapLimit<T, R>(items: T[], limit: number, fn: (item: T, index: nu
 async function verifyFile(
   file: string,
   trust: TrustRoot,
-  chain: RpcChain,
+  chain: RpcChain | null,
   options: { allowUnsealedV1: boolean },
 ): Promise<Result> {
   try {
@@ -207,7 +210,12 @@ async function verifyFile(
  * `conforms` where an expected verdict is given); exit 0 iff every expected verdict was given,
  * 2 if a case could not be read or verified, else 1.
  */
-async function runManifest(path: string, json: boolean, logRange: bigint | undefined): Promise<number> {
+async function runManifest(
+  path: string,
+  json: boolean,
+  logRange: bigint | undefined,
+  offline: boolean,
+): Promise<number> {
   const m = parseJson(readFileSync(path, "utf8"), { allowFractions: true });
   const cases = m instanceof JsonObject ? m.get("cases") : undefined;
   if (!Array.isArray(cases)) throw new UsageError(`${path} has no "cases" list`);
@@ -222,8 +230,8 @@ async function runManifest(path: string, json: boolean, logRange: bigint | undef
     const name = str("name");
     const rpc = str("rpc_url");
     const trust = trustFromJson(c.get("trust"), `case ${name}`);
-    const chain = chains.get(rpc) ?? new RpcChain(rpc, logRange);
-    chains.set(rpc, chain);
+    const chain = offline ? null : (chains.get(rpc) ?? new RpcChain(rpc, logRange));
+    if (chain !== null) chains.set(rpc, chain);
     const result = await verifyFile(resolve(dirname(path), str("file")), trust, chain, {
       allowUnsealedV1: c.get("allow_unsealed_v1") === true,
     });
