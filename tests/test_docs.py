@@ -39,7 +39,7 @@ FIXED_COMMANDS = {"up", "worker", "api", "deploy", "start", "status", "verify", 
 
 SETTING_VARS = {f"LEDGERFLOW_{name.upper()}" for name in Settings.model_fields}
 #: LEDGERFLOW_ names the docs may mention that are not settings: read by the test suite only.
-TEST_ONLY_VARS = {"LEDGERFLOW_TEST_PG_URL"}
+TEST_ONLY_VARS = {"LEDGERFLOW_TEST_PG_URL", "LEDGERFLOW_BATTERY_DIR"}
 VAR_RE = re.compile(r"\bLEDGERFLOW_[A-Z0-9_]+")
 
 README_INPUT = {"sku": "WIDGET-42", "quantity": 25, "simulate_delivery_after_seconds": 2}
