@@ -5,19 +5,15 @@ The runs are built from the spec's functions and anchored on a real CheckpointRe
 private anvil (so chain tampering — a re-seal with the writer key, an append after the seal, lost
 blocks — touches no other test). Each case is also written with its expected verdict to a
 directory (``LEDGERFLOW_BATTERY_DIR``, else a temporary one) with a ``manifest.json``, and the last
-test runs ``ledgerflow verify --bundle`` as a separate process over every case of the manifest —
-the same runner any other verifier (the TypeScript one) is checked with.
+tests run ``ledgerflow verify --bundle`` as a separate process over every case of the manifest, and
+the independent TypeScript verifier (verifiers/ts) over the same files, which must agree with it.
 """
 
 from __future__ import annotations
 
 import copy
-import json
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +33,15 @@ from tests.support.bundles import (
     anchor_per_step,
     to_bundle,
     write_case,
+)
+from tests.support.crosscheck import (
+    Outcome,
+    cases_from_manifest,
+    disagreements,
+    expectation_mismatches,
+    forgive_known_differences,
+    python_outcomes,
+    ts_outcomes,
 )
 
 
@@ -708,45 +713,35 @@ def test_malformed_bundles_have_no_verdict(world: World, base: dict[str, Run]) -
             asyncio.run(verify_bundle(b, world.trust, None))
 
 
-# ---- the runner: another verifier over the same cases -------------------------------------------
+# ---- the runners: two more verifiers over the same cases ---------------------------------------
 
 
-def test_the_cli_verifier_agrees_on_every_case(battery_dir: Path) -> None:
-    """Runs ``ledgerflow verify --bundle`` (a separate process, as an outside verifier would be)
-    over every case written above and compares its verdicts with the expected ones."""
-    manifest = json.loads((battery_dir / "manifest.json").read_text())
-    assert len(manifest["cases"]) >= 24
+@pytest.fixture(scope="module")
+def cli_outcomes(battery_dir: Path) -> dict[str, Outcome]:
+    """``ledgerflow verify --bundle`` (a separate process, as an outside verifier would be) over
+    every case written above, once for both runners."""
     env = {**os.environ, "LEDGERFLOW_HOME": str(battery_dir / "no-home")}
+    return python_outcomes(cases_from_manifest(battery_dir), env)
 
-    def run_case(case: dict[str, Any]) -> tuple[Any, ...] | None:
-        trust = case["trust"]
-        argv = [
-            sys.executable,
-            "-m",
-            "ledgerflow.cli",
-            "verify",
-            "--bundle",
-            str(battery_dir / case["file"]),
-            "--registry",
-            trust["registry"],
-            "--chain-id",
-            str(trust["chain_id"]),
-            "--from-block",
-            str(trust["from_block"]),
-            "--rpc-url",
-            case["rpc_url"],
-            "--json",
-        ]
-        for address in trust.get("contracts") or []:
-            argv += ["--contract", address]
-        done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
-        report = json.loads(done.stdout)
-        got = {k: report[k] for k in ("ok", "sealed", "first_bad_step")}
-        expected_exit = 0 if case["expected"]["ok"] else 1
-        if got != case["expected"] or done.returncode != expected_exit:
-            return (case["name"], got, case["expected"], done.returncode, done.stderr[-500:])
-        return None
 
-    with ThreadPoolExecutor(4) as pool:
-        mismatches = [m for m in pool.map(run_case, manifest["cases"]) if m is not None]
+def test_the_cli_verifier_agrees_on_every_case(
+    battery_dir: Path, cli_outcomes: dict[str, Outcome]
+) -> None:
+    """The CLI's verdicts and exit codes are the expected ones."""
+    cases = cases_from_manifest(battery_dir)
+    assert len(cases) >= 24
+    mismatches = expectation_mismatches(cases, cli_outcomes)
     assert not mismatches, mismatches
+
+
+def test_the_typescript_verifier_agrees_on_every_case(
+    battery_dir: Path, cli_outcomes: dict[str, Outcome]
+) -> None:
+    """The independent TypeScript verifier (verifiers/ts, written from the spec alone) gives the
+    expected verdict on every case, and the same verdict, head, seal, anchors and set of
+    (step, code) findings as ledgerflow's CLI."""
+    cases = cases_from_manifest(battery_dir)
+    ts = ts_outcomes(cases)
+    forgive_known_differences(cli_outcomes, ts)
+    problems = disagreements(cli_outcomes, ts) + expectation_mismatches(cases, ts)
+    assert not problems, "\n".join(problems)
