@@ -182,16 +182,19 @@ class FailoverProvider(AsyncJSONBaseProvider):
                     self.switches += 1
                 return answer
             ep.last_error = failure
-            if ep.failed_until != float("inf"):
-                ep.failed_until = time.monotonic() + self.cooldown
             errors.append(f"{ep.label}: {failure}")
-            log.warning(
-                "rpc endpoint failed",
-                endpoint=ep.label,
-                method=what,
-                error=failure,
-                others=len(self.endpoints) - 1,
-            )
+            if ep.failed_until == float("inf"):
+                continue
+            was_healthy = ep.failed_until <= time.monotonic()
+            ep.failed_until = time.monotonic() + self.cooldown
+            if was_healthy:  # one line per outage, not one per concurrent call
+                log.warning(
+                    "rpc endpoint failed",
+                    endpoint=ep.label,
+                    method=what,
+                    error=failure,
+                    others=len(self.endpoints) - 1,
+                )
         raise RPCUnavailable(bounded(f"no JSON-RPC endpoint answered {what}: " + "; ".join(errors)))
 
     async def make_request(self, method: RPCEndpoint, params: Any) -> RPCResponse:

@@ -127,6 +127,24 @@ def _call_of(raw: str) -> tuple[str, str, int, int, Fees]:
     )
 
 
+def _is_noop(raw: str, sender: str) -> bool:
+    """Whether ``raw`` is a zero-value transfer to ``sender`` itself without data: what fills a
+    nonce (a void or a gap), never a business transaction."""
+    if len(raw) > 2 + 2 * 160:  # a no-op is about 110 bytes; anything longer carries data
+        return False
+    try:
+        from eth_account.typed_transactions import TypedTransaction
+
+        fields = TypedTransaction.from_bytes(HexBytes(raw)).as_dict()
+    except Exception:
+        return False
+    return (
+        int(fields.get("value", 0)) == 0
+        and not HexBytes(fields.get("data") or b"")
+        and to_checksum_address(fields["to"]) == sender
+    )
+
+
 def _rpc_message(exc: Web3RPCError) -> str:
     """The node's own message of a JSON-RPC error (never the request, which holds raw bytes)."""
     resp = getattr(exc, "rpc_response", None)
@@ -716,8 +734,9 @@ class Signer:
         which is the only one unless the row was replaced)."""
         r = await self._receipt(row.tx_hash)
         if r is not None:
+            kind = "void" if _is_noop(row.raw, self.address) else "current"
             return r, OutboxAttempt(
-                outbox_id=row.id or 0, tx_hash=row.tx_hash, raw=row.raw, kind="current"
+                outbox_id=row.id or 0, tx_hash=row.tx_hash, raw=row.raw, kind=kind
             )
         for variant in (await self._variants(row))[1:]:
             r = await self._receipt(variant.tx_hash)

@@ -12,6 +12,7 @@ message names the failure but never quotes SQL or its parameters.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import socket
@@ -239,12 +240,67 @@ _UPGRADES: dict[int, Sequence[str | Callable[[Connection], None]]] = {
 FINAL_STATUSES = ("mined", "reverted", "voided")
 
 
+def _describe_db_error(exc: BaseException) -> str:
+    """What went wrong with the database, without SQL, parameters or credentials."""
+    orig = getattr(exc, "orig", None)
+    kind = type(exc).__name__
+    driver = type(orig).__name__ if orig is not None else ""
+    detail = ""
+    if (
+        isinstance(exc, DBAPIError)
+        and orig is not None
+        and kind
+        in (
+            "OperationalError",
+            "InterfaceError",
+        )
+    ):
+        # Connection-level messages (libpq, sqlite3) name the failure, never a parameter.
+        detail = str(orig).strip().splitlines()[0] if str(orig).strip() else ""
+    label = f"{kind} ({driver})" if driver and driver != kind else kind
+    return bounded(f"database error: {label}" + (f": {detail}" if detail else ""), 240)
+
+
+def _clean(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Re-raise a :class:`StoreUnavailable` without the driver's exception chained to it
+    (SQLAlchemy chains the DBAPI error, whose text can quote the values of a statement)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except StoreUnavailable as exc:
+            if exc.__cause__ is None and exc.__context__ is None:
+                raise
+            clean = StoreUnavailable(str(exc))
+        raise clean  # outside the handler: nothing chained
+
+    return wrapper
+
+
+def _cleaned(cls: type) -> type:
+    """Apply :func:`_clean` to every public method of ``cls``."""
+    for name, value in list(vars(cls).items()):
+        if callable(value) and not name.startswith("_") and name != "session":
+            setattr(cls, name, _clean(value))
+    return cls
+
+
+def _handle_db_error(context: Any) -> None:
+    """SQLAlchemy ``handle_error`` hook: infrastructure failures become StoreUnavailable."""
+    exc = context.sqlalchemy_exception
+    if isinstance(exc, IntegrityError) or exc is None:
+        return  # constraint violations are the callers' business (idempotent inserts)
+    raise StoreUnavailable(_describe_db_error(exc)) from None
+
+
 def _advisory_key(*parts: object) -> int:
     """A signed 64-bit key for ``pg_advisory_lock`` from ``parts``."""
     digest = keccak(text=":".join(str(p) for p in ("ledgerflow", *parts)))
     return int.from_bytes(digest[:8], "big", signed=True)
 
 
+@_cleaned
 class SenderLock:
     """The lock that serialises nonce allocation and broadcasting for one sender on one chain
     across processes.
@@ -294,35 +350,7 @@ class SenderLock:
         return self.store.session()
 
 
-def _describe_db_error(exc: BaseException) -> str:
-    """What went wrong with the database, without SQL, parameters or credentials."""
-    orig = getattr(exc, "orig", None)
-    kind = type(exc).__name__
-    driver = type(orig).__name__ if orig is not None else ""
-    detail = ""
-    if (
-        isinstance(exc, DBAPIError)
-        and orig is not None
-        and kind
-        in (
-            "OperationalError",
-            "InterfaceError",
-        )
-    ):
-        # Connection-level messages (libpq, sqlite3) name the failure, never a parameter.
-        detail = str(orig).strip().splitlines()[0] if str(orig).strip() else ""
-    label = f"{kind} ({driver})" if driver and driver != kind else kind
-    return bounded(f"database error: {label}" + (f": {detail}" if detail else ""), 240)
-
-
-def _handle_db_error(context: Any) -> None:
-    """SQLAlchemy ``handle_error`` hook: infrastructure failures become StoreUnavailable."""
-    exc = context.sqlalchemy_exception
-    if isinstance(exc, IntegrityError) or exc is None:
-        return  # constraint violations are the callers' business (idempotent inserts)
-    raise StoreUnavailable(_describe_db_error(exc)) from None
-
-
+@_cleaned
 class Store:
     """Access to the store. One instance per process; thread-safe through SQLAlchemy's pool."""
 

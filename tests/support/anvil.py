@@ -46,6 +46,7 @@ class LocalAnvil:
 
     workdir: Path
     extra_args: Sequence[str] = ()
+    chain_id: int = 31337
     port: int = field(default_factory=free_port)
     proc: ManagedProcess | None = None
 
@@ -55,7 +56,7 @@ class LocalAnvil:
 
     def start(self) -> LocalAnvil:
         argv = [str(find_anvil()), "--host", "127.0.0.1", "--port", str(self.port)]
-        argv += ["--chain-id", "31337", "--silent", *self.extra_args]
+        argv += ["--chain-id", str(self.chain_id), "--silent", *self.extra_args]
         self.proc = ManagedProcess(
             "anvil", argv, log_path=self.workdir / f"anvil-{self.port}.log"
         ).start()
