@@ -949,7 +949,7 @@ class Store:
                     row.epoch += 1
                     row.acquired_at, row.expires_at = now, now + ttl
                 else:
-                    s.rollback()
+                    s.expunge(row)  # keep its loaded values; closing the session ends the txn
                     return False, row
                 s.add(row)
                 s.commit()
