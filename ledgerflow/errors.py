@@ -46,6 +46,7 @@ __all__ = [
     "TxVoided",
     "VerificationError",
     "WebhookError",
+    "infrastructure_error",
 ]
 
 
@@ -164,3 +165,53 @@ class WebhookError(LedgerflowError):
     def __init__(self, status: int, message: str) -> None:
         self.status = status
         super().__init__(message)
+
+
+def _family(exc: BaseException) -> str:
+    """The top-level package of the exception's class or of any of its bases."""
+    for klass in type(exc).__mro__:
+        root = klass.__module__.split(".", 1)[0]
+        if root in ("sqlalchemy", "psycopg", "sqlite3", "aiohttp", "web3", "httpx", "eth_utils"):
+            return root
+    return ""
+
+
+def infrastructure_error(exc: BaseException) -> LedgerflowError | None:
+    """A short, typed stand-in for an infrastructure library's exception, or None when
+    ``exc`` is not one (let it propagate).
+
+    The library's own text is not used where it can quote secrets or payloads: SQLAlchemy and
+    drivers (SQL, parameters), aiohttp and httpx (URLs with credentials). JSON-RPC error
+    messages from the node are kept, bounded. The original is never chained (``from None``).
+    """
+    if isinstance(exc, LedgerflowError):
+        return exc
+    family = _family(exc)
+    kind = type(exc).__name__
+    if family in ("sqlalchemy", "psycopg", "sqlite3"):
+        text = f"database error: {kind}"
+        if kind in ("OperationalError", "InterfaceError"):
+            orig = getattr(exc, "orig", exc)
+            first = str(orig).strip().splitlines()[0] if str(orig).strip() else ""
+            if first and "://" not in first:
+                text += f": {first}"
+        retry = kind not in ("ProgrammingError", "DataError", "NotSupportedError")
+        err: LedgerflowError = StoreUnavailable(bounded(text, 240))
+        err.retryable = retry
+        return err
+    if family in ("aiohttp", "httpx"):
+        status = getattr(exc, "status", None) or getattr(
+            getattr(exc, "response", None), "status_code", None
+        )
+        return RPCUnavailable(f"HTTP {status}" if status else f"network error: {kind}")
+    if isinstance(exc, TimeoutError):
+        return ChainError("timed out")
+    if family in ("web3", "eth_utils"):
+        message = getattr(exc, "message", None) or str(exc)
+        resp = getattr(exc, "rpc_response", None)
+        if isinstance(resp, dict) and isinstance(resp.get("error"), dict):
+            message = str(resp["error"].get("message", message))
+        err = ChainError(bounded(f"{kind}: {message}" if message else kind, 240))
+        err.retryable = kind not in ("Web3ValidationError", "Web3TypeError", "Web3ValueError")
+        return err
+    return None

@@ -109,7 +109,7 @@ class Settings(BaseSettings):
     # Chain
     rpc_url: str = "http://127.0.0.1:8545"
     rpc_urls: Annotated[list[str], NoDecode] = Field(
-        default_factory=list,
+        [],
         description="JSON-RPC endpoints in order of preference (comma-separated); the first "
         "healthy one is used. Empty: rpc_url alone.",
     )
@@ -142,7 +142,7 @@ class Settings(BaseSettings):
         200.0, gt=0, description="the most paid per gas (base fee + tip) on any chain"
     )
     max_fee_gwei_by_chain: dict[int, float] = Field(
-        default_factory=dict, description='per-chain maximum, JSON: {"1": 80, "8453": 1}'
+        {}, description='per-chain maximum, JSON: {"1": 80, "8453": 1}'
     )
     priority_fee_percentile: float = Field(50.0, ge=0, le=100)
     min_priority_fee_gwei: float = Field(0.01, ge=0)

@@ -358,3 +358,32 @@ def test_log_scrubbing_of_stdlib_records(capsys: pytest.CaptureFixture[str]) -> 
         configure_logging("INFO", "auto")
     err = capsys.readouterr().err
     assert "secretvalue" not in err and "sent ***" in err
+
+
+def test_infrastructure_errors_become_short_typed_errors() -> None:
+    import aiohttp
+    import sqlalchemy.exc as sa
+    from web3.exceptions import Web3RPCError, Web3ValidationError
+
+    from ledgerflow.errors import ChainError, infrastructure_error
+
+    secret = "canary-" + uuid.uuid4().hex
+    db = infrastructure_error(
+        sa.OperationalError(f"SELECT '{secret}'", {"p": secret}, Exception("server closed"))
+    )
+    assert isinstance(db, StoreUnavailable) and db.retryable
+    assert str(db) == "database error: OperationalError: server closed"
+    bad_sql = infrastructure_error(sa.ProgrammingError(f"SELECT {secret}", {}, Exception(secret)))
+    assert isinstance(bad_sql, StoreUnavailable) and not bad_sql.retryable
+    assert secret not in str(bad_sql)
+    net = infrastructure_error(aiohttp.ClientConnectionError(f"http://u:{secret}@h/"))
+    assert isinstance(net, RPCUnavailable) and secret not in str(net)
+    rpc = infrastructure_error(
+        Web3RPCError("ignored", rpc_response={"error": {"message": "insufficient funds"}})
+    )
+    assert isinstance(rpc, ChainError) and str(rpc) == "Web3RPCError: insufficient funds"
+    invalid = infrastructure_error(Web3ValidationError("bad argument"))
+    assert invalid is not None and not invalid.retryable
+    assert infrastructure_error(ValueError("mine")) is None
+    long = infrastructure_error(Web3RPCError("x", rpc_response={"error": {"message": "y" * 5000}}))
+    assert long is not None and len(str(long)) <= 240

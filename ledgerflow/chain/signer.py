@@ -64,6 +64,7 @@ from ledgerflow.errors import (
     StoreError,
     TxVoided,
     bounded,
+    infrastructure_error,
 )
 from ledgerflow.store import OutboxAttempt, OutboxTx, SenderLock, Store
 
@@ -143,6 +144,15 @@ def _is_noop(raw: str, sender: str) -> bool:
         and not HexBytes(fields.get("data") or b"")
         and to_checksum_address(fields["to"]) == sender
     )
+
+
+def _mapped(exc: Exception) -> Exception:
+    """``exc`` as a ledgerflow error when it comes from an infrastructure library (short, no
+    secrets, nothing chained); other exceptions (and ledgerflow's own) unchanged."""
+    mapped = infrastructure_error(exc)
+    if mapped is None or mapped is exc:
+        return exc
+    return mapped
 
 
 def _rpc_message(exc: Web3RPCError) -> str:
@@ -283,11 +293,15 @@ class Signer:
             ChainError: the node refused the transaction or it did not become final in time
                 (a retry continues with the same bytes).
         """
-        row = await asyncio.to_thread(self.store.outbox_get, key)
-        if row is not None:
-            return await self._until_final(row, contract, fresh=False)
-        to, data = str(call.address), str(call._encode_transaction_data())  # encoded once
-        return await self._send_new(key, to, data, value, gas, contract)
+        try:
+            row = await asyncio.to_thread(self.store.outbox_get, key)
+            if row is not None:
+                return await self._until_final(row, contract, fresh=False)
+            to, data = str(call.address), str(call._encode_transaction_data())  # encoded once
+            return await self._send_new(key, to, data, value, gas, contract)
+        except Exception as exc:
+            mapped = _mapped(exc)
+        raise mapped  # outside the handler: the library's exception is not chained
 
     async def send_tx(
         self,
@@ -300,10 +314,14 @@ class Signer:
         contract: str = "",
     ) -> Receipt:
         """:meth:`send` for a plain transaction (``to``, ``data``, ``value``)."""
-        row = await asyncio.to_thread(self.store.outbox_get, key)
-        if row is not None:
-            return await self._until_final(row, contract, fresh=False)
-        return await self._send_new(key, to, data, value, gas, contract)
+        try:
+            row = await asyncio.to_thread(self.store.outbox_get, key)
+            if row is not None:
+                return await self._until_final(row, contract, fresh=False)
+            return await self._send_new(key, to, data, value, gas, contract)
+        except Exception as exc:
+            mapped = _mapped(exc)
+        raise mapped
 
     async def close(self, key: str, reason: str = "") -> OutboxTx | None:
         """Close ``key``: its effect must not happen (any more). See
