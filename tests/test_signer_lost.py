@@ -184,7 +184,7 @@ async def test_nonce_without_a_row_is_filled(
         chain.mine()
         await asyncio.wait_for(asyncio.gather(sends[0], sends[2]), 20)
         assert chain.balance(a) == 2 and chain.nonce(signer.address) == 3
-        filler = store.outbox_get(f"nonce-gap:31337:{signer.address}:1")
+        filler = store.outbox_get(f"nonce-gap:31337:{signer.address}:{lost.nonce}")
         assert filler is not None and filler.nonce == lost.nonce
     finally:
         chain.stop()

@@ -27,6 +27,7 @@ from sqlalchemy import (
     Column,
     Index,
     UniqueConstraint,
+    bindparam,
     event,
     func,
     inspect,
@@ -815,20 +816,33 @@ class Store:
     ) -> None:
         """Set (key, status, block number, block hash, mined tx hash, its raw bytes) of several
         rows in one transaction; a None hash or raw leaves the row's current variant."""
+        table = OutboxTx.__table__  # type: ignore[attr-defined]
+        now = _now()
+        same: list[dict[str, Any]] = []
+        moved: list[dict[str, Any]] = []
+        for key, status, block, block_hash, tx_hash, raw in marks:
+            params = {"k": key, "st": status, "bn": block, "bh": block_hash, "at": now}
+            if tx_hash is not None and raw is not None:
+                moved.append(params | {"th": tx_hash, "rw": raw})
+            else:
+                same.append(params)
+        values: dict[str, Any] = {
+            "status": bindparam("st"),
+            "block_number": bindparam("bn"),
+            "block_hash": bindparam("bh"),
+            "updated_at": bindparam("at"),
+        }
         with self.session() as s:
-            for key, status, block, block_hash, tx_hash, raw in marks:
-                values: dict[str, Any] = {
-                    "status": status,
-                    "block_number": block,
-                    "block_hash": block_hash,
-                    "updated_at": _now(),
-                }
-                if tx_hash is not None and raw is not None:
-                    values |= {"tx_hash": tx_hash, "raw": raw}
-                s.exec(
-                    update(OutboxTx)  # type: ignore[call-overload]
-                    .where(col(OutboxTx.key) == key)
-                    .values(**values)
+            conn = s.connection()
+            if same:  # one statement, executed for every row
+                conn.execute(
+                    update(table).where(table.c.key == bindparam("k")).values(values), same
+                )
+            if moved:
+                stmt = update(table).where(table.c.key == bindparam("k"))
+                conn.execute(
+                    stmt.values(values | {"tx_hash": bindparam("th"), "raw": bindparam("rw")}),
+                    moved,
                 )
             s.commit()
 
