@@ -362,3 +362,33 @@ async def test_replacement_never_exceeds_the_maximum(
     for variant in store.outbox_variants(row(store, "capped:1")):
         assert _fees_of(variant.raw)[0] <= 3 * GWEI
     assert row(store, "capped:1").status == "signed" and original.nonce == 0
+
+
+# ---- heartbeats ---------------------------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("manual_mining")
+async def test_a_waiting_send_heartbeats_its_activity(
+    chain: LocalAnvil, store: Store, make_signer: MakeSigner
+) -> None:
+    """Inside a Temporal activity the runtime's heartbeat reaches Temporal while a send waits,
+    so a worker that dies in a chain step is noticed within the heartbeat timeout."""
+    from temporalio.testing import ActivityEnvironment
+
+    from ledgerflow.runtime import _activity_heartbeat
+
+    signer = make_signer(heartbeat=_activity_heartbeat, rebroadcast_every=0.2)
+    beats: list[object] = []
+    env = ActivityEnvironment()
+    env.on_heartbeat = lambda *details: beats.append(details)
+
+    async def activity() -> str:
+        receipt = await signer.send_tx("beat:1", to=recipient(), value=1)
+        return receipt.tx_hash
+
+    task = asyncio.create_task(env.run(activity))
+    await wait_for(lambda: len(beats) >= 3, what="heartbeats while pending")
+    chain.mine()
+    assert (await asyncio.wait_for(task, 20)).startswith("0x")
+    # outside an activity the same signer does not try to heartbeat
+    _activity_heartbeat()

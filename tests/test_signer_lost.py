@@ -188,3 +188,34 @@ async def test_nonce_without_a_row_is_filled(
         assert filler is not None and filler.nonce == lost.nonce
     finally:
         chain.stop()
+
+
+async def test_closing_a_pending_key_voids_its_transaction(
+    tmp_path: Path, store: Store, signers: list[Signer]
+) -> None:
+    """The owner closes a key whose transaction is still pending (its workflow compensated an
+    open that had timed out): a no-op outbids it at its nonce, and the waiting send learns that
+    the effect did not happen. Closing a key never sent means nothing will be signed for it."""
+    chain = LocalAnvil(tmp_path).start()
+    try:
+        chain.call("evm_setAutomine", False)
+        signer = new_signer(signers, chain.url, fund(chain.url), store)
+        a = addr()
+        task = asyncio.create_task(signer.send_tx("escrow.open:late", to=a, value=5))
+        await wait_until(lambda: store.outbox_get("escrow.open:late") is not None)
+        closed = await signer.close("escrow.open:late", "compensated")
+        assert closed is not None and closed.status == "signed"  # signed: it may still happen
+        await wait_until(lambda: get(store, "escrow.open:late").tx_hash != closed.tx_hash)
+        chain.mine()
+        with pytest.raises(TxVoided):
+            await asyncio.wait_for(task, 20)
+        assert chain.balance(a) == 0 and chain.nonce(signer.address) == 1
+        assert get(store, "escrow.open:late").status == "voided"
+        # a key closed before anything was signed for it: nothing ever will be
+        assert await signer.close("escrow.open:never") is None
+        chain.call("evm_setAutomine", True)
+        with pytest.raises(TxVoided, match="closed by its owner"):
+            await signer.send_tx("escrow.open:never", to=a, value=5)
+        assert store.outbox_get("escrow.open:never") is None and chain.balance(a) == 0
+    finally:
+        chain.stop()

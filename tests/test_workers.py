@@ -361,3 +361,41 @@ async def test_sqlite_lease_of_a_dead_worker_is_taken_at_once(tmp_path: Path) ->
     row = rt.store.lease_get(SQLITE_WORKER_LEASE)
     assert row is not None and row.pid == os.getpid()
     await rt.aclose()
+
+
+def test_workers_starting_together_migrate_an_empty_database(pg_url: str) -> None:
+    """Several workers start at once on an empty PostgreSQL database: they migrate one after
+    the other instead of colliding on CREATE TABLE."""
+    import threading
+
+    url = make_url(pg_url)
+    name = f"lf_test_{uuid.uuid4().hex[:12]}"
+    admin = url.set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    db = url.set(database=name).render_as_string(hide_password=False)
+    results: list[object] = []
+    barrier = threading.Barrier(6)
+
+    def start() -> None:
+        store = Store(db)
+        barrier.wait()
+        try:
+            results.append(store.migrate())
+        except Exception as exc:
+            results.append(exc)
+        finally:
+            store.engine.dispose()
+
+    try:
+        threads = [threading.Thread(target=start) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        from ledgerflow.store import SCHEMA_VERSION
+
+        assert results == [SCHEMA_VERSION] * 6
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

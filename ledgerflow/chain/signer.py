@@ -519,7 +519,8 @@ class Signer:
                 self._tx(nonce + i, s.to, s.data, s.value, s.gas, fees) for i, s in enumerate(batch)
             ]
             signed: list[tuple[_Submission, OutboxTx]] = []
-            for sub, result in zip(batch, await self._sign_all(txs), strict=True):
+            results = await self._sign_all(txs)
+            for sub, tx, result in zip(batch, txs, results, strict=True):
                 if isinstance(result, BaseException):
                     sub.future.set_exception(result)
                     continue
@@ -527,7 +528,7 @@ class Signer:
                     key=sub.key,
                     chain_id=self.chain_id,
                     sender=self.address,
-                    nonce=nonce + len(signed),
+                    nonce=tx["nonce"],
                     raw=result.raw,
                     tx_hash=result.tx_hash,
                 )
@@ -706,6 +707,7 @@ class Signer:
         next_nudge = start + (self.rebroadcast_every if fresh else 0.0)
         variant_since = start
         blocked: FeeTooHigh | None = None
+        voiding = False
         while True:
             self._beat()
             now = time.monotonic()
@@ -748,6 +750,12 @@ class Signer:
             row = await self._refresh(row)
             if row.status in ("mined", "reverted", "voided"):
                 continue  # another process settled it: the next round finds its receipt
+            if not voiding and await asyncio.to_thread(self.store.outbox_is_closed, row.key):
+                # Its owner closed the key while it is pending: outbid it with a no-op, so that
+                # whichever is mined says whether the effect happened.
+                voiding = True
+                await self._void(row)
+                continue
             underpriced = False
             try:
                 await self._broadcast(row)
@@ -756,6 +764,8 @@ class Signer:
             except ChainError as exc:
                 log.warning("rebroadcast failed", key=row.key, error=str(exc))
             await self._heal_gaps(row.nonce)
+            if voiding:
+                continue  # the no-op is the variant now; it is not replaced by the call again
             if underpriced or time.monotonic() - variant_since >= self.replace_after:
                 replaced, blocked = await self._replace(row, underpriced=underpriced)
                 if replaced is not None:

@@ -378,7 +378,24 @@ class Store:
         return self.url.startswith("sqlite")
 
     def migrate(self) -> int:
-        """Create missing tables and run pending upgrade steps; returns the schema version."""
+        """Create missing tables and run pending upgrade steps; returns the schema version.
+
+        On PostgreSQL, processes starting together migrate one after the other (an advisory
+        lock), so many workers can start at once on an empty database.
+        """
+        if self.is_sqlite:
+            return self._migrate()
+        with self.engine.connect() as conn:
+            key = _advisory_key("migrate")
+            conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
+            conn.commit()
+            try:
+                return self._migrate()
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                conn.commit()
+
+    def _migrate(self) -> int:
         SQLModel.metadata.create_all(self.engine)
         with Session(self.engine) as s:
             row = s.get(SchemaVersion, 1)
