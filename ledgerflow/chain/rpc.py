@@ -12,10 +12,11 @@ Every call ledgerflow makes is safe to repeat on another node: reads, and
 ``eth_sendRawTransaction`` of bytes that are already signed (a node that has them answers
 "already known"). No method that makes the node sign (``eth_sendTransaction``) goes through here.
 
-Written here rather than taken from web3: web3.py has no failover provider for asyncio, and its
-``AsyncHTTPProvider`` opens a new TCP connection per request and quotes its URL (with any API
-key in it) in log lines and errors. This one keeps connections alive, and no URL leaves it
-unredacted.
+Written here rather than taken from a library: web3.py has no failover provider, and the async
+providers of Lido's ``web3-multi-provider`` (2.x) are not in the package index this project
+installs from (only its sync 1.0). web3's ``AsyncHTTPProvider`` also opens a new TCP connection
+per request and quotes its URL, with any API key in it, in its log lines. This one keeps
+connections alive, checks each endpoint's chain id, and no URL leaves it unredacted.
 """
 
 from __future__ import annotations
