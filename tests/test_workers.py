@@ -399,3 +399,38 @@ def test_workers_starting_together_migrate_an_empty_database(pg_url: str) -> Non
     finally:
         with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.mark.parametrize("dialect", ["sqlite", "postgres"])
+def test_schema_1_store_is_upgraded_in_place(dialect: str, tmp_path: Path, request: Any) -> None:
+    """A store created by schema 1 (the outbox without block hashes, none of the new tables)
+    keeps its rows and gains what schema 2 adds."""
+    from sqlalchemy import inspect, text
+
+    from ledgerflow.store import SCHEMA_VERSION, OutboxTx
+
+    db = f"sqlite:///{tmp_path}/v1.db" if dialect == "sqlite" else request.getfixturevalue("pg_db")
+    store = Store(db)
+    store.migrate()
+    store.outbox_put(
+        OutboxTx(key="old:1", chain_id=1, sender="0xA", nonce=0, raw="0x02", tx_hash="0x01")
+    )
+    with store.engine.begin() as conn:  # back to schema 1
+        for table in ("outbox_attempts", "outbox_closures", "signer_nonces", "leases"):
+            conn.execute(text(f"DROP TABLE {table}"))
+        conn.execute(text("ALTER TABLE outbox DROP COLUMN block_hash"))
+        conn.execute(text("ALTER TABLE outbox DROP COLUMN updated_at"))
+        conn.execute(text("UPDATE ledgerflow_schema SET version = 1"))
+    store.engine.dispose()
+    upgraded = Store(db)
+    assert upgraded.migrate() == SCHEMA_VERSION
+    columns = {c["name"] for c in inspect(upgraded.engine).get_columns("outbox")}
+    assert {"block_hash", "updated_at"} <= columns
+    assert {"outbox_attempts", "outbox_closures", "signer_nonces", "leases"} <= set(
+        inspect(upgraded.engine).get_table_names()
+    )
+    row = upgraded.outbox_get("old:1")
+    assert row is not None and row.status == "signed" and row.block_hash is None
+    upgraded.outbox_mark("old:1", "mined", 7, block_hash="0x" + "ab" * 32)
+    assert upgraded.outbox_get("old:1").block_hash == "0x" + "ab" * 32  # type: ignore[union-attr]
+    upgraded.engine.dispose()

@@ -371,7 +371,9 @@ class Store:
             event.listen(self.engine, "connect", _sqlite_pragmas)
 
     def __repr__(self) -> str:
-        return f"Store({redact_url(self.url) if '://' in self.url else '***'})"
+        if self.is_sqlite:
+            return f"Store({self.url})"  # a file path: nothing secret in it
+        return f"Store({redact_url(self.url)})"
 
     @property
     def is_sqlite(self) -> bool:
