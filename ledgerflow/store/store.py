@@ -28,6 +28,7 @@ from sqlalchemy import (
     Index,
     UniqueConstraint,
     bindparam,
+    case,
     event,
     func,
     inspect,
@@ -734,10 +735,14 @@ class Store:
 
     @staticmethod
     def _set_next_nonce(session: Session, chain_id: int, sender: str, next_nonce: int) -> None:
+        # The counter only grows: a value below it (a stale cache) leaves it as it is.
+        grown = case(
+            (col(SignerNonce.next_nonce) < next_nonce, next_nonce), else_=SignerNonce.next_nonce
+        )
         done = session.exec(
             update(SignerNonce)  # type: ignore[call-overload]
             .where(col(SignerNonce.chain_id) == chain_id, col(SignerNonce.sender) == sender)
-            .values(next_nonce=next_nonce, updated_at=_now())
+            .values(next_nonce=grown, updated_at=_now())
         )
         if done.rowcount == 0:
             session.add(SignerNonce(chain_id=chain_id, sender=sender, next_nonce=next_nonce))
@@ -745,7 +750,7 @@ class Store:
 
     def next_nonce(self, session: Session, chain_id: int, sender: str) -> int | None:
         """The sender's next nonce as the processes sharing its key recorded it (None: never)."""
-        row = session.get(SignerNonce, (chain_id, sender))
+        row = session.get(SignerNonce, (chain_id, sender), populate_existing=True)
         return None if row is None else int(row.next_nonce)
 
     def set_next_nonce(self, session: Session, chain_id: int, sender: str, value: int) -> None:
