@@ -222,18 +222,25 @@ def test_a_value_and_its_file_together_are_refused(
     secret.write_text("0xabc\n")
     monkeypatch.setenv("LEDGERFLOW_AGENT_KEY", "0xdef")
     monkeypatch.setenv("LEDGERFLOW_AGENT_KEY_FILE", str(secret))
-    with pytest.raises(ConfigError, match="set LEDGERFLOW_AGENT_KEY or LEDGERFLOW_AGENT_KEY_FILE"):
+    with pytest.raises(
+        ConfigError, match="LEDGERFLOW_AGENT_KEY and LEDGERFLOW_AGENT_KEY_FILE are both set"
+    ):
         _settings()
 
 
-def test_unreadable_or_empty_secret_files_are_clear_errors(tmp_path: Path) -> None:
+def test_unreadable_or_empty_secret_files_are_clear_errors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     missing = tmp_path / "nope"
-    with pytest.raises(ConfigError, match=r"LEDGERFLOW_WEBHOOK_SECRET_FILE=.*nope cannot be read"):
-        _settings(webhook_secret_file=missing)
+    monkeypatch.setenv("LEDGERFLOW_WEBHOOK_SECRET_FILE", str(missing))
+    with pytest.raises(ConfigError, match=r"cannot read LEDGERFLOW_WEBHOOK_SECRET_FILE \(.*nope\)"):
+        _settings()
+    monkeypatch.delenv("LEDGERFLOW_WEBHOOK_SECRET_FILE")
     empty = tmp_path / "empty"
     empty.write_text("\n")
+    monkeypatch.setenv("LEDGERFLOW_OPENAI_API_KEY_FILE", str(empty))
     with pytest.raises(ConfigError, match="is empty"):
-        _settings(openai_api_key_file=empty)
+        _settings()
 
 
 def test_the_cli_reports_a_bad_secret_file_in_one_line(tmp_path: Path) -> None:
@@ -251,4 +258,4 @@ def test_the_cli_reports_a_bad_secret_file_in_one_line(tmp_path: Path) -> None:
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
-    assert "LEDGERFLOW_ORCHESTRATOR_KEY_FILE=" in lines[0] and "cannot be read" in lines[0]
+    assert "cannot read LEDGERFLOW_ORCHESTRATOR_KEY_FILE (" in lines[0]

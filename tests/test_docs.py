@@ -40,6 +40,8 @@ OWNED = [*GUIDE, COMPOSE, DOCKERFILE, ROOT / "docker" / "healthcheck.py"]
 FIXED_COMMANDS = {"up", "worker", "api", "deploy", "start", "status", "verify", "proof", "bench"}
 
 SETTING_VARS = {f"LEDGERFLOW_{name.upper()}" for name in Settings.model_fields}
+#: Every setting can also be read from a file named by its variable plus ``_FILE``.
+FILE_VARS = {f"{name}_FILE" for name in SETTING_VARS}
 #: LEDGERFLOW_ names the docs may mention that are not settings: read by the test suite only.
 TEST_ONLY_VARS = {"LEDGERFLOW_TEST_PG_URL", "LEDGERFLOW_BATTERY_DIR"}
 VAR_RE = re.compile(r"\bLEDGERFLOW_[A-Z0-9_]+")
@@ -195,7 +197,7 @@ def test_procurement_doc_examples_are_valid_requests() -> None:
 
 @pytest.mark.parametrize("doc", [*MARKDOWN, COMPOSE, DOCKERFILE], ids=lambda p: p.name)
 def test_every_ledgerflow_variable_mentioned_is_a_setting(doc: Path) -> None:
-    unknown = set(VAR_RE.findall(doc.read_text())) - SETTING_VARS - TEST_ONLY_VARS
+    unknown = set(VAR_RE.findall(doc.read_text())) - SETTING_VARS - FILE_VARS - TEST_ONLY_VARS
     assert not unknown, f"{doc.name} names variables that are not settings: {sorted(unknown)}"
 
 

@@ -10,6 +10,10 @@ unfinished batch is resumed: the outbox rebroadcasts the same signed bytes, and 
 registry already holds (``CheckpointRootAlreadyAnchored``) is recorded as done, its seals with it
 (they were events of that same transaction). So every pending hash and every seal is anchored
 exactly once.
+
+Among many workers one anchorer at a time holds the ``anchorer`` lease (see
+:mod:`ledgerflow.store.lease`); the others wait and take over within a lease lifetime when the
+holder dies, resuming the batches it left.
 """
 
 from __future__ import annotations
@@ -26,8 +30,12 @@ from ledgerflow.checkpoint.records import leaf_hash, leaf_hash_v2
 from ledgerflow.errors import ContractRevert
 from ledgerflow.runtime import Runtime
 from ledgerflow.store import AnchorRow, SealRow
+from ledgerflow.store.lease import Lease
 
-__all__ = ["Anchorer", "build_batch", "seal_only_root"]
+__all__ = ["ANCHORER_LEASE", "Anchorer", "build_batch", "seal_only_root"]
+
+#: The lease one anchorer holds among all workers sharing the store.
+ANCHORER_LEASE = "anchorer"
 
 log = structlog.get_logger(__name__)
 
@@ -74,11 +82,33 @@ class Anchorer:
         self.max_wait = max_wait
         self.poll = poll
         self.anchored_roots = 0
+        self.lease = Lease(runtime.store, ANCHORER_LEASE, ttl=runtime.settings.lease_seconds)
 
     async def run(self, stop: asyncio.Event) -> None:
+        """Anchor while holding the anchorer lease, until ``stop`` is set."""
+        await self.lease.acquire()
+        self.lease.keep()
+        try:
+            await self._run(stop)
+        finally:
+            await self.lease.release()
+
+    async def _run(self, stop: asyncio.Event) -> None:
         unfinished = True  # batches claimed by an earlier process, or by a failed attempt
+        waiting_logged = False
         while not stop.is_set():
             try:
+                if not self.lease.held:
+                    if not waiting_logged and self.lease.current is not None:
+                        log.info(
+                            "another anchorer holds the lease; standing by",
+                            holder=self.lease.current.holder,
+                        )
+                        waiting_logged = True
+                    unfinished = True  # when it comes to us, the last holder may have left some
+                    await asyncio.wait_for(stop.wait(), min(1.0, self.lease.ttl / 3))
+                    continue
+                waiting_logged = False
                 if unfinished:
                     await self.resume()
                     unfinished = False

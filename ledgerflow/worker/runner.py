@@ -93,10 +93,15 @@ async def run_worker(settings: Settings, stop: asyncio.Event, *, anchorer: bool 
     """Run the worker (and the anchorer) until ``stop`` is set."""
     runtime = Runtime(settings)
     await asyncio.to_thread(runtime.store.migrate)
+    await runtime.claim_store()  # SQLite: one worker per store, and it says who has it
     client = await connect(settings)
     await ensure_search_attributes(client, client.namespace)
     worker = build_worker(client, runtime, task_queue=settings.task_queue)
-    tasks = [asyncio.create_task(worker.run(), name="worker")]
+    tasks = [
+        asyncio.create_task(worker.run(), name="worker"),
+        # lost blocks, nonce gaps and orphaned sends: at start, then periodically
+        asyncio.create_task(runtime.serve(stop), name="chain-check"),
+    ]
     if anchorer:
         batcher = Anchorer(
             runtime,
@@ -118,6 +123,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event, *, anchorer: bool 
     for t in tasks:
         with contextlib.suppress(asyncio.CancelledError):
             await t
+    await runtime.aclose()
     if failed is not None:
         error = failed.exception() if not failed.cancelled() else None
         raise StackError(
