@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from Crypto.Hash import keccak as _keccak
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_serializer
@@ -30,6 +30,7 @@ __all__ = [
     "Bytes32",
     "ErrorType",
     "EscrowStatus",
+    "EvolvingModel",
     "NoEffect",
     "StrictModel",
     "TxEvent",
@@ -171,15 +172,36 @@ class TxEvent(StrictModel):
     log_index: int
 
 
-class TxResult(StrictModel):
+class EvolvingModel(StrictModel):
+    """A model that gained fields after runs were recorded with it.
+
+    Step inputs and outputs are hashed from their canonical encoding. A value decoded from an
+    older workflow history lacks the fields added since; left unset, those fields are not
+    serialized, so the value encodes (and hashes) exactly as it was recorded and the history
+    replays. Fields set explicitly, ``None`` included, are serialized as usual.
+    """
+
+    #: The fields added after the model was first recorded.
+    __added_fields__: ClassVar[frozenset[str]] = frozenset()
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_added(self, handler: Any) -> Any:
+        data = handler(self)
+        if isinstance(data, dict) and self.__added_fields__:
+            for name in self.__added_fields__ - self.model_fields_set:
+                data.pop(name, None)
+        return data
+
+
+class TxResult(EvolvingModel):
     """A state-changing chain step's output: the transaction that made the effect.
 
     Version 2 (checkpoint spec, section 5.5) adds ``block_hash``, ``to`` and ``event``, so a
-    verifier can find the receipt and the log that prove the effect. Runs recorded before them
-    hashed the four version 1 members only: a TxResult decoded from such a history leaves the
-    version 2 members unset, and unset they are not serialized, so its canonical encoding (and
-    the step hash recomputed on replay) stays what it was.
+    verifier can find the receipt and the log that prove the effect; a TxResult decoded from a
+    version 1 history leaves them unset (see :class:`EvolvingModel`).
     """
+
+    __added_fields__ = frozenset({"block_hash", "to", "event"})
 
     tx_hash: str
     block_number: int
@@ -188,15 +210,6 @@ class TxResult(StrictModel):
     gas_used: int
     already_done: bool = False
     event: TxEvent | None = None
-
-    @model_serializer(mode="wrap")
-    def _omit_unset_v2(self, handler: Any) -> Any:
-        data = handler(self)
-        if isinstance(data, dict):
-            for name in ("block_hash", "to", "event"):
-                if name not in self.model_fields_set:
-                    data.pop(name, None)
-        return data
 
 
 class NoEffect(StrictModel):

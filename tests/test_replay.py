@@ -8,6 +8,7 @@ intentional, versioned change with ``LEDGERFLOW_RECORD_HISTORIES=1 make test``.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import uuid
@@ -54,10 +55,39 @@ def test_every_workflow_has_a_stored_history() -> None:
         assert name in stored, f"no stored history for {name}: record one"
 
 
+def test_every_checkpointed_workflow_has_a_spec_v2_history() -> None:
+    """New runs take the spec v2 path (workflow.patched): each checkpointed workflow needs a
+    stored history of that path too, beside its version 1 histories."""
+    from ledgerflow.flow import CheckpointedWorkflow
+    from ledgerflow.flow.ledger import SPEC_V2_PATCH
+
+    def patches(events: list[dict[str, Any]]) -> set[str]:
+        out = set()
+        for event in events:
+            marker = event.get("markerRecordedEventAttributes") or {}
+            if marker.get("markerName") != "core_patch":
+                continue
+            for payload in marker["details"]["patch-data"]["payloads"]:
+                out.add(json.loads(base64.b64decode(payload["data"]))["id"])
+        return out
+
+    v2 = set()
+    for p in HISTORIES.glob("*.json"):
+        events = json.loads(p.read_text())["events"]
+        if SPEC_V2_PATCH in patches(events):
+            started = events[0]["workflowExecutionStartedEventAttributes"]
+            v2.add(started["workflowType"]["name"])
+    for cls in workflow_classes():
+        if issubclass(cls, CheckpointedWorkflow):
+            name = cls.__temporal_workflow_definition.name  # type: ignore[attr-defined]
+            assert name in v2, f"no spec v2 history for {name}: record one"
+
+
 @pytest.mark.parametrize("mode", ["batched", "per-step"])
 async def test_fresh_history_replays(stack: Stack, mode: str) -> None:
     # The file name is the workflow id: hashes in the history depend on it.
-    wf_id = f"procurement-{mode}-{uuid.uuid4().hex[:8]}"
+    # Recorded under the current checkpoint spec (v2); the version 1 histories stay as recorded.
+    wf_id = f"procurement-v2-{mode}-{uuid.uuid4().hex[:8]}"
     await stack.client.start(
         "ProcurementWorkflow",
         ProcurementRequest(sku="WIDGET-42", quantity=2, anchor_mode=mode),  # type: ignore[arg-type]
@@ -69,7 +99,7 @@ async def test_fresh_history_replays(stack: Stack, mode: str) -> None:
     history = await stack.client.temporal.get_workflow_handle(wf_id).fetch_history()
     await _replayer().replay_workflow(history)
     if os.environ.get("LEDGERFLOW_RECORD_HISTORIES") == "1":
-        for old in HISTORIES.glob(f"procurement-{mode}-*.json"):
+        for old in HISTORIES.glob(f"procurement-v2-{mode}-*.json"):
             old.unlink()
         (HISTORIES / f"{wf_id}.json").write_text(history.to_json())
 
@@ -127,7 +157,7 @@ async def _wait_awaiting(handle: Any, what: str, timeout: float = 60) -> None:
 @pytest.mark.parametrize("scenario", sorted(_SCENARIOS))
 async def test_fresh_history_replays_invoice_and_content(stack: Stack, scenario: str) -> None:
     workflow_type, data, update = _SCENARIOS[scenario]
-    wf_id = f"{scenario}-{uuid.uuid4().hex[:8]}"
+    wf_id = f"{scenario}-v2-{uuid.uuid4().hex[:8]}"
     await stack.client.start(workflow_type, data, workflow_id=wf_id)
     handle = stack.client.temporal.get_workflow_handle(wf_id)
     if update is not None:
@@ -138,7 +168,7 @@ async def test_fresh_history_replays_invoice_and_content(stack: Stack, scenario:
     history = await handle.fetch_history()
     await _replayer().replay_workflow(history)
     if os.environ.get("LEDGERFLOW_RECORD_HISTORIES") == "1":
-        for old in HISTORIES.glob(f"{scenario}-*.json"):
+        for old in HISTORIES.glob(f"{scenario}-v2-*.json"):
             old.unlink()
         (HISTORIES / f"{wf_id}.json").write_text(history.to_json())
 
@@ -159,7 +189,7 @@ async def test_fresh_history_replays_bench(stack: Stack, mode: str) -> None:
         workflows=[BenchWorkflow],
         activities=[bench_step, *CheckpointActivities(stack.runtime).all()],
     )
-    wf_id = f"bench-{mode}-{uuid.uuid4().hex[:8]}"
+    wf_id = f"bench-v2-{mode}-{uuid.uuid4().hex[:8]}"
     async with worker:
         handle = await stack.client.temporal.start_workflow(
             "BenchWorkflow",
@@ -171,6 +201,6 @@ async def test_fresh_history_replays_bench(stack: Stack, mode: str) -> None:
     history = await handle.fetch_history()
     await _replayer().replay_workflow(history)
     if os.environ.get("LEDGERFLOW_RECORD_HISTORIES") == "1":
-        for old in HISTORIES.glob(f"bench-{mode}-*.json"):
+        for old in HISTORIES.glob(f"bench-v2-{mode}-*.json"):
             old.unlink()
         (HISTORIES / f"{wf_id}.json").write_text(history.to_json())

@@ -28,8 +28,16 @@ with workflow.unsafe.imports_passed_through():
         classify_content,
         find_policy_terms,
     )
-    from ledgerflow.flow import CheckpointedWorkflow, Run, RunState, register, update_handler
+    from ledgerflow.flow import (
+        CheckpointedWorkflow,
+        Run,
+        RunState,
+        register,
+        search,
+        update_handler,
+    )
     from ledgerflow.flow.ledger import failure_output
+    from ledgerflow.flow.workflow import ledger_details
     from ledgerflow.types import AnchorMode, StrictModel
 
 __all__ = [
@@ -120,6 +128,37 @@ class ContentProvenanceWorkflow(CheckpointedWorkflow):
         pending_message="no review is pending for this content",
     )
 
+    @classmethod
+    def describe(cls, request: ContentRequest) -> tuple[str, str]:
+        title = request.title[:120]
+        summary = f"Register the provenance of '{title}'"
+        details = (
+            f"**Register '{title}'**"
+            + (f" by {request.author}" if request.author else "")
+            + ": hash its canonical form, classify it (an LLM bounded by policy-term rules), "
+            "ask a human when it is flagged, and anchor the verdict."
+        )
+        return summary, details
+
+    def current_details(self) -> str:
+        st = self.state
+        lines = [f"**{st.phase}**"]
+        if st.content_hash:
+            lines.append(f"Content hash `{st.content_hash}`")
+        if st.category is not None:
+            flag = "flagged: " + ", ".join(st.policy_terms) if st.flagged else "not flagged"
+            lines.append(f"**Classification**: {st.category} ({flag})")
+        if st.awaiting == "review":
+            lines.append("**Waiting for** a reviewer's `review` Update (approve or reject)")
+        run = self._run
+        if run is not None and run.finished:
+            lines.append(f"**Outcome**: {run.outcome}" + (f": {run.reason}" if run.reason else ""))
+        return "\n\n".join(lines) + "\n\n" + "\n".join(ledger_details(run))
+
+    def search_fields(self) -> dict[str, object]:
+        reviewer = self._run.fields.get("reviewed_by") if self._run is not None else None
+        return {"approver": reviewer} if reviewer and reviewer != "auto" else {}
+
     @workflow.run
     async def run(self, request: ContentRequest) -> ContentResult:
         async with self.checkpointed(request) as run:
@@ -131,6 +170,8 @@ class ContentProvenanceWorkflow(CheckpointedWorkflow):
         st.phase = "hashing"
         canon = await run.step(canonicalize, request.document())
         st.content_hash = canon.content_hash
+        if run.v2:
+            workflow.upsert_search_attributes([search.SUBJECT.value_set(canon.content_hash)])
 
         st.phase = "classifying"
         result: dict[str, Any] = {

@@ -36,6 +36,7 @@ with workflow.unsafe.imports_passed_through():
     from ledgerflow.activities.procurement import OrderRef
     from ledgerflow.flow import CheckpointedWorkflow, Run, RunState, register, update_handler
     from ledgerflow.flow.ledger import failure_output
+    from ledgerflow.flow.workflow import ledger_details, tokens
     from ledgerflow.types import AnchorMode, StrictModel, eip55
 
 __all__ = [
@@ -169,6 +170,44 @@ class InvoiceReconciliationWorkflow(CheckpointedWorkflow):
         reply=lambda d: "accepted" if d.action == "accept" else "rejected",
         pending_message="no resolution is pending for this invoice",
     )
+
+    @classmethod
+    def describe(cls, request: InvoiceRequest) -> tuple[str, str]:
+        order = request.order_id or request.procurement_workflow_id or "no order"
+        summary = f"Reconcile invoice {request.invoice_number} ({tokens(request.total)})"
+        details = (
+            f"**Reconcile invoice {request.invoice_number}** of {tokens(request.total)} "
+            f"({len(request.lines)} line(s)) against escrow order `{order}`: deterministic facts, "
+            f"an LLM classification bounded by rules, and a human for anything but a match."
+        )
+        return summary, details
+
+    def subject(self, request: InvoiceRequest) -> str:
+        self._total = request.total
+        self._supplier = request.supplier
+        return request.invoice_number
+
+    def search_fields(self) -> dict[str, object]:
+        fields: dict[str, object] = {"amount": getattr(self, "_total", 0)}
+        if getattr(self, "_supplier", None):
+            fields["counterparty"] = self._supplier
+        resolver = self._run.fields.get("resolved_by") if self._run is not None else None
+        if resolver:
+            fields["approver"] = resolver
+        return fields
+
+    def current_details(self) -> str:
+        st = self.state
+        lines = [f"**{st.phase}**", f"Invoice `{st.invoice_number}`, order `{st.order_id}`"]
+        if st.classification:
+            lines.append(f"**Classification**: {st.classification}")
+            lines += [f"- {r}" for r in st.reasons[:8]]
+        if st.awaiting == "resolution":
+            lines.append("**Waiting for** a human's `resolve` Update (accept or reject)")
+        run = self._run
+        if run is not None and run.finished:
+            lines.append(f"**Outcome**: {run.outcome}" + (f": {run.reason}" if run.reason else ""))
+        return "\n\n".join(lines) + "\n\n" + "\n".join(ledger_details(run))
 
     @workflow.run
     async def run(self, request: InvoiceRequest) -> InvoiceResult:

@@ -19,6 +19,7 @@ from temporalio.exceptions import ActivityError
 with workflow.unsafe.imports_passed_through():
     from ledgerflow.activities.procurement import (
         DecisionRequest,
+        DecisionResult,
         EscrowRequest,
         GrantRequest,
         OrderRef,
@@ -40,6 +41,7 @@ with workflow.unsafe.imports_passed_through():
         signal_handler,
         update_handler,
     )
+    from ledgerflow.flow.workflow import ledger_details, tokens
     from ledgerflow.types import AnchorMode, StrictModel
 
 __all__ = [
@@ -149,6 +151,80 @@ class ProcurementWorkflow(CheckpointedWorkflow):
     )
     confirm_delivery = signal_handler("confirm_delivery", DeliveryConfirmation, into="delivery")
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._decision: DecisionResult | None = None
+        self._check: PolicyCheck | None = None
+        self._request: ProcurementRequest | None = None
+        self._approver: str | None = None
+
+    # ---- what the Temporal UI shows ---------------------------------------------------------
+
+    @classmethod
+    def describe(cls, request: ProcurementRequest) -> tuple[str, str]:
+        what = (
+            f"{request.quantity} x {request.sku}"
+            if request.quantity
+            else (f"the shortfall of {request.sku}")
+        )
+        summary = f"Buy {what} within the on-chain policy"
+        details = (
+            f"**Buy {what}** from the supplier the agent chooses among the marketplace's offers, "
+            f"paid into escrow under the on-chain AgentPolicy.\n\n"
+            f"- lead time at most {request.max_lead_time_days} days\n"
+            f"- over the per-transaction cap: a human approves within "
+            f"{request.approval_timeout_seconds // 3600 or 1} h, or the purchase is rejected\n"
+            f"- delivery confirmed within {request.delivery_deadline_seconds // 86400 or 1} "
+            f"day(s), or the escrow is refunded"
+            + (f"\n- started by `{request.trigger}`" if request.trigger else "")
+        )
+        return summary, details
+
+    def subject(self, request: ProcurementRequest) -> str:
+        self._request = request
+        return request.sku
+
+    def search_fields(self) -> dict[str, object]:
+        fields: dict[str, object] = {}
+        if self._decision is not None:
+            fields["counterparty"] = self._decision.supplier
+            fields["amount"] = self._decision.total
+        if self._approver:
+            fields["approver"] = self._approver
+        return fields
+
+    def current_details(self) -> str:
+        st = self.state
+        lines = [f"**{st.phase}**"]
+        waiting = {
+            "approval": "a human approval (Update `approve` or `reject`)",
+            "delivery": "the supplier's delivery confirmation (Signal `confirm_delivery`)",
+        }.get(st.awaiting or "")
+        if waiting:
+            lines.append(f"**Waiting for** {waiting}{self._why_waiting()}")
+        d = self._decision
+        if d is not None:
+            lines.append(
+                f"**Decision** ({d.meta.provider}:{d.meta.model}): {d.decision.quantity} x "
+                f"{self._request.sku if self._request else ''} at {tokens(d.decision.unit_price)} "
+                f"= **{tokens(d.total)}** from `{d.supplier}`\n\n> {d.decision.rationale}"
+            )
+        run = self._run
+        if run is not None and run.finished:
+            lines.append(f"**Outcome**: {run.outcome}" + (f": {run.reason}" if run.reason else ""))
+        return "\n\n".join(lines) + "\n\n" + "\n".join(ledger_details(run))
+
+    def _why_waiting(self) -> str:
+        check = self._check
+        if self.state.awaiting == "approval" and check is not None and self._decision is not None:
+            return (
+                f": {tokens(self._decision.total)} is over the per-transaction cap of "
+                f"{tokens(check.per_tx_cap)} ({check.error})"
+            )
+        if self.state.awaiting == "delivery" and self._request is not None:
+            return f" within {self._request.delivery_deadline_seconds // 3600 or 1} h"
+        return ""
+
     @workflow.run
     async def run(self, request: ProcurementRequest) -> ProcurementResult:
         info = workflow.info()
@@ -184,6 +260,7 @@ class ProcurementWorkflow(CheckpointedWorkflow):
             decision = await run.step(choose_supplier_activity, decision_request)
         except ActivityError as err:
             raise run.stop("rejected", f"no usable decision: {reason_of(err)}") from None
+        self._decision = decision
         supplier, total = decision.supplier, decision.total
         run.fields.update(
             supplier=supplier,
@@ -197,9 +274,10 @@ class ProcurementWorkflow(CheckpointedWorkflow):
         st.phase = "policy-check"
         check_req = PolicyCheckRequest(supplier=supplier, amount=total, order_id=order_id)
         check = await run.step(Activities.precheck, check_req)
+        self._check = check
         if not check.ok and check.error in ESCALATING_ERRORS:
             approver = await self._escalate(run, req, check)
-            run.fields["approved_by"] = approver.approver
+            run.fields["approved_by"] = self._approver = approver.approver
             grant = GrantRequest(
                 order_id=order_id, supplier=supplier, amount=total, approver=approver.approver
             )
@@ -247,6 +325,7 @@ class ProcurementWorkflow(CheckpointedWorkflow):
             )
             raise run.stop("rejected", "approval timed out")
         approved, decision = self.received("approval")
+        self._approver = decision.approver
         run.record(
             "update",
             "approval.approve" if approved else "approval.reject",

@@ -30,6 +30,7 @@ import psutil
 import structlog
 
 from ledgerflow.errors import StackError
+from ledgerflow.flow import search as flow_search
 
 __all__ = [
     "SEARCH_ATTRIBUTES",
@@ -52,11 +53,7 @@ __all__ = [
 log = structlog.get_logger(__name__)
 
 #: Custom search attributes registered when the dev server starts, so operators can filter runs.
-SEARCH_ATTRIBUTES = {
-    "LedgerflowStatus": "Keyword",
-    "LedgerflowAnchorState": "Keyword",
-    "LedgerflowAnchorMode": "Keyword",
-}
+SEARCH_ATTRIBUTES = flow_search.SEARCH_ATTRIBUTES
 
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 _POLL_SECONDS = 0.05

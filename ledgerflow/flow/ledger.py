@@ -20,12 +20,12 @@ each record exactly once.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
 from typing import Any, TypeVar
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy, SearchAttributeKey
+from temporalio.common import RetryPolicy, SearchAttributeKey, SearchAttributeUpdate
 from temporalio.exceptions import ActivityError, ApplicationError, TimeoutError
 
 with workflow.unsafe.imports_passed_through():
@@ -264,7 +264,14 @@ class Ledger:
         self.anchored = ack.anchored or (self.mode == "per-step" and not self.pending)
         return ack
 
-    async def finish(self, status: str, *, outcome: str | None = None, reason: str = "") -> None:
+    async def finish(
+        self,
+        status: str,
+        *,
+        outcome: str | None = None,
+        reason: str = "",
+        search: Sequence[SearchAttributeUpdate[Any]] = (),
+    ) -> None:
         """Flush what is left, mark the run finished and (by default) wait for its anchoring.
 
         A version 2 run first records its outcome step (``run.outcome``), then seals: the seal
@@ -283,5 +290,6 @@ class Ledger:
                 _sa_status.value_set(status),
                 _sa_anchor_state.value_set("anchored" if self.anchored else "pending"),
                 _sa_anchor_mode.value_set(self.mode),
+                *search,
             ]
         )

@@ -46,6 +46,7 @@ from temporalio.exceptions import ActivityError, ApplicationError
 
 from ledgerflow.checkpoint.canonical import hash_obj, to_hex
 from ledgerflow.checkpoint.records import StepKind
+from ledgerflow.flow import search
 from ledgerflow.flow.activity import StepMeta, step_meta
 from ledgerflow.flow.ledger import SPEC_V2_PATCH, Ledger, failure_output
 from ledgerflow.flow.steps import (
@@ -73,8 +74,10 @@ __all__ = [
     "RunState",
     "Saga",
     "Stop",
+    "ledger_details",
     "reason_of",
     "signal_handler",
+    "tokens",
     "update_handler",
 ]
 
@@ -219,6 +222,35 @@ class CheckpointedWorkflow:
             self.state.head = self._run.ledger.head
         return self.state
 
+    # ---- what the Temporal UI shows (override per workflow) -------------------------------------
+
+    @classmethod
+    def describe(cls, request: Any) -> tuple[str, str]:
+        """The static summary (one line, the runs list) and details (Markdown, the run page) a
+        starter sets for ``request`` (the SDK, CLI, webhooks and the watcher use this)."""
+        name = cls.__temporal_workflow_definition.name  # type: ignore[attr-defined]
+        return name, f"**{name}**"
+
+    def subject(self, request: Any) -> str | None:
+        """What the run is about, for the ``LedgerflowSubject`` search attribute."""
+        return None
+
+    def search_fields(self) -> dict[str, Any]:
+        """Known values of ``counterparty`` (str), ``amount`` (int) and ``approver`` (str)."""
+        return {}
+
+    def current_details(self) -> str:
+        """Markdown the run page shows as its current details (phase, waits, ledger)."""
+        return _default_details(self)
+
+    def refresh_details(self) -> None:
+        """Show :meth:`current_details` in the UI now (not a command: free for replay)."""
+        try:
+            text = self.current_details()
+        except Exception as exc:  # a bug in a details renderer must never fail the run
+            text = f"(details unavailable: {type(exc).__name__})"
+        workflow.set_current_details(text[:20_000])
+
     def checkpointed(self, request: Any) -> Run:
         """The checkpointed region of the run (``async with self.checkpointed(req) as run``).
 
@@ -325,6 +357,8 @@ class Run(Generic[ResultT]):
         #: Names of the compensations that ran, in the order they ran.
         self.compensated: list[str] = []
         self.v2 = False
+        #: Set when the run has ended (its outcome is final).
+        self.finished = False
 
     # -- the region --
 
@@ -337,40 +371,80 @@ class Run(Generic[ResultT]):
         self.ledger = Ledger(mode, wait_for_anchor=wait, spec=2 if self.v2 else 1)
         if self.v2:
             await self.ledger.open()
+            subject = self.workflow.subject(self.request)
+            workflow.upsert_search_attributes(
+                [
+                    search.STATUS.value_set("running"),
+                    search.ANCHOR_MODE.value_set(self.ledger.mode),
+                    *([search.SUBJECT.value_set(subject[:256])] if subject else []),
+                ]
+            )
+        self.workflow.refresh_details()
         return self
 
     async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
         ledger = self._ledger
         state = self.workflow.state
+        self.finished = True
         if exc is None:
             pass
         elif isinstance(exc, Stop):
             self.outcome, self.reason = exc.outcome, exc.reason
         elif isinstance(exc, _CompensationFailed):
+            self.outcome, self.reason = "compensation-failed", exc.reason
             await ledger.finish(
-                "compensation-failed", reason=f"{exc.reason}; then {reason_of(exc.failure)}"
+                "compensation-failed",
+                reason=f"{exc.reason}; then {reason_of(exc.failure)}",
+                search=self._final_search("compensation-failed"),
             )
+            self.workflow.refresh_details()
             raise ApplicationError(
                 f"compensation failed after {exc.reason}: {reason_of(exc.failure)}; needs a human",
                 type=ErrorType.COMPENSATION_FAILED,
                 non_retryable=True,
             ) from exc.failure
         elif isinstance(exc, asyncio.CancelledError):
-            await ledger.finish("cancelled", reason="cancelled")
+            self.outcome, self.reason = "cancelled", "cancelled"
+            await ledger.finish(
+                "cancelled", reason="cancelled", search=self._final_search("cancelled")
+            )
+            self.workflow.refresh_details()
             return False
         elif isinstance(exc, Compensate) or (isinstance(exc, ActivityError) and self.compensated):
             self.outcome, self.reason = "compensated", reason_of(exc)
         elif isinstance(exc, ActivityError):
             # Nothing was undone because nothing needed undoing: the run failed, loudly, after
             # its record (the failed step included) is flushed and anchored.
-            await ledger.finish("failed", reason=reason_of(exc))
+            self.outcome, self.reason = "failed", reason_of(exc)
+            await ledger.finish("failed", reason=self.reason, search=self._final_search("failed"))
+            self.workflow.refresh_details()
             return False
         else:
             return False  # a bug in workflow code: Temporal retries the task, visibly
         state.phase = self.outcome
         state.awaiting = None
-        await ledger.finish(self.outcome, reason=self.reason)
+        await ledger.finish(
+            self.outcome, reason=self.reason, search=self._final_search(self.outcome)
+        )
+        self.workflow.refresh_details()
         return True
+
+    def _known_search(self) -> list[Any]:
+        fields = self.workflow.search_fields()
+        out: list[Any] = []
+        if fields.get("counterparty"):
+            out.append(search.COUNTERPARTY.value_set(str(fields["counterparty"])))
+        if isinstance(fields.get("amount"), int) and 0 <= fields["amount"] < 2**63:
+            out.append(search.AMOUNT.value_set(fields["amount"]))
+        if fields.get("approver"):
+            out.append(search.APPROVER.value_set(str(fields["approver"])[:256]))
+        return out
+
+    def _final_search(self, outcome: str) -> list[Any]:
+        """Version 2 runs also say their outcome and what they were about, at the end."""
+        if not self.v2:
+            return []
+        return [search.OUTCOME.value_set(outcome), *self._known_search()]
 
     @property
     def _ledger(self) -> Ledger:
@@ -473,7 +547,10 @@ class Run(Generic[ResultT]):
                 summary=meta.summary,
             )
 
-        return await self._ledger.step(kind or meta.kind, name or meta.name, arg, call)
+        try:
+            return await self._ledger.step(kind or meta.kind, name or meta.name, arg, call)
+        finally:
+            self.workflow.refresh_details()
 
     def record(
         self, kind: StepKind, name: str, input: Any, output: Any, *, ok: bool = True
@@ -498,13 +575,26 @@ class Run(Generic[ResultT]):
         state.awaiting = what
         await self._ledger.flush()  # anchor what happened so far before waiting on the world
         seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else timeout
+        if self.v2:
+            # The runs list can filter on what a run waits for (awaiting-approval, ...).
+            workflow.upsert_search_attributes(
+                [search.STATUS.value_set(f"awaiting-{what}"), *self._known_search()]
+            )
+        self.workflow.refresh_details()
         try:
-            await workflow.wait_condition(ready, timeout=timedelta(seconds=seconds))
+            await workflow.wait_condition(
+                ready,
+                timeout=timedelta(seconds=seconds),
+                timeout_summary=f"{what}: gives up after {_duration(seconds)}",
+            )
             return True
         except TimeoutError:
             return False
         finally:
             state.awaiting = None
+            if self.v2:
+                workflow.upsert_search_attributes([search.STATUS.value_set("running")])
+            self.workflow.refresh_details()
 
     async def wait(
         self,
@@ -662,3 +752,60 @@ class Run(Generic[ResultT]):
         body is hashed into the step output."""
         result: HttpResponse = await self.step(HTTP_REQUEST, request, name=name)
         return result
+
+
+# ---- details ------------------------------------------------------------------------------------
+
+
+def tokens(units: int | None, *, symbol: str = "tUSD", decimals: int = 6) -> str:
+    """Token units in human form: ``2_160_000_000`` -> ``2,160.00 tUSD``."""
+    if units is None:
+        return "?"
+    whole, frac = divmod(abs(units), 10**decimals)
+    cents = frac * 100 // 10**decimals
+    return f"{'-' if units < 0 else ''}{whole:,}.{cents:02d} {symbol}"
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    for unit, size in (("d", 86_400), ("h", 3_600), ("min", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds // size} {unit}"
+    return f"{seconds} s"
+
+
+def _short(value: str, keep: int = 10) -> str:
+    return value if len(value) <= 2 * keep + 1 else f"{value[:keep]}…{value[-6:]}"
+
+
+def ledger_details(run: Run | None) -> list[str]:
+    """Markdown lines about a run's ledger: steps, head, anchoring, anchors."""
+    if run is None or run.ledger is None:
+        return []
+    ledger = run.ledger
+    lines = [
+        f"- **Ledger**: {ledger.steps} step(s) checkpointed (spec v{ledger.spec}, "
+        f"{ledger.mode}), head `{_short(ledger.head)}`"
+    ]
+    if ledger.anchors:
+        shown = ", ".join(
+            f"tx `{_short(a.tx_hash)}` (block {a.block_number}"
+            + (f", root `{_short(a.root)}`" if a.root else f", step {a.step}")
+            + ")"
+            for a in ledger.anchors[-4:]
+        )
+        lines.append(f"- **Anchored**: {shown}")
+    elif ledger.steps:
+        lines.append("- **Anchored**: not yet (anchoring is pending)")
+    return lines
+
+
+def _default_details(wf: CheckpointedWorkflow) -> str:
+    state = wf.state
+    run = wf._run
+    head = [f"**Phase**: {state.phase}"]
+    if state.awaiting:
+        head.append(f"**Waiting for**: {state.awaiting}")
+    if run is not None and run.finished:
+        head.append(f"**Outcome**: {run.outcome}" + (f": {run.reason}" if run.reason else ""))
+    return "\n\n".join(head) + "\n\n" + "\n".join(ledger_details(run))

@@ -418,6 +418,8 @@ class Store:
         connect_args: dict[str, Any] = {}
         if url.startswith("sqlite"):
             path = url.split("///", 1)[-1].split("?", 1)[0]
+            if path.startswith("file:"):  # an SQLite URI filename (…?uri=true)
+                path = path.removeprefix("file:")
             if path and path != ":memory:" and "://" not in path:
                 if not create and not Path(path).is_file():
                     raise StoreError(

@@ -18,9 +18,9 @@ from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker
 
 from ledgerflow.checkpoint.anchorer import Anchorer
-from ledgerflow.dev.stack import SEARCH_ATTRIBUTES
 from ledgerflow.errors import StackError
 from ledgerflow.flow import registry
+from ledgerflow.flow.search import SEARCH_ATTRIBUTES
 from ledgerflow.runtime import Runtime
 from ledgerflow.settings import Settings
 from ledgerflow.temporal import connect
@@ -50,7 +50,10 @@ async def ensure_search_attributes(client: Client, namespace: str) -> None:
         missing = {k: v for k, v in SEARCH_ATTRIBUTES.items() if k not in resp.custom_attributes}
         if not missing:
             return
-        kinds = {"Keyword": IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD}
+        kinds = {
+            "Keyword": IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD,
+            "Int": IndexedValueType.INDEXED_VALUE_TYPE_INT,
+        }
         await client.operator_service.add_search_attributes(
             AddSearchAttributesRequest(
                 namespace=namespace, search_attributes={k: kinds[v] for k, v in missing.items()}
