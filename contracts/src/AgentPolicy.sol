@@ -176,7 +176,8 @@ contract AgentPolicy is AccessControl, EIP712 {
     event SpendApproved(
         bytes32 indexed orderId, address indexed agent, ApprovalPath path, address[] signers, bytes32 approvalsHash
     );
-    /// @notice A refund gave `credited` of `amount` back to bucket `bucket` (0 if it left the ring).
+    /// @notice A refund gave `credited` of `amount` back to bucket `bucket` (0 if that bucket has
+    /// left the window).
     event BudgetCredited(address indexed agent, uint256 amount, uint32 bucket, uint256 credited);
 
     /// @notice The agent has no limits set, so it may not spend.
@@ -444,8 +445,9 @@ contract AgentPolicy is AccessControl, EIP712 {
     }
 
     /// @notice Give a refunded spend back to the limits it was counted against: the lifetime
-    /// total and the bucket it was recorded in (if still in the ring and the bucket length has
-    /// not changed since). Never reverts for the spender, so a refund is never blocked.
+    /// total, and the bucket it was recorded in if that bucket is still inside the window (and
+    /// the bucket length has not changed since); a spend that no longer counts gives nothing
+    /// back. Never reverts for the spender, so a refund is never blocked.
     /// @param agent The agent that was refunded.
     /// @param amount The refunded amount in token units.
     /// @param spendRef The `spendRef` that `consume` returned for the spend.
@@ -456,7 +458,9 @@ contract AgentPolicy is AccessControl, EIP712 {
         if (a.configured) {
             uint256 spent = a.lifetimeSpent;
             a.lifetimeSpent = uint96(spent > amount ? spent - amount : 0);
-            if (uint16(spendRef >> 32) == a.epoch) {
+            uint256 current = block.timestamp / a.bucketSeconds;
+            // Only a bucket still inside the window holds anything that counts.
+            if (uint16(spendRef >> 32) == a.epoch && current - bucket <= a.buckets) {
                 uint256 pos = bucket % _RING;
                 (uint256 index, uint256 held) = _entry(a.ring[pos >> 1], pos);
                 if (index == bucket && held > 0) {
