@@ -414,14 +414,14 @@ contract AgentPolicy is AccessControl, EIP712 {
     }
 
     /// @notice Check and record a spend. Called by the contract that moves the money.
+    /// @dev The spend is recorded in the bucket `spendRefOf(agent)` names right now; the caller
+    /// keeps that reference for `credit`.
     /// @param agent The spending agent.
     /// @param supplier The payee.
     /// @param amount The amount in token units.
     /// @param orderId The order; an approved order id is used up.
     /// @param decisionHash The step hash of the decision that chose this payment.
     /// @param approvals Signed approvals (empty when none are needed or an exception is used).
-    /// @return spendRef Where the spend was recorded, for `credit` on a refund.
-    /// @return approvalsHash keccak256(abi.encode(approvals)), or zero without approvals.
     function consume(
         address agent,
         address supplier,
@@ -429,19 +429,34 @@ contract AgentPolicy is AccessControl, EIP712 {
         bytes32 orderId,
         bytes32 decisionHash,
         SignedApproval[] calldata approvals
-    ) external onlyRole(SPENDER_ROLE) returns (uint48 spendRef, bytes32 approvalsHash) {
+    ) external onlyRole(SPENDER_ROLE) {
         Verdict memory v = _check(agent, supplier, amount, orderId, decisionHash, approvals);
         Agent storage a = _agents[agent];
-        // Both fit in 96 bits: _check bounded amount by the lifetime cap's remainder.
+        // Fits in 96 bits: _check bounded amount by the lifetime cap's remainder.
         a.lifetimeSpent += uint96(amount);
         _addToBucket(a, v.bucket, amount);
-        spendRef = (uint48(a.epoch) << 32) | uint48(v.bucket);
-        if (approvals.length > 0) approvalsHash = keccak256(abi.encode(approvals));
         emit SpendRecorded(agent, supplier, orderId, amount, uint32(v.bucket));
         if (v.path != ApprovalPath.None) {
             _approvedOrders[orderId] = true;
-            emit SpendApproved(orderId, agent, v.path, v.signers, approvalsHash);
+            emit SpendApproved(orderId, agent, v.path, v.signers, hashApprovals(approvals));
         }
+    }
+
+    /// @notice Where a spend by `agent` would be recorded now: `epoch << 32 | bucket index`
+    /// (0 for an unknown agent, whose spend `consume` refuses anyway).
+    /// @param agent The agent.
+    /// @return spendRef The reference `credit` takes back on a refund.
+    function spendRefOf(address agent) external view returns (uint48 spendRef) {
+        Agent storage a = _agents[agent];
+        if (!a.configured) return 0;
+        return (uint48(a.epoch) << 32) | uint48(block.timestamp / a.bucketSeconds);
+    }
+
+    /// @notice The hash of a set of signed approvals that EscrowOpened and SpendApproved carry.
+    /// @param approvals The approvals as given to `consume`.
+    /// @return keccak256(abi.encode(approvals)), or zero for none.
+    function hashApprovals(SignedApproval[] calldata approvals) public pure returns (bytes32) {
+        return approvals.length == 0 ? bytes32(0) : keccak256(abi.encode(approvals));
     }
 
     /// @notice Give a refunded spend back to the limits it was counted against: the lifetime
@@ -454,7 +469,7 @@ contract AgentPolicy is AccessControl, EIP712 {
     function credit(address agent, uint256 amount, uint48 spendRef) external onlyRole(SPENDER_ROLE) {
         Agent storage a = _agents[agent];
         uint32 bucket = uint32(spendRef);
-        uint256 credited;
+        uint256 credited = 0;
         if (a.configured) {
             uint256 spent = a.lifetimeSpent;
             a.lifetimeSpent = uint96(spent > amount ? spent - amount : 0);
@@ -717,23 +732,24 @@ contract AgentPolicy is AccessControl, EIP712 {
         }
     }
 
-    /// @dev Entry `pos` of the ring: (bucket index, amount) packed as uint32 | uint96 in 128 bits.
+    /// @dev Entry `pos` of the ring, the low or high 128 bits of word `pos / 2`: the bucket index
+    /// in the upper 32 bits, the amount in the lower 96.
     function _entry(uint256 word, uint256 pos) private pure returns (uint256 index, uint256 amount) {
-        uint256 half = (pos & 1) == 0 ? word & _HALF : word >> 128;
+        uint256 half = (word >> ((pos & 1) * 128)) & _HALF;
         return (half >> 96, half & type(uint96).max);
     }
 
     function _setEntry(Agent storage a, uint256 pos, uint256 index, uint256 amount) private {
-        uint256 half = (index << 96) | amount;
+        uint256 shift = (pos & 1) * 128;
         uint256 word = a.ring[pos >> 1];
-        a.ring[pos >> 1] = (pos & 1) == 0 ? (word & ~_HALF) | half : (word & _HALF) | (half << 128);
+        a.ring[pos >> 1] = (word & ~(_HALF << shift)) | (((index << 96) | amount) << shift);
     }
 
     function _addToBucket(Agent storage a, uint256 bucket, uint256 amount) private {
         uint256 pos = bucket % _RING;
         (uint256 index, uint256 held) = _entry(a.ring[pos >> 1], pos);
         // An entry of another bucket is at least _RING buckets old: outside every window.
-        _setEntry(a, pos, bucket, index == bucket ? held + amount : amount);
+        _setEntry(a, pos, bucket, index != bucket ? amount : held + amount);
     }
 
     /// @dev Sum of the spends in buckets `bucket - buckets .. bucket`.

@@ -113,18 +113,20 @@ contract Escrow is ReentrancyGuard {
         AgentPolicy.SignedApproval[] calldata approvals
     ) external nonReentrant {
         _checkOrder(orderId, amount, deadline, decisionHash);
-        // The policy is a trusted contract of this deployment: it records the spend (or reverts).
-        (uint48 spendRef, bytes32 approvalsHash) =
-            policy.consume(msg.sender, supplier, amount, orderId, decisionHash, approvals);
+        // Effects first: the order and its event, then the policy records the spend (or the
+        // whole call reverts) and the vault pays.
         _orders[orderId] = Order({
             agent: msg.sender,
             deadline: uint40(deadline),
             status: Status.Open,
-            spendRef: spendRef,
+            spendRef: policy.spendRefOf(msg.sender),
             supplier: supplier,
             amount: uint96(amount)
         });
-        emit EscrowOpened(orderId, msg.sender, supplier, amount, deadline, decisionHash, approvalsHash);
+        emit EscrowOpened(
+            orderId, msg.sender, supplier, amount, deadline, decisionHash, policy.hashApprovals(approvals)
+        );
+        policy.consume(msg.sender, supplier, amount, orderId, decisionHash, approvals);
         vault.pull(msg.sender, amount);
     }
 

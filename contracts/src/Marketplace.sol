@@ -102,8 +102,8 @@ contract Marketplace is AccessControl {
         if (length > MAX_DESCRIPTION_BYTES) {
             revert MarketplaceDescriptionTooLong(length, MAX_DESCRIPTION_BYTES);
         }
-        uint256[] storage ids = _active[sku];
-        if (ids.length >= maxActivePerSku) revert MarketplaceSkuFull(sku, maxActivePerSku);
+        uint256 active = _active[sku].length;
+        if (active >= maxActivePerSku) revert MarketplaceSkuFull(sku, maxActivePerSku);
         if (_activeBySupplier[msg.sender] >= maxActivePerSupplier) {
             revert MarketplaceSupplierFull(msg.sender, maxActivePerSupplier);
         }
@@ -118,8 +118,8 @@ contract Marketplace is AccessControl {
             active: true,
             description: description
         });
-        ids.push(id);
-        _position[id] = ids.length;
+        _active[sku].push(id);
+        _position[id] = active + 1;
         _activeBySupplier[msg.sender] += 1;
         emit OfferPosted(id, msg.sender, sku, unitPrice, leadTimeDays, maxQuantity);
     }
@@ -206,12 +206,12 @@ contract Marketplace is AccessControl {
     function _deactivate(Offer storage o) private {
         uint256 id = o.id;
         o.active = false;
-        uint256[] storage ids = _active[o.sku];
+        bytes32 sku = o.sku;
         uint256 index = _position[id] - 1;
-        uint256 last = ids[ids.length - 1];
-        ids[index] = last;
+        uint256 last = _active[sku][_active[sku].length - 1];
+        _active[sku][index] = last;
         _position[last] = index + 1;
-        ids.pop();
+        _active[sku].pop();
         delete _position[id];
         _activeBySupplier[o.supplier] -= 1;
         emit OfferWithdrawn(id, o.supplier, msg.sender);
