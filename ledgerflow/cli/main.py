@@ -90,6 +90,12 @@ def api() -> None:
 def deploy(
     seed: Annotated[bool, typer.Option(help="seed the procurement demo data")] = True,
     force: Annotated[bool, typer.Option(help="deploy even if the file is current")] = False,
+    allow_dev_keys: Annotated[
+        bool, typer.Option(help="accept anvil's public keys on a chain other than 31337")
+    ] = False,
+    demo_on_any_chain: Annotated[
+        bool, typer.Option(help="seed the demo on a chain other than 31337")
+    ] = False,
 ) -> None:
     """Deploy the contracts and write the deployment file."""
     from ledgerflow.chain import deploy as d
@@ -109,10 +115,23 @@ def deploy(
             (settings.orchestrator_key, settings.agent_key, settings.approver_key)
         )
     ]
-    dep = d.deploy_all(settings.rpc_url, keys[0], agent_key=keys[1], approver_key=keys[2])
+    dep = d.deploy_all(
+        settings.rpc_url,
+        keys[0],
+        agent_key=keys[1],
+        approver_key=keys[2],
+        allow_dev_keys=allow_dev_keys,
+    )
     d.save_deployment(path, dep)
     if seed:
-        d.seed_demo(settings.rpc_url, dep, keys[0], keys[1])
+        d.seed_demo(
+            settings.rpc_url,
+            dep,
+            keys[0],
+            keys[1],
+            approver_dir=settings.home / "approvers",
+            allow_any_chain=demo_on_any_chain,
+        )
     _emit({"deployment": str(path), **dep.contracts}, False)
 
 
