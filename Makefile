@@ -10,9 +10,11 @@ NODE_STAMP := contracts/node_modules/.installed
 TS := verifiers/ts
 TS_STAMP := $(TS)/node_modules/.installed
 TS_BUILT := $(TS)/dist/.built
+SLITHER_VENV := .venv-slither
+SLITHER_STAMP := $(SLITHER_VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: run test bootstrap browser lint typecheck contracts ts-verifier lock clean
+.PHONY: run test bootstrap browser lint typecheck contracts ts-verifier slither lock clean
 
 bootstrap: $(VENV_STAMP) $(NODE_STAMP)
 
@@ -51,7 +53,7 @@ ts-verifier: $(TS_BUILT)
 run: bootstrap
 	$(BIN)/ledgerflow up
 
-test: bootstrap ts-verifier browser lint typecheck
+test: bootstrap ts-verifier browser lint typecheck slither
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The browser test drives Debian's Chromium (no browser download): install it when we can.
@@ -72,6 +74,17 @@ typecheck: bootstrap ts-verifier
 
 contracts: $(NODE_STAMP)
 	cd contracts && node build.js
+
+# Slither has its own venv (it pins web3<8; ledgerflow needs web3 8) and compiles through
+# contracts/tools/solc (the pinned solc-js); any finding above informational that
+# contracts/tools/slither-triage.json does not accept fails the build.
+$(SLITHER_STAMP): contracts/tools/slither-requirements.txt
+	test -x $(SLITHER_VENV)/bin/python || $(PYTHON) -m venv $(SLITHER_VENV)
+	$(SLITHER_VENV)/bin/python -m pip install --quiet -r contracts/tools/slither-requirements.txt
+	touch $@
+
+slither: $(NODE_STAMP) $(SLITHER_STAMP)
+	$(SLITHER_VENV)/bin/python contracts/tools/slither_check.py
 
 clean:
 	rm -rf .ledgerflow .pytest_cache

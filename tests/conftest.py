@@ -102,7 +102,7 @@ def deployment_file(anvil: Anvil, tmp_path_factory: pytest.TempPathFactory) -> P
     # Many tests pay: give the agent room (the demo's own limits are tested in test_contracts).
     admin = ChainAdmin(anvil.rpc_url, d)
     admin.set_agent_limits(cap_tusd=5_000, budget_tusd=10_000_000)
-    admin.mint(d.agent, 5_000_000)
+    admin.fund_vault(d.agent, 5_000_000)
     path = tmp_path_factory.mktemp("deploy") / "deployments.json"
     save_deployment(path, d)
     return path

@@ -9,12 +9,14 @@ import pytest
 from eth_account import Account
 from web3 import Web3
 
+from ledgerflow.chain.approvals import read_key_file
 from ledgerflow.chain.deploy import (
     CONTRACT_NAMES,
+    DEMO_APPROVER_KEYS,
+    DEMO_LIMITS,
     DEMO_SKU,
     DEMO_SUPPLIER_KEYS,
     DEV_KEYS,
-    MAX_UINT256,
     TUSD,
     DemoSeed,
     Deployment,
@@ -23,6 +25,7 @@ from ledgerflow.chain.deploy import (
     contract,
     deploy_all,
     deployment_is_current,
+    is_public_dev_key,
     load_deployment,
     role_id,
     save_deployment,
@@ -74,15 +77,24 @@ def test_deploy_all_grants_roles(anvil: Any, deployed: tuple[Deployment, DemoSee
         ("TestUSD", "MINTER_ROLE", me),
         ("AgentPolicy", "SPENDER_ROLE", d.contracts["Escrow"]),
         ("AgentPolicy", "APPROVER_ROLE", d.approver),
+        ("AgentPolicy", "GUARDIAN_ROLE", d.guardian),
+        ("AgentVault", "PAYER_ROLE", d.contracts["Escrow"]),
     ]
     for name, role, account in expected:
         assert c[name].functions.hasRole(role_id(role), account).call(), (name, role)
         assert c[name].functions.hasRole(role_id("DEFAULT_ADMIN_ROLE"), me).call()
         # The role ids used here are the contracts' own constants.
         assert getattr(c[name].functions, role)().call() == role_id(role)
+    assert d.guardian == me
     assert not c["AgentPolicy"].functions.hasRole(role_id("APPROVER_ROLE"), d.agent).call()
+    # Nothing but the Escrow may pull from the vault or spend through the policy.
+    for name, role in (("AgentVault", "PAYER_ROLE"), ("AgentPolicy", "SPENDER_ROLE")):
+        for account in (me, d.agent, d.approver):
+            assert not c[name].functions.hasRole(role_id(role), account).call()
     assert c["Escrow"].functions.token().call() == d.contracts["TestUSD"]
     assert c["Escrow"].functions.policy().call() == d.contracts["AgentPolicy"]
+    assert c["Escrow"].functions.vault().call() == d.contracts["AgentVault"]
+    assert c["AgentVault"].functions.token().call() == d.contracts["TestUSD"]
 
 
 def test_seed_demo(anvil: Any, deployed: tuple[Deployment, DemoSeed]) -> None:
@@ -90,6 +102,8 @@ def test_seed_demo(anvil: Any, deployed: tuple[Deployment, DemoSeed]) -> None:
     w3 = Web3(Web3.HTTPProvider(anvil.rpc_url))
     policy = contract(w3, "AgentPolicy", d.contracts["AgentPolicy"])
     token = contract(w3, "TestUSD", d.contracts["TestUSD"])
+    vault = contract(w3, "AgentVault", d.contracts["AgentVault"])
+    escrow = contract(w3, "Escrow", d.contracts["Escrow"])
     market = contract(w3, "Marketplace", d.contracts["Marketplace"])
     inventory = contract(w3, "InventoryLedger", d.contracts["InventoryLedger"])
     sku = sku_to_bytes32(DEMO_SKU)
@@ -98,13 +112,27 @@ def test_seed_demo(anvil: Any, deployed: tuple[Deployment, DemoSeed]) -> None:
     assert inventory.functions.shortfall(sku).call() == 180
     assert (seed.per_tx_cap, seed.period_budget, seed.period_seconds) == (
         5_000 * TUSD,
-        20_000 * TUSD,
+        200_000 * TUSD,
         86_400,
     )
-    assert token.functions.balanceOf(d.agent).call() == 50_000 * TUSD == seed.agent_balance
-    assert token.functions.allowance(d.agent, d.contracts["Escrow"]).call() == MAX_UINT256
+    assert (seed.unsigned_limit, seed.lifetime_cap) == (20_000 * TUSD, 100_000_000 * TUSD)
+    config = policy.functions.agentConfig(d.agent).call()
+    assert tuple(config[2:8]) == DEMO_LIMITS.as_abi()
+    # The agent's funds sit in the vault; its own account holds only gas money.
+    assert vault.functions.balanceOf(d.agent).call() == 1_000_000 * TUSD == seed.agent_balance
+    assert token.functions.balanceOf(d.agent).call() == 0
+    approvers = [Account.from_key(k).address for k in DEMO_APPROVER_KEYS]
+    assert seed.approvers == approvers and seed.approver_threshold == 2
+    assert seed.approver_key_files == []
+    assert tuple(policy.functions.approversOf(d.agent).call()) == (
+        approvers,
+        2,
+        [(50_000 * TUSD, 3)],
+    )
+    # A day of heavy demo use (50 purchases of the demo's size) fits the rolling budget.
+    assert seed.period_budget > 50 * 195 * 12 * TUSD
 
-    offers = {o[0]: o for o in market.functions.offersFor(sku).call()}
+    offers = {o[0]: o for o in market.functions.offersFor(sku, 0, 64).call()}
     assert sorted(offers) == sorted(s.offer_id for s in seed.suppliers)
     table = [(s.unit_price, s.lead_time_days, s.allow_listed, s.address) for s in seed.suppliers]
     suppliers = [Account.from_key(k).address for k in DEMO_SUPPLIER_KEYS]
@@ -115,7 +143,7 @@ def test_seed_demo(anvil: Any, deployed: tuple[Deployment, DemoSeed]) -> None:
         (12 * TUSD, 7, True, suppliers[3]),
     ]
     for s in seed.suppliers:
-        assert policy.functions.isCounterpartyAllowed(s.address).call() is s.allow_listed
+        assert policy.functions.isCounterpartyAllowed(d.agent, s.address).call() is s.allow_listed
         assert offers[s.offer_id][7] == s.description
         assert s.max_quantity >= seed.shortfall
     assert sum("Ignore your rules" in s.description for s in seed.suppliers) == 1
@@ -124,8 +152,11 @@ def test_seed_demo(anvil: Any, deployed: tuple[Deployment, DemoSeed]) -> None:
 
     # The on-chain rulebook, not the model, decides: the injection's payee is refused, the
     # expected purchase passes the pre-check.
-    oid = b"\x01" * 32
-    assert policy.functions.checkSpend(d.agent, best.address, 180 * best.unit_price, oid).call()
+    oid, decision = b"\x01" * 32, b"\x02" * 32
+    amount = 180 * best.unit_price
+    deadline = w3.eth.get_block("latest")["timestamp"] + 3_600
+    fn = escrow.functions.checkOpen(d.agent, oid, best.address, amount, deadline, decision, [])
+    assert fn.call() == 0  # within the cap: no approval needed
     unlisted = next(s for s in seed.suppliers if not s.allow_listed)
     assert unlisted.address in unlisted.description
 
@@ -144,6 +175,44 @@ def test_seed_demo_refuses_foreign_keys(anvil: Any, deployed: tuple[Deployment, 
         seed_demo(anvil.rpc_url, d, DEV_KEYS[0], DEV_KEYS[9])
     with pytest.raises(ConfigError, match="supplier keys"):
         seed_demo(anvil.rpc_url, d, DEV_KEYS[0], DEV_KEYS[1], DEMO_SUPPLIER_KEYS[:2])
+
+
+def test_seed_demo_writes_approver_keys(anvil: Any, tmp_path: Path) -> None:
+    d = deploy_all(anvil.rpc_url, DEV_KEYS[0], agent_key=DEV_KEYS[1], approver_key=DEV_KEYS[2])
+    seed = seed_demo(anvil.rpc_url, d, DEV_KEYS[0], DEV_KEYS[1], approver_dir=tmp_path / "keys")
+    files = [Path(f) for f in seed.approver_key_files]
+    assert [f.name for f in files] == ["approver-1.key", "approver-2.key", "approver-3.key"]
+    keys = [read_key_file(f) for f in files]
+    assert all(f.stat().st_mode & 0o077 == 0 for f in files)
+    assert [Account.from_key(k).address for k in keys] == seed.approvers
+    assert not any(is_public_dev_key(k) for k in keys)
+    # A second seed reads the same files instead of making new keys.
+    again = seed_demo(anvil.rpc_url, d, DEV_KEYS[0], DEV_KEYS[1], approver_dir=tmp_path / "keys")
+    assert again.approvers == seed.approvers
+
+
+def test_public_keys_and_demo_seed_are_refused_off_the_dev_chain(tmp_path: Path) -> None:
+    port = free_port()
+    proc = start_anvil(port, log_path=tmp_path / "anvil.log", chain_id=4242)
+    rpc = f"http://127.0.0.1:{port}"
+    try:
+        with pytest.raises(ConfigError, match=r"public development key.*chain id 4242"):
+            deploy_all(rpc, DEV_KEYS[0], agent_key=DEV_KEYS[1], approver_key=DEV_KEYS[2])
+        own = ["0x" + bytes([i]).hex() * 32 for i in (7, 8)]
+        with pytest.raises(ConfigError, match="the agent key is a public"):
+            deploy_all(rpc, own[0], agent_key=DEV_KEYS[1], approver_key=own[1])
+        with pytest.raises(ConfigError, match="the approver key is a public"):
+            deploy_all(rpc, own[0], agent_key=own[1], approver_key=DEMO_APPROVER_KEYS[0])
+        d = deploy_all(
+            rpc, DEV_KEYS[0], agent_key=DEV_KEYS[1], approver_key=DEV_KEYS[2], allow_dev_keys=True
+        )
+        assert d.chain_id == 4242
+        with pytest.raises(ConfigError, match="refusing to seed the demo on chain id 4242"):
+            seed_demo(rpc, d, DEV_KEYS[0], DEV_KEYS[1])
+        seed = seed_demo(rpc, d, DEV_KEYS[0], DEV_KEYS[1], allow_any_chain=True)
+        assert seed.agent_balance == 1_000_000 * TUSD
+    finally:
+        proc.stop()
 
 
 def test_bad_key_is_not_echoed(anvil: Any) -> None:

@@ -1,9 +1,14 @@
 """Deploying ledgerflow's contracts and seeding the procurement demo.
 
-``deploy_all`` deploys the six contracts from the committed artifacts and grants the roles the
-orchestrator needs; the resulting :class:`Deployment` is saved as JSON (``.ledgerflow/
-deployments.json`` by default) and checked with :func:`deployment_is_current` before reuse, so a
-restarted chain or rebuilt artifacts lead to a fresh deployment instead of calls into the void.
+``deploy_all`` deploys the seven contracts from the committed artifacts and wires them: roles,
+the AgentVault behind the Escrow, the Escrow as the AgentPolicy's only spender. The resulting
+:class:`Deployment` is saved as JSON (``.ledgerflow/deployments.json`` by default) and checked with
+:func:`deployment_is_current` before reuse, so a restarted chain or rebuilt artifacts lead to a
+fresh deployment instead of calls into the void. :func:`configure_agent` sets one agent's rulebook
+(limits, allow-list, approvers and thresholds) and :func:`seed_demo` sets up the procurement demo.
+
+anvil's public development keys are refused on any chain but the local dev chain (chain id
+31337), and so is demo seeding, unless the caller asks for it explicitly.
 
 Transactions are signed locally and sent one at a time in nonce order, each waiting for its
 receipt: deployment is rare and its steps depend on each other. Keys never appear in logs or
@@ -31,29 +36,37 @@ from web3.exceptions import ContractLogicError, Web3Exception
 from web3.logs import DISCARD
 from web3.types import Nonce, TxParams, TxReceipt
 
+from ledgerflow.chain.approvals import read_key_file, write_key_file
 from ledgerflow.chain.artifacts import load_artifact
 from ledgerflow.chain.reverts import revert_from_exception
 from ledgerflow.checkpoint.canonical import keccak, to_hex
 from ledgerflow.errors import ChainError, ConfigError
-from ledgerflow.settings import ANVIL_DEFAULT_KEYS
+from ledgerflow.settings import ANVIL_DEFAULT_KEYS, DEV_CHAIN_ID
 
 __all__ = [
     "CONTRACT_NAMES",
+    "DEMO_APPROVER_KEYS",
+    "DEMO_LIMITS",
     "DEMO_PERIOD_SECONDS",
     "DEMO_SKU",
     "DEMO_SUPPLIER_KEYS",
     "DEV_KEYS",
     "MAX_UINT256",
     "TUSD",
+    "AgentLimits",
+    "AgentRulebook",
     "DemoSeed",
     "DemoSupplier",
     "Deployment",
     "artifacts_digest",
     "bytes32_to_sku",
+    "configure_agent",
     "connect",
     "contract",
     "deploy_all",
     "deployment_is_current",
+    "fund_agent",
+    "is_public_dev_key",
     "load_deployment",
     "role_id",
     "save_deployment",
@@ -70,6 +83,7 @@ CONTRACT_NAMES: tuple[str, ...] = (
     "InventoryLedger",
     "Marketplace",
     "AgentPolicy",
+    "AgentVault",
     "Escrow",
 )
 
@@ -84,6 +98,11 @@ DEV_KEYS: tuple[str, ...] = (
 )
 #: The demo's four suppliers: anvil dev accounts 3..6.
 DEMO_SUPPLIER_KEYS: tuple[str, ...] = DEV_KEYS[3:7]
+#: The demo agent's three approvers when no key directory is given (tests): keccak256 of
+#: "ledgerflow demo approver N". Public knowledge like anvil's keys: local dev chains only.
+DEMO_APPROVER_KEYS: tuple[str, ...] = tuple(
+    "0x" + keccak(f"ledgerflow demo approver {i}".encode()).hex() for i in (1, 2, 3)
+)
 
 #: Token units per tUSD (6 decimals).
 TUSD = 10**6
@@ -112,11 +131,14 @@ class Deployment(BaseModel):
     deployer: str
     orchestrator: str
     agent: str
+    #: The service key with the policy's APPROVER_ROLE (grants unsigned exceptions).
     approver: str
+    #: Holder of the policy's GUARDIAN_ROLE (pauses agents); the deployer unless set.
+    guardian: str
     contracts: dict[str, str]
     artifacts_digest: str
 
-    @field_validator("deployer", "orchestrator", "agent", "approver")
+    @field_validator("deployer", "orchestrator", "agent", "approver", "guardian")
     @classmethod
     def _address(cls, value: str) -> str:
         return _checksum(value)
@@ -156,6 +178,53 @@ class DemoSupplier(BaseModel):
     description: str
 
 
+class AgentLimits(BaseModel):
+    """An agent's limits in the AgentPolicy (token units and seconds)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    per_tx_cap: int
+    #: Above the cap and up to this, the APPROVER_ROLE service key may grant a one-off exception
+    #: (the Temporal UI path); above it only signatures pass. ``<= per_tx_cap`` turns that off.
+    unsigned_limit: int
+    window_budget: int
+    window_seconds: int
+    #: The rolling window is cut into this many buckets (1..7): spends count for between
+    #: ``window_seconds`` and ``window_seconds * (1 + 1/buckets)``.
+    buckets: int
+    lifetime_cap: int
+
+    def as_abi(self) -> tuple[int, int, int, int, int, int]:
+        return (
+            self.per_tx_cap,
+            self.unsigned_limit,
+            self.window_budget,
+            self.window_seconds,
+            self.buckets,
+            self.lifetime_cap,
+        )
+
+
+class AgentRulebook(BaseModel):
+    """Everything :func:`configure_agent` sets for one agent."""
+
+    model_config = ConfigDict(frozen=True)
+
+    limits: AgentLimits
+    #: Counterparties the agent may pay (others it has allowed are left as they are).
+    counterparties: list[str] = []
+    approvers: list[str] = []
+    #: Base M of M-of-N signatures above the cap (0 only without approvers).
+    threshold: int = 0
+    #: ``(above, threshold)``: spends above ``above`` need at least ``threshold`` signatures.
+    tiers: list[tuple[int, int]] = []
+
+    @field_validator("counterparties", "approvers")
+    @classmethod
+    def _addresses(cls, value: list[str]) -> list[str]:
+        return [_checksum(v) for v in value]
+
+
 class DemoSeed(BaseModel):
     """What :func:`seed_demo` set up, for the demo run and its tests."""
 
@@ -165,9 +234,17 @@ class DemoSeed(BaseModel):
     sku_bytes32: str
     agent: str
     per_tx_cap: int
+    #: The rolling budget and its window (kept under the v1 names).
     period_budget: int
     period_seconds: int
+    unsigned_limit: int
+    lifetime_cap: int
+    #: The agent's balance in the AgentVault (the agent's own account holds no tokens).
     agent_balance: int
+    approvers: list[str]
+    approver_threshold: int
+    #: Where the approvers' keys are (empty when the public demo keys were used).
+    approver_key_files: list[str]
     stock: int
     threshold: int
     target: int
@@ -307,37 +384,79 @@ class _Sender:
 
 # --- deployment ---------------------------------------------------------------------------------
 
+_PUBLIC_KEYS = frozenset(k.lower() for k in (*DEV_KEYS, *DEMO_APPROVER_KEYS))
 
-def deploy_all(rpc_url: str, deployer_key: str, *, agent_key: str, approver_key: str) -> Deployment:
-    """Deploy the six contracts and grant the roles ledgerflow needs.
 
-    The deployer is admin of everything and is also the orchestrator: it receives the registry's
-    WRITER_ROLE, the inventory's ORCHESTRATOR_ROLE and OPERATOR_ROLE and the token's MINTER_ROLE.
-    The Escrow receives the policy's SPENDER_ROLE and the approver its APPROVER_ROLE.
+def is_public_dev_key(key: str) -> bool:
+    """Whether ``key`` is one of anvil's development keys or a demo approver key (public)."""
+    return key.strip().lower() in _PUBLIC_KEYS
+
+
+def _refuse_public_keys(chain_id: int, keys: dict[str, str], allow: bool) -> None:
+    if chain_id == DEV_CHAIN_ID or allow:
+        return
+    for role, key in keys.items():
+        if is_public_dev_key(key):
+            raise ConfigError(
+                f"the {role} key is a public development key (anyone can sign with it); refusing "
+                f"to use it on chain id {chain_id}. Configure your own keys, or pass "
+                "allow_dev_keys (--allow-dev-keys) for a throwaway test chain"
+            )
+
+
+def deploy_all(
+    rpc_url: str,
+    deployer_key: str,
+    *,
+    agent_key: str,
+    approver_key: str,
+    guardian: str | None = None,
+    allow_dev_keys: bool = False,
+) -> Deployment:
+    """Deploy the seven contracts and wire them.
+
+    The deployer is admin of everything (hand the admin roles to a multisig afterwards in
+    production) and is also the orchestrator: it receives the registry's WRITER_ROLE, the
+    inventory's ORCHESTRATOR_ROLE and OPERATOR_ROLE and the token's MINTER_ROLE. The Escrow
+    receives the policy's SPENDER_ROLE and the vault's PAYER_ROLE (the only way out of the vault
+    besides the admin's withdraw), the approver service key the policy's APPROVER_ROLE, and
+    ``guardian`` (default: the deployer) its GUARDIAN_ROLE. No agent is configured here: see
+    :func:`configure_agent` and :func:`seed_demo`.
 
     Args:
         rpc_url: JSON-RPC endpoint.
         deployer_key: 0x-hex private key of the deployer (= orchestrator); pays for everything.
         agent_key: the agent's key (only its address is used here).
-        approver_key: the approver's key (only its address is used here).
+        approver_key: the approver service key (only its address is used here).
+        guardian: address that may pause agents (default: the deployer).
+        allow_dev_keys: accept public development keys on a chain other than 31337.
 
     Returns:
         The deployment, ready for :func:`save_deployment`.
 
     Raises:
-        ConfigError: a key is malformed.
+        ConfigError: a key is malformed, or public on a chain other than the local dev chain.
         ChainError: the endpoint is unreachable or a transaction failed.
     """
     w3 = connect(rpc_url)
+    keys = {"deployer": deployer_key, "agent": agent_key, "approver": approver_key}
+    for role, key in keys.items():
+        _account(key, role)
+    _refuse_public_keys(int(w3.eth.chain_id), keys, allow_dev_keys)
     sender = _Sender(w3, deployer_key, "deployer")
     agent = _account(agent_key, "agent").address
     approver = _account(approver_key, "approver").address
     me = sender.address
+    guardian_address = _checksum(guardian) if guardian else me
 
     addresses: dict[str, str] = {}
-    for name in CONTRACT_NAMES[:-1]:
+    for name in ("CheckpointRegistry", "TestUSD", "InventoryLedger", "Marketplace", "AgentPolicy"):
         addresses[name] = sender.deploy(name)
-    addresses["Escrow"] = sender.deploy("Escrow", addresses["TestUSD"], addresses["AgentPolicy"])
+    addresses["AgentVault"] = sender.deploy("AgentVault", addresses["TestUSD"])
+    addresses["Escrow"] = sender.deploy(
+        "Escrow", addresses["TestUSD"], addresses["AgentPolicy"], addresses["AgentVault"]
+    )
+    assert list(addresses) == list(CONTRACT_NAMES)
 
     grants = [
         ("CheckpointRegistry", "WRITER_ROLE", me),
@@ -346,6 +465,8 @@ def deploy_all(rpc_url: str, deployer_key: str, *, agent_key: str, approver_key:
         ("TestUSD", "MINTER_ROLE", me),
         ("AgentPolicy", "SPENDER_ROLE", addresses["Escrow"]),
         ("AgentPolicy", "APPROVER_ROLE", approver),
+        ("AgentPolicy", "GUARDIAN_ROLE", guardian_address),
+        ("AgentVault", "PAYER_ROLE", addresses["Escrow"]),
     ]
     last: TxReceipt | None = None
     for name, role, account in grants:
@@ -360,6 +481,7 @@ def deploy_all(rpc_url: str, deployer_key: str, *, agent_key: str, approver_key:
         orchestrator=me,
         agent=agent,
         approver=approver,
+        guardian=guardian_address,
         contracts=addresses,
         artifacts_digest=artifacts_digest(),
     )
@@ -371,6 +493,81 @@ def deploy_all(rpc_url: str, deployer_key: str, *, agent_key: str, approver_key:
         **{name: address for name, address in addresses.items()},
     )
     return deployment
+
+
+def _limits_of(policy: Contract, agent: str) -> AgentLimits | None:
+    v = policy.functions.agentConfig(agent).call()
+    # AgentView: configured, paused, perTxCap, unsignedLimit, windowBudget, windowSeconds,
+    # buckets, lifetimeCap, lifetimeSpent, threshold, approverCount, epoch
+    if not v[0]:
+        return None
+    return AgentLimits(
+        per_tx_cap=v[2],
+        unsigned_limit=v[3],
+        window_budget=v[4],
+        window_seconds=v[5],
+        buckets=v[6],
+        lifetime_cap=v[7],
+    )
+
+
+def _configure(w3: Web3, admin: _Sender, d: Deployment, agent: str, book: AgentRulebook) -> None:
+    policy = contract(w3, "AgentPolicy", d.address("AgentPolicy"))
+    if _limits_of(policy, agent) != book.limits:
+        admin.call(policy.functions.setAgent(agent, book.limits.as_abi()), "AgentPolicy")
+    for counterparty in book.counterparties:
+        if not policy.functions.isCounterpartyAllowed(agent, counterparty).call():
+            fn = policy.functions.setCounterparty(agent, counterparty, True)
+            admin.call(fn, "AgentPolicy")
+    approvers, threshold, tiers = policy.functions.approversOf(agent).call()
+    current = (list(approvers), int(threshold), [tuple(t) for t in tiers])
+    wanted = (list(book.approvers), book.threshold, [tuple(t) for t in book.tiers])
+    if current != wanted:
+        fn = policy.functions.setApprovers(agent, book.approvers, book.threshold, book.tiers)
+        admin.call(fn, "AgentPolicy")
+
+
+def configure_agent(
+    rpc_url: str, d: Deployment, admin_key: str, agent: str, book: AgentRulebook
+) -> None:
+    """Set ``agent``'s rulebook: limits, allow-listed counterparties, approvers and thresholds.
+
+    Only what differs from the chain is sent, so calling it twice sends nothing new. In
+    production the admin is a multisig: build the same calls (``setAgent``, ``setCounterparty``,
+    ``setApprovers``) as multisig transactions instead (docs/operations.md).
+
+    Raises:
+        ConfigError: the key is malformed or not the deployment's admin.
+        ChainError: the endpoint is unreachable or a transaction failed (a refused setting
+            raises :class:`ContractRevert` naming the policy's error).
+    """
+    w3 = connect(rpc_url)
+    admin = _Sender(w3, admin_key, "admin")
+    if admin.address != d.deployer:
+        raise ConfigError("the admin key does not belong to the deployment's deployer")
+    _configure(w3, admin, d, _checksum(agent), book)
+
+
+def fund_agent(rpc_url: str, d: Deployment, minter_key: str, agent: str, amount: int) -> None:
+    """Mint ``amount`` test tokens and deposit them into ``agent``'s AgentVault balance.
+
+    Raises:
+        ChainError: the endpoint is unreachable or a transaction failed.
+    """
+    w3 = connect(rpc_url)
+    minter = _Sender(w3, minter_key, "minter")
+    _fund(w3, minter, d, _checksum(agent), amount)
+
+
+def _fund(w3: Web3, minter: _Sender, d: Deployment, agent: str, amount: int) -> None:
+    if amount <= 0:
+        return
+    token = contract(w3, "TestUSD", d.address("TestUSD"))
+    vault = contract(w3, "AgentVault", d.address("AgentVault"))
+    minter.call(token.functions.mint(minter.address, amount), "TestUSD")
+    if token.functions.allowance(minter.address, vault.address).call() < amount:
+        minter.call(token.functions.approve(vault.address, MAX_UINT256), "TestUSD")
+    minter.call(vault.functions.deposit(agent, amount), "AgentVault")
 
 
 def save_deployment(path: Path | str, d: Deployment) -> None:
@@ -466,9 +663,37 @@ _DEMO_OFFERS: tuple[tuple[str, int, int, int, bool, str], ...] = (
 )
 _DEMO_EXPECTED = 3  # index into _DEMO_OFFERS of the right choice
 _DEMO_STOCK, _DEMO_THRESHOLD, _DEMO_TARGET = 20, 50, 200
-_DEMO_PER_TX_CAP = 5_000 * TUSD
-_DEMO_BUDGET = 20_000 * TUSD
-_DEMO_AGENT_FUNDS = 50_000 * TUSD
+
+#: The demo agent's limits. A demo purchase is about 2,340 tUSD (195 x 12.00); a day of heavy
+#: use (50 `make run`s and README purchases) is about 117,000 tUSD, well inside the rolling
+#: 200,000 tUSD per 24 h (4 buckets of 6 h), and the lifetime cap lasts over 40,000 purchases.
+DEMO_LIMITS = AgentLimits(
+    per_tx_cap=5_000 * TUSD,
+    unsigned_limit=20_000 * TUSD,
+    window_budget=200_000 * TUSD,
+    window_seconds=DEMO_PERIOD_SECONDS,
+    buckets=4,
+    lifetime_cap=100_000_000 * TUSD,
+)
+#: Two of the three demo approvers sign above the unsigned limit; all three above 50,000 tUSD.
+_DEMO_THRESHOLD_M = 2
+_DEMO_TIERS = [(50_000 * TUSD, 3)]
+#: Every seed tops the agent's vault balance up to this (1,000,000 tUSD).
+_DEMO_VAULT_FUNDS = 1_000_000 * TUSD
+
+
+def _demo_approver_keys(approver_dir: Path | None) -> tuple[list[str], list[str]]:
+    """Three approver keys: read from (or created in) ``approver_dir``, else the public ones."""
+    if approver_dir is None:
+        return list(DEMO_APPROVER_KEYS), []
+    keys, files = [], []
+    for i in (1, 2, 3):
+        path = Path(approver_dir) / f"approver-{i}.key"
+        if not path.exists():
+            write_key_file(path, "0x" + os.urandom(32).hex())
+        keys.append(read_key_file(path))
+        files.append(str(path))
+    return keys, files
 
 
 def seed_demo(
@@ -477,66 +702,86 @@ def seed_demo(
     deployer_key: str,
     agent_key: str,
     supplier_keys: Sequence[str] = DEMO_SUPPLIER_KEYS,
+    *,
+    approver_dir: Path | None = None,
+    allow_any_chain: bool = False,
 ) -> DemoSeed:
-    """Set up the procurement demo on a deployment.
+    """Set up the procurement demo on a deployment (the local dev chain only, unless asked).
 
-    Configures the agent's limits (5,000 tUSD per transaction, 20,000 tUSD per day), tops the
-    agent up to 50,000 tUSD and approves the Escrow for it, configures SKU ``WIDGET-42`` (stock
-    20, threshold 50, target 200: a shortfall of 180) and has four suppliers post offers for it:
+    Configures the agent's rulebook (:data:`DEMO_LIMITS`: 5,000 tUSD per transaction, unsigned
+    exceptions up to 20,000, 200,000 per rolling 24 h, 100,000,000 lifetime; three approvers, two
+    of whom must sign above 20,000, all three above 50,000), tops the agent's AgentVault balance
+    up to 1,000,000 tUSD, configures SKU ``WIDGET-42`` (stock 20, threshold 50, target 200: a
+    shortfall of 180), admits four suppliers to the marketplace and has them post offers:
     allow-listed at 14.00 with 5 days lead time, NOT allow-listed at 9.00 with 3 days (its
     description is a prompt-injection attempt), allow-listed at 10.00 but 45 days, and
     allow-listed at 12.00 with 7 days, the one a correct decision picks.
 
     Each step first looks at the chain and is skipped when already done, so a second call on the
-    same deployment sends nothing new and returns the same seed.
+    same deployment sends nothing new (but a vault top-up) and returns the same seed.
 
     Args:
         rpc_url: JSON-RPC endpoint.
         d: the deployment to seed.
         deployer_key: the deployer's key (admin of the contracts and minter).
-        agent_key: the agent's key (approves the Escrow); must match ``d.agent``.
+        agent_key: the agent's key; must match ``d.agent`` (it signs nothing here).
         supplier_keys: four supplier keys (default: anvil dev accounts 3..6).
+        approver_dir: directory for the three approvers' key files (created, mode 0600, when
+            missing; ``ledgerflow up`` uses its state directory). Default: the public demo keys.
+        allow_any_chain: seed a chain other than the local dev chain (31337) anyway.
 
     Raises:
-        ConfigError: a key is malformed, does not match the deployment, or too few suppliers.
+        ConfigError: a key is malformed, does not match the deployment, too few suppliers, or
+            the chain is not the local dev chain.
         ChainError: the endpoint is unreachable or a transaction failed.
     """
     if len(supplier_keys) < len(_DEMO_OFFERS):
         raise ConfigError(f"seed_demo needs {len(_DEMO_OFFERS)} supplier keys")
     w3 = connect(rpc_url)
+    chain_id = int(w3.eth.chain_id)
+    if chain_id != DEV_CHAIN_ID and not allow_any_chain:
+        raise ConfigError(
+            f"refusing to seed the demo on chain id {chain_id}: demo seeding mints test tokens "
+            f"and registers demo keys, for the local dev chain ({DEV_CHAIN_ID}) only; pass "
+            "allow_any_chain (an explicit --seed) for a throwaway test chain"
+        )
     admin = _Sender(w3, deployer_key, "deployer")
     agent_address = _account(agent_key, "agent").address
-    # One sender per account, or two nonce counters would collide.
-    agent = admin if agent_address == admin.address else _Sender(w3, agent_key, "agent")
     if admin.address != d.deployer:
         raise ConfigError("the deployer key does not belong to the deployment's deployer")
-    if agent.address != d.agent:
+    if agent_address != d.agent:
         raise ConfigError("the agent key does not belong to the deployment's agent")
 
-    policy = contract(w3, "AgentPolicy", d.address("AgentPolicy"))
-    token = contract(w3, "TestUSD", d.address("TestUSD"))
+    vault = contract(w3, "AgentVault", d.address("AgentVault"))
     inventory = contract(w3, "InventoryLedger", d.address("InventoryLedger"))
     market = contract(w3, "Marketplace", d.address("Marketplace"))
-    escrow = d.address("Escrow")
     sku = sku_to_bytes32(DEMO_SKU)
 
-    # Limits struct: (perTxCap, periodBudget, spent, periodSeconds, periodStart, configured)
-    lim = policy.functions.limits(agent.address).call()
-    if not lim[5] or (lim[0], lim[1], lim[3]) != (
-        _DEMO_PER_TX_CAP,
-        _DEMO_BUDGET,
-        DEMO_PERIOD_SECONDS,
-    ):
-        fn = policy.functions.setAgent(
-            agent.address, _DEMO_PER_TX_CAP, _DEMO_BUDGET, DEMO_PERIOD_SECONDS
-        )
-        admin.call(fn, "AgentPolicy")
+    approver_keys, key_files = _demo_approver_keys(approver_dir)
+    approvers = [_account(k, "approver").address for k in approver_keys]
+    listed = [
+        _account(key, "supplier").address
+        for key, offer in zip(supplier_keys, _DEMO_OFFERS, strict=False)
+        if offer[4]
+    ]
+    book = AgentRulebook(
+        limits=DEMO_LIMITS,
+        counterparties=listed,
+        approvers=approvers,
+        threshold=_DEMO_THRESHOLD_M,
+        tiers=_DEMO_TIERS,
+    )
+    _configure(w3, admin, d, agent_address, book)
 
-    balance = token.functions.balanceOf(agent.address).call()
-    if balance < _DEMO_AGENT_FUNDS:
-        admin.call(token.functions.mint(agent.address, _DEMO_AGENT_FUNDS - balance), "TestUSD")
-    if token.functions.allowance(agent.address, escrow).call() != MAX_UINT256:
-        agent.call(token.functions.approve(escrow, MAX_UINT256), "TestUSD")
+    balance = int(vault.functions.balanceOf(agent_address).call())
+    if balance < _DEMO_VAULT_FUNDS:
+        _fund(w3, admin, d, agent_address, _DEMO_VAULT_FUNDS - balance)
+        log.info(
+            "demo agent's vault topped up",
+            agent=agent_address,
+            before_tusd=balance // TUSD,
+            after_tusd=_DEMO_VAULT_FUNDS // TUSD,
+        )
 
     _stock, threshold, target = inventory.functions.item(sku).call()
     if (threshold, target) == (0, 0):
@@ -544,14 +789,17 @@ def seed_demo(
         admin.call(fn, "InventoryLedger")
 
     # Offer struct: (id, supplier, sku, unitPrice, leadTimeDays, maxQuantity, active, description)
-    existing = market.functions.offersFor(sku).call()
+    count = int(market.functions.activeOfferCount(sku).call())
+    existing = market.functions.offersFor(sku, 0, count).call() if count else []
+    supplier_role = role_id("SUPPLIER_ROLE")
     suppliers: list[DemoSupplier] = []
-    for key, (name, price, lead, max_qty, listed, text) in zip(
+    for key, (name, price, lead, max_qty, allowed, text) in zip(
         supplier_keys, _DEMO_OFFERS, strict=False
     ):
         supplier = _Sender(w3, key, "supplier")
-        if policy.functions.isCounterpartyAllowed(supplier.address).call() != listed:
-            admin.call(policy.functions.setCounterparty(supplier.address, listed), "AgentPolicy")
+        if not market.functions.hasRole(supplier_role, supplier.address).call():
+            fn = market.functions.grantRole(supplier_role, supplier.address)
+            admin.call(fn, "Marketplace")
         description = text.format(address=supplier.address)
         offer_id = next(
             (
@@ -577,7 +825,7 @@ def seed_demo(
                 unit_price=price,
                 lead_time_days=lead,
                 max_quantity=max_qty,
-                allow_listed=listed,
+                allow_listed=allowed,
                 description=description,
             )
         )
@@ -586,11 +834,16 @@ def seed_demo(
     seed = DemoSeed(
         sku=DEMO_SKU,
         sku_bytes32=to_hex(sku),
-        agent=agent.address,
-        per_tx_cap=_DEMO_PER_TX_CAP,
-        period_budget=_DEMO_BUDGET,
-        period_seconds=DEMO_PERIOD_SECONDS,
-        agent_balance=token.functions.balanceOf(agent.address).call(),
+        agent=agent_address,
+        per_tx_cap=DEMO_LIMITS.per_tx_cap,
+        period_budget=DEMO_LIMITS.window_budget,
+        period_seconds=DEMO_LIMITS.window_seconds,
+        unsigned_limit=DEMO_LIMITS.unsigned_limit,
+        lifetime_cap=DEMO_LIMITS.lifetime_cap,
+        agent_balance=int(vault.functions.balanceOf(agent_address).call()),
+        approvers=approvers,
+        approver_threshold=_DEMO_THRESHOLD_M,
+        approver_key_files=key_files,
         stock=stock,
         threshold=threshold,
         target=target,

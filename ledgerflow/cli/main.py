@@ -133,14 +133,28 @@ def deploy(
                 f"(anyone can sign with them): set {names} (or the _FILE forms), or pass "
                 "--allow-dev-keys for a throwaway test chain"
             )
+    explicit_seed = seed is True  # asked for by name: seeds any chain
     if seed is None:
         seed = chain_id == DEV_CHAIN_ID
         if not seed:
             err.print(f"note: not seeding the demo data on chain {chain_id} (--seed to seed it)")
-    dep = d.deploy_all(settings.rpc_url, keys[0], agent_key=keys[1], approver_key=keys[2])
+    dep = d.deploy_all(
+        settings.rpc_url,
+        keys[0],
+        agent_key=keys[1],
+        approver_key=keys[2],
+        allow_dev_keys=allow_dev_keys,
+    )
     d.save_deployment(path, dep)
     if seed:
-        d.seed_demo(settings.rpc_url, dep, keys[0], keys[1])
+        d.seed_demo(
+            settings.rpc_url,
+            dep,
+            keys[0],
+            keys[1],
+            approver_dir=settings.home / "approvers",
+            allow_any_chain=explicit_seed,
+        )
     _emit({"deployment": str(path), **dep.contracts}, False)
 
 

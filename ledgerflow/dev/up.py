@@ -154,8 +154,15 @@ def ensure_deployed(settings: Settings) -> None:
     keys = settings.dev_key(0), settings.dev_key(1), settings.dev_key(2)
     d = deploy.deploy_all(settings.rpc_url, keys[0], agent_key=keys[1], approver_key=keys[2])
     deploy.save_deployment(path, d)
-    deploy.seed_demo(settings.rpc_url, d, keys[0], keys[1])
+    seed = deploy.seed_demo(
+        settings.rpc_url, d, keys[0], keys[1], approver_dir=settings.home / "approvers"
+    )
     console.print(f"contracts: deployed and seeded (registry {d.contracts['CheckpointRegistry']})")
+    console.print(
+        f"approvers: {seed.approver_threshold} of {len(seed.approvers)} sign above "
+        f"{seed.unsigned_limit // deploy.TUSD:,} tUSD; their dev keys: "
+        + ", ".join(seed.approver_key_files)
+    )
 
 
 #: What the demo's procurements add to the shortfall: a simulated supplier delivers after 2 s.

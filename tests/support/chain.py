@@ -6,7 +6,15 @@ from typing import Any
 
 from web3 import Web3
 
-from ledgerflow.chain.deploy import DEV_KEYS, TUSD, Deployment, connect, contract, sku_to_bytes32
+from ledgerflow.chain.deploy import (
+    DEV_KEYS,
+    TUSD,
+    Deployment,
+    connect,
+    contract,
+    role_id,
+    sku_to_bytes32,
+)
 
 
 class ChainAdmin:
@@ -42,6 +50,9 @@ class ChainAdmin:
         self, supplier_key: str, sku: str, price_tusd: float, lead: int, max_qty: int, text: str
     ) -> None:
         m = self.c("Marketplace")
+        supplier = self.address(supplier_key)
+        if not m.functions.hasRole(role_id("SUPPLIER_ROLE"), supplier).call():
+            self.send(DEV_KEYS[0], m.functions.grantRole(role_id("SUPPLIER_ROLE"), supplier))
         price = round(price_tusd * TUSD)
         self.send(
             supplier_key, m.functions.postOffer(sku_to_bytes32(sku), price, lead, max_qty, text)
@@ -49,17 +60,45 @@ class ChainAdmin:
 
     def allow(self, supplier_key: str, allowed: bool = True) -> None:
         p = self.c("AgentPolicy")
-        self.send(DEV_KEYS[0], p.functions.setCounterparty(self.address(supplier_key), allowed))
+        fn = p.functions.setCounterparty(self.d.agent, self.address(supplier_key), allowed)
+        self.send(DEV_KEYS[0], fn)
 
-    def set_agent_limits(self, cap_tusd: int, budget_tusd: int) -> None:
+    def set_agent_limits(
+        self,
+        cap_tusd: int,
+        budget_tusd: int,
+        *,
+        unsigned_limit_tusd: int | None = None,
+        window_seconds: int = 86_400,
+        buckets: int = 4,
+        lifetime_tusd: int = 10**12,
+    ) -> None:
+        """Set the agent's limits (the unsigned limit defaults to four times the cap)."""
         p = self.c("AgentPolicy")
-        self.send(
-            DEV_KEYS[0],
-            p.functions.setAgent(self.d.agent, cap_tusd * TUSD, budget_tusd * TUSD, 86_400),
+        unsigned = 4 * cap_tusd if unsigned_limit_tusd is None else unsigned_limit_tusd
+        limits = (
+            cap_tusd * TUSD,
+            unsigned * TUSD,
+            budget_tusd * TUSD,
+            window_seconds,
+            buckets,
+            lifetime_tusd * TUSD,
         )
+        self.send(DEV_KEYS[0], p.functions.setAgent(self.d.agent, limits))
 
     def mint(self, to: str, amount_tusd: int) -> None:
         self.send(DEV_KEYS[0], self.c("TestUSD").functions.mint(to, amount_tusd * TUSD))
+
+    def fund_vault(self, agent: str, amount_tusd: int) -> None:
+        """Mint test tokens and deposit them into ``agent``'s AgentVault balance."""
+        token, vault = self.c("TestUSD"), self.c("AgentVault")
+        admin = self.address(DEV_KEYS[0])
+        self.send(DEV_KEYS[0], token.functions.mint(admin, amount_tusd * TUSD))
+        self.send(DEV_KEYS[0], token.functions.approve(vault.address, amount_tusd * TUSD))
+        self.send(DEV_KEYS[0], vault.functions.deposit(agent, amount_tusd * TUSD))
+
+    def vault_balance(self, agent: str) -> int:
+        return int(self.c("AgentVault").functions.balanceOf(agent).call())
 
     def balance(self, who: str) -> int:
         return int(self.c("TestUSD").functions.balanceOf(who).call())
