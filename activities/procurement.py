@@ -37,6 +37,7 @@ from ledgerflow.llm.provider import (
     data_block,
     structured,
 )
+from ledgerflow.observability import metrics
 from ledgerflow.types import StrictModel, TxResult, eip55
 
 __all__ = [
@@ -600,6 +601,7 @@ class ProcurementActivities(Activities):
             if order[0] == agent.address and order[1] == req.supplier and order[2] == req.amount:
                 return _already()
             raise
+        metrics.current().escrow_receipt(escrow, receipt)
         return _tx(receipt)
 
     @step_activity(
@@ -643,6 +645,7 @@ class ProcurementActivities(Activities):
             ):
                 return _already()
             raise
+        metrics.current().escrow_receipt(escrow, receipt)
         return _tx(receipt)
 
     @step_activity(

@@ -47,6 +47,7 @@ from ledgerflow.flow.steps import (
     LLMDecision,
 )
 from ledgerflow.llm.provider import LLMProvider, data_block, offline_meta
+from ledgerflow.observability import metrics
 from ledgerflow.types import ErrorType, StrictModel, eip55
 
 __all__ = ["GenericSteps", "decide", "decision_messages"]
@@ -260,6 +261,8 @@ class GenericSteps(Activities):
                     )
                 )
         events.sort(key=lambda e: e.log_index)
+        if req.contract == "Escrow":
+            metrics.current().escrow_events((e.event, e.args) for e in events)
         return ContractCallResult(
             tx_hash=receipt.tx_hash,
             block_number=receipt.block_number,

@@ -1,16 +1,36 @@
-"""structlog set-up: a console renderer on a TTY, JSON lines otherwise."""
+"""Logging: structlog for ledgerflow's own lines, the same renderer for every stdlib logger.
+
+``configure_logging`` sets up one pipeline per process. ledgerflow's code logs through structlog
+(bound context, one event per line); the standard library's loggers (temporalio's activity and
+workflow loggers, the Temporal SDK core's lines forwarded by
+:mod:`ledgerflow.observability.telemetry`, uvicorn, asyncio, ``warnings``) are rendered by the
+same processors through :class:`structlog.stdlib.ProcessorFormatter`. With JSON output
+(``LEDGERFLOW_LOG_FORMAT=json``, or ``auto`` when stderr is not a terminal) every line on stderr is
+one JSON object: exceptions are a field (``exception``, the traceback as one string), uncaught
+exceptions in the main thread or in other threads are logged, not printed. Nothing is written to
+stdout, which belongs to what a command prints for its user.
+"""
 
 from __future__ import annotations
 
 import logging
 import re
 import sys
+import threading
 from collections.abc import MutableMapping
+from types import TracebackType
 from typing import Any, TextIO, cast
 
 import structlog
 
-__all__ = ["configure_logging", "redact", "redact_url", "register_secret", "scrub"]
+__all__ = [
+    "configure_logging",
+    "json_logging",
+    "redact",
+    "redact_url",
+    "register_secret",
+    "scrub",
+]
 
 _SECRET_KEYS = ("key", "secret", "token", "password", "authorization")
 
@@ -25,6 +45,16 @@ def redact(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> Mutab
     return event
 
 
+def _scrub_exception(
+    _logger: Any, _method: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """A traceback quotes exception messages, which may quote a URL with its credentials."""
+    text = event.get("exception")
+    if isinstance(text, str):
+        event["exception"] = scrub(text)
+    return event
+
+
 class _CurrentStderr:
     """Writes to whatever ``sys.stderr`` is now (test runners swap it)."""
 
@@ -35,29 +65,88 @@ class _CurrentStderr:
         sys.stderr.flush()
 
 
+#: The handler configure_logging installed on the root logger (replaced on a second call).
+_handler: logging.Handler | None = None
+_json = False
+
+
+def json_logging() -> bool:
+    """Whether :func:`configure_logging` chose JSON lines for this process."""
+    return _json
+
+
 def configure_logging(level: str = "INFO", fmt: str = "auto") -> None:
-    """Configure structlog and the stdlib root logger once per process."""
+    """Configure structlog and the stdlib root logger for this process (idempotent).
+
+    Args:
+        level: ledgerflow's level; the standard library's loggers log at WARNING and above
+            (temporalio's INFO lines are per-task noise) unless ``level`` is stricter.
+        fmt: ``json``, ``console``, or ``auto`` (JSON unless stderr is a terminal).
+    """
+    global _handler, _json
     use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
+    _json = use_json
     renderer: Any = (
         structlog.processors.JSONRenderer()
         if use_json
         else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     )
+    # The console renderer prints exceptions itself (multi-line, for people); JSON gets a field.
+    exceptions: list[Any] = [structlog.processors.format_exc_info, _scrub_exception]
     numeric = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        redact,
+    ]
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            redact,
-            structlog.processors.format_exc_info,
-            renderer,
-        ],
+        processors=[*shared, *(exceptions if use_json else []), renderer],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=structlog.PrintLoggerFactory(file=cast(TextIO, _CurrentStderr())),
         cache_logger_on_first_use=True,
     )
-    logging.basicConfig(level=max(numeric, logging.WARNING), stream=sys.stderr, force=True)
+
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared],
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            *(exceptions if use_json else []),
+            renderer,
+        ],
+    )
+    handler = logging.StreamHandler(cast(TextIO, _CurrentStderr()))
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        if old is _handler or isinstance(old, logging.StreamHandler):
+            root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(max(numeric, logging.WARNING))
+    _handler = handler
+    logging.captureWarnings(True)
+    if use_json:
+        sys.excepthook = _log_uncaught
+        threading.excepthook = _log_thread_uncaught
+
+
+def _log_uncaught(
+    exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None
+) -> None:
+    if issubclass(exc_type, KeyboardInterrupt):
+        sys.__excepthook__(exc_type, exc, tb)
+        return
+    logging.getLogger("ledgerflow").critical("uncaught exception", exc_info=(exc_type, exc, tb))
+
+
+def _log_thread_uncaught(args: threading.ExceptHookArgs) -> None:
+    if args.exc_value is None or issubclass(args.exc_type, SystemExit):
+        return
+    logging.getLogger("ledgerflow").error(
+        "uncaught exception in thread %s",
+        args.thread.name if args.thread is not None else "?",
+        exc_info=(args.exc_type, args.exc_value, args.exc_traceback),
+    )
 
 
 # ---- scrubbing secrets from text -------------------------------------------------------------

@@ -131,3 +131,7 @@ class Runtime:
                     timeout=self.settings.tx_timeout_seconds,
                 )
             return self._signers[role]
+
+    def active_signers(self) -> dict[str, Signer]:
+        """The signers built so far, by role (a role that sent nothing yet has none)."""
+        return dict(self._signers)

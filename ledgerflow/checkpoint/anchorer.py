@@ -10,6 +10,7 @@ pending hash is anchored later exactly once, and nothing is anchored twice.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import structlog
@@ -17,6 +18,7 @@ import structlog
 from ledgerflow.checkpoint.merkle import build_tree
 from ledgerflow.checkpoint.records import leaf_hash
 from ledgerflow.errors import ContractRevert
+from ledgerflow.observability import metrics
 from ledgerflow.runtime import Runtime
 from ledgerflow.store import AnchorRow
 
@@ -84,8 +86,8 @@ class Anchorer:
         )
         if claimed is None:
             return None
-        anchor, _steps = claimed
-        await self._send(anchor)
+        anchor, steps = claimed
+        await self._send(anchor, stored_at=[s.created_at for s in steps])
         return anchor
 
     async def resume(self) -> int:
@@ -95,7 +97,9 @@ class Anchorer:
             await self._send(row)
         return len(rows)
 
-    async def _send(self, anchor: AnchorRow) -> None:
+    async def _send(self, anchor: AnchorRow, stored_at: Sequence[datetime] = ()) -> None:
+        """Send (or resume) one batch; ``stored_at`` are its steps' store times (for the anchor
+        lag metric; a batch resumed after a crash has none)."""
         assert anchor.root is not None and anchor.id is not None
         registry = self.rt.contract("CheckpointRegistry")
         signer = await self.rt.signer("orchestrator")
@@ -115,6 +119,7 @@ class Anchorer:
         )
         self.anchored_roots += 1
         self.rt.anchor_events.notify()
+        metrics.current().anchored("batched", anchor.leaf_count, _ages(stored_at))
         log.info(
             "root anchored",
             root=anchor.root,
@@ -132,3 +137,9 @@ class Anchorer:
         for entry in logs:
             return "0x" + bytes(entry["transactionHash"]).hex(), int(entry["blockNumber"])
         return "", block
+
+
+def _ages(times: Sequence[datetime]) -> list[float]:
+    """Seconds since each of ``times`` (naive datetimes are UTC, as the store writes them)."""
+    now = datetime.now(UTC)
+    return [(now - (t if t.tzinfo else t.replace(tzinfo=UTC))).total_seconds() for t in times]

@@ -50,6 +50,24 @@ def _until_signal(serve: Callable[[asyncio.Event], Awaitable[None]]) -> None:
     asyncio.run(_main())
 
 
+def _serve(serve: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+    """A long-running service (worker, API): with JSON logs, its fatal error is a JSON line too,
+    so a log pipeline never sees plain text from it."""
+    from ledgerflow.log import json_logging
+
+    try:
+        _until_signal(serve)
+    except LedgerflowError as exc:
+        if not json_logging():
+            raise
+        import structlog
+
+        structlog.get_logger("ledgerflow.cli").error(
+            "service stopped", error=type(exc).__name__, detail=str(exc)
+        )
+        raise typer.Exit(2) from None
+
+
 def _emit(data: Any, as_json: bool) -> None:
     if as_json:
         sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
@@ -79,7 +97,7 @@ def worker(
     from ledgerflow.worker.runner import run_worker
 
     settings = _settings()
-    _until_signal(lambda stop: run_worker(settings, stop, anchorer=anchorer))
+    _serve(lambda stop: run_worker(settings, stop, anchorer=anchorer))
 
 
 @app.command()
@@ -88,7 +106,7 @@ def api() -> None:
     from ledgerflow.api.webhooks import serve_api
 
     settings = _settings()
-    _until_signal(lambda stop: serve_api(settings, stop))
+    _serve(lambda stop: serve_api(settings, stop))
 
 
 @app.command()
