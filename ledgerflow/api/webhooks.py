@@ -326,7 +326,9 @@ class _Webhooks:
         async with self._lock:
             if self._client is None:
                 try:
-                    client = await LedgerflowClient.connect(self.settings)
+                    client = await LedgerflowClient.connect(
+                        self.settings, interceptors=tracing.client_interceptors(self._tracer)
+                    )
                 except Exception as exc:
                     log.warning("api.temporal_unreachable", error=type(exc).__name__)
                     raise WebhookError(

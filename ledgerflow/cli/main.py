@@ -183,19 +183,20 @@ async def _wait_with_progress(lf: Any, workflow_id: str, *, show: bool) -> dict[
                 st = await lf.status(workflow_id)
             except Exception:  # progress is best effort; the result decides
                 st = None
-            if st is not None and st.state:
-                now = (st.state.get("phase"), st.steps, st.anchor_state)
+            if st is not None and st.state is not None:
+                now = (st.phase, st.steps, st.anchor_state)
                 if now != last:
                     last = now
-                    waiting = (
-                        f", waiting for {st.state['awaiting']}" if st.state.get("awaiting") else ""
-                    )
+                    waiting = f", waiting for {st.awaiting}" if st.awaiting else ""
                     err.print(
                         f"  {now[0]}: {now[1]} step(s) checkpointed, anchors {now[2] or 'pending'}"
                         f"{waiting}"
                     )
         await asyncio.wait([result_task], timeout=0.5)
-    result: dict[str, Any] = result_task.result()
+    value = result_task.result()
+    result: dict[str, Any] = (
+        value.model_dump(mode="json") if hasattr(value, "model_dump") else dict(value)
+    )
     if show:
         err.print(
             f"  done: {result.get('outcome')} after {result.get('steps')} steps, "
@@ -216,7 +217,7 @@ def status(
 
     async def _main() -> dict[str, Any]:
         lf = await LedgerflowClient.connect(settings)
-        return (await lf.status(workflow_id)).model_dump()
+        return (await lf.status(workflow_id)).model_dump(mode="json")
 
     _emit(_run(_main()), as_json)
 

@@ -226,7 +226,7 @@ async def run_demo(settings: Settings, ui_url: str) -> bool:
     from ledgerflow.sdk.schedules import ensure_watcher, shortfall_starts_in_receipt
     from ledgerflow.workflows.watcher import WatcherInput
 
-    async with await LedgerflowClient.connect(settings) as lf:
+    async with LedgerflowClient.connect(settings) as lf:
         watcher = await ensure_watcher(lf, input=WatcherInput(procurement=DEMO_PROCUREMENT))
         console.print(f"watcher: following ShortfallDetected events ({escape(str(watcher))})")
         receipt = await asyncio.to_thread(simulate_sales, settings)
@@ -254,7 +254,9 @@ async def run_demo(settings: Settings, ui_url: str) -> bool:
         link = f"{ui_url}/namespaces/{settings.namespace}/workflows/{handle.id}"
         console.print(f"demo: watch it in the Temporal UI: {escape(link)}")
         result = await lf.result(handle.id)
-        console.print(outcome_line(result))
+        console.print(
+            outcome_line(result.model_dump() if hasattr(result, "model_dump") else result)
+        )
         report = await lf.verify(handle.id)
         mark = "[green]ok[/green]" if report.ok else "[red]FAILED[/red]"
         console.print(
