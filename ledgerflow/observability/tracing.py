@@ -9,8 +9,10 @@ batches spans to it, and their Temporal clients carry temporalio's
 * the API opens a ``webhook`` span per delivery (route, workflow type, status);
 * the client's interceptor starts ``StartWorkflow:<Type>`` (or ``SignalWorkflow`` /
   ``StartWorkflowUpdate``) under it and puts its context in the Temporal headers;
-* the worker's interceptor continues that trace: ``RunWorkflow:<Type>``, then one
-  ``StartActivity:<name>`` and ``RunActivity:<name>`` per step.
+* the worker's interceptor continues that trace: ``RunWorkflow:<Type>`` and, per step,
+  ``StartActivity:<name>`` with ``RunActivity:<name>`` under it (temporalio's workflow spans are
+  instantaneous and hang off the start's context, so the activity's chain of parents is
+  ``RunActivity`` → ``StartActivity`` → ``StartWorkflow`` → ``webhook.start``).
 
 Workflow spans are only created under a caller's span (temporalio's default): a run started
 without one (from the Temporal UI, a schedule, the chain-event watcher) has no workflow spans.
