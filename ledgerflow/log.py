@@ -119,7 +119,8 @@ def configure_logging(level: str = "INFO", fmt: str = "auto") -> None:
     handler.setFormatter(formatter)
     root = logging.getLogger()
     for old in list(root.handlers):
-        if old is _handler or isinstance(old, logging.StreamHandler):
+        # Ours from an earlier call, and logging.basicConfig's; a test runner's stay.
+        if old is _handler or type(old) is logging.StreamHandler:
             root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(max(numeric, logging.WARNING))

@@ -546,7 +546,9 @@ async def test_documented_curl_example_starts_a_run(stack: Stack) -> None:
     match = re.search(r"### Shell.*?```sh\n(.*?)```", doc, re.S)
     assert match, "docs/webhooks.md lost its shell example"
     port = free_port()
-    settings = settings_for(stack, api_port=port)
+    # In this process the Temporal runtime exists already (without metrics): no endpoint here;
+    # the API process's own endpoint is scraped in test_up.
+    settings = settings_for(stack, api_port=port, api_metrics_port=0)
     script = (
         match.group(1)
         .replace("SECRET='whsec_...'", f"SECRET='{SECRET}'")

@@ -39,11 +39,16 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, ValidationError
 from temporalio.client import WorkflowExecutionStatus, WorkflowUpdateFailedError
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
-from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from ledgerflow import __version__
-from ledgerflow.errors import ConfigError, WebhookError
+from ledgerflow.errors import (
+    ConfigError,
+    EngineUnavailable,
+    RunAlreadyStarted,
+    RunError,
+    WebhookError,
+)
 from ledgerflow.flow import registry
 from ledgerflow.observability import metrics, tracing
 from ledgerflow.observability.telemetry import configure_runtime, metrics_address
@@ -387,10 +392,15 @@ class _Webhooks:
                 reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
             )
             run_id = handle.result_run_id
-        except WorkflowAlreadyStartedError as exc:
+        except RunAlreadyStarted as exc:
             run_id = exc.run_id or await self._existing_run(client, workflow_id)
-        except RPCError as exc:
-            log.warning("webhook.start_failed", webhook_id=webhook_id, status=exc.status.name)
+        except (EngineUnavailable, RunError) as exc:
+            log.warning(
+                "webhook.start_failed",
+                webhook_id=webhook_id,
+                error=type(exc).__name__,
+                status=getattr(exc, "status", None),
+            )
             raise WebhookError(503, "the workflow engine refused the start; retry later") from None
         if not run_id:  # pragma: no cover - Temporal always answers a run id
             raise WebhookError(503, "the workflow engine did not return a run id; retry later")

@@ -90,7 +90,8 @@ def configure_runtime(*, core_level: str = "WARN", metrics_address: str | None =
                 raise ConfigError(
                     f"this process already has a Temporal runtime "
                     f"(metrics {_metrics_address or 'off'}); cannot serve metrics on "
-                    f"{metrics_address} too"
+                    f"{metrics_address} too (one endpoint per process: set the metrics port "
+                    "to 0 for a worker or API started inside another ledgerflow process)"
                 )
             return _runtime
         _runtime = _build(core_level, metrics_address)
