@@ -11,8 +11,13 @@ import asyncio
 import base64
 import contextlib
 import json
+import subprocess
+import sys
+import textwrap
+import threading
 import uuid
 from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import httpx
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -165,3 +170,62 @@ async def test_the_api_counts_webhooks_by_kind_type_and_status(stack: Stack) -> 
     assert value(samples, "ledgerflow_webhook_latency_seconds_count", kind="start") == 3
     # /health is not a webhook.
     assert value(samples, series) == 3
+
+
+def test_spans_go_to_the_otlp_endpoint_of_the_setting() -> None:
+    """LEDGERFLOW_OTLP_ENDPOINT's exporter, end to end: a process configured the way the worker
+    and the API configure themselves posts its spans (OTLP protobuf over HTTP) to the endpoint,
+    and flushes them at shutdown. Run in a child process: a tracer provider is process-global."""
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+        ExportTraceServiceRequest,
+    )
+
+    received: list[tuple[str, str, bytes]] = []
+
+    class Collector(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            received.append((self.path, self.headers.get("Content-Type", ""), body))
+            self.send_response(200)
+            self.send_header("Content-Type", "application/x-protobuf")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Collector)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    endpoint = f"http://127.0.0.1:{server.server_port}/v1/traces"
+    script = textwrap.dedent(
+        f"""
+        from ledgerflow.observability import tracing
+        tracer = tracing.configure_tracing({endpoint!r}, "ledgerflow-worker")
+        assert tracing.client_interceptors(tracer)
+        with tracer.start_as_current_span("webhook.start", attributes={{"k": "v"}}):
+            pass
+        tracing.shutdown()
+        """
+    )
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+        )
+    finally:
+        server.shutdown()
+    assert done.returncode == 0, done.stderr
+    assert len(received) == 1
+    path, content_type, body = received[0]
+    assert path == "/v1/traces" and content_type == "application/x-protobuf"
+    request = ExportTraceServiceRequest.FromString(body)
+    (resource_spans,) = request.resource_spans
+    attrs = {a.key: a.value.string_value for a in resource_spans.resource.attributes}
+    assert attrs["service.name"] == "ledgerflow-worker"
+    spans = [s for scope in resource_spans.scope_spans for s in scope.spans]
+    assert [s.name for s in spans] == ["webhook.start"]
+
+
+def test_tracing_is_off_without_an_endpoint() -> None:
+    from ledgerflow.observability import tracing
+
+    assert tracing.configure_tracing(None, "ledgerflow-worker") is None
+    assert tracing.client_interceptors(None) == []
