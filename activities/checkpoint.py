@@ -74,9 +74,9 @@ class CheckpointActivities(Activities):
         m = metrics.current()
         assert batch.final_status is not None
         m.run_ended(batch.workflow_type, batch.final_status)
-        for step in self.rt.store.get_steps(batch.workflow_id, batch.run_id):
-            if step.kind == "compensation":
-                m.compensation(batch.workflow_type, step.name, step.status)
+        store = self.rt.store
+        for name, status in store.steps_of_kind(batch.workflow_id, batch.run_id, "compensation"):
+            m.compensation(batch.workflow_type, name, status)
 
     async def _anchors(self, batch: CheckpointBatch) -> tuple[bool, list[AnchorInfo]]:
         store = self.rt.store
