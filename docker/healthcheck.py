@@ -4,8 +4,9 @@
     python docker/healthcheck.py rpc URL    # the EVM node answers eth_chainId (anvil)
     python docker/healthcheck.py worker     # a worker in this container polls the task queue
 
-The worker check asks Temporal which workers polled the task queue (``LEDGERFLOW_TASK_QUEUE`` on
-``LEDGERFLOW_TEMPORAL_ADDRESS``) and looks for one whose identity is ``<pid>@<this hostname>``,
+The worker check asks Temporal which workers polled the task queue (``LEDGERFLOW_TASK_QUEUE``,
+connecting exactly like the worker does: ``LEDGERFLOW_TEMPORAL_ADDRESS`` or Temporal's
+environment configuration, with TLS and API keys) and looks for one whose identity is ``<pid>@<this hostname>``,
 the Temporal SDK's default identity, so it checks this container's worker, not another one.
 """
 
@@ -40,15 +41,16 @@ async def _worker_polls() -> bool:
     from temporalio.api.enums.v1 import TaskQueueType
     from temporalio.api.taskqueue.v1 import TaskQueue
     from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
-    from temporalio.client import Client
 
     from ledgerflow.settings import get_settings
+    from ledgerflow.temporal import connect
 
     settings = get_settings()
-    client = await Client.connect(settings.temporal_address, namespace=settings.namespace)
+    # The worker's own connection settings (envconfig, TLS, API key): see ledgerflow.temporal.
+    client = await connect(settings, timeout=TIMEOUT_SECONDS / 2)
     resp = await client.workflow_service.describe_task_queue(
         DescribeTaskQueueRequest(
-            namespace=settings.namespace,
+            namespace=client.namespace,
             task_queue=TaskQueue(name=settings.task_queue),
             task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,
         )

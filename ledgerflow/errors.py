@@ -7,11 +7,16 @@ Every error raised on purpose by ledgerflow derives from :class:`LedgerflowError
     ├── StackError             a service of the embedded stack failed to start (port taken, ...)
     │   └── EngineUnavailable  Temporal did not answer or refused a call (carries the RPC status)
     ├── ChainError             JSON-RPC or transaction failure
-    │   └── ContractRevert     a contract refused a call (decoded custom error); non-retryable
+    │   ├── ContractRevert     a contract refused a call (decoded custom error); non-retryable
+    │   ├── RPCUnavailable     no configured JSON-RPC endpoint answered
+    │   ├── FeeTooHigh         the fee the chain asks is above the configured maximum
+    │   ├── SignerUnavailable  the remote signer refused, failed or answered something else
+    │   └── TxVoided           the chain lost the transaction and its owner said not to redo it
     ├── LLMError               the model's answer cannot be used
     │   ├── LLMRefusal         the model refused
     │   └── LLMInvalidOutput   malformed JSON, schema violation, truncation, invalid choice
-    ├── StoreError             the store cannot be read, or lacks data it must have
+    ├── StoreError             the store is missing data it must have
+    │   └── StoreUnavailable   the database failed (unreachable, locked, read-only, ...)
     ├── VerificationError      a run does not verify (carries the first bad step)
     ├── WebhookError           a webhook delivery is refused (carries the HTTP status)
     └── RunError               a run cannot be found, started or steered, or did not complete
@@ -24,7 +29,10 @@ The SDK raises the ``RunError`` family and ``EngineUnavailable`` in place of Tem
 exceptions (``RPCError``, ``WorkflowFailureError``, ``WorkflowUpdateFailedError``, ...), which stay
 attached as ``__cause__``.
 
-Errors never carry secrets: messages are written from public values only.
+Errors never carry secrets: messages are written from public values only, and errors that
+stand for an infrastructure failure (aiohttp, web3, SQLAlchemy) carry a short message of
+their own instead of the library's (which can quote SQL parameters, raw transactions or URLs
+with credentials). Every error says whether retrying can help (:attr:`LedgerflowError.retryable`).
 """
 
 from __future__ import annotations
@@ -36,28 +44,52 @@ __all__ = [
     "ConfigError",
     "ContractRevert",
     "EngineUnavailable",
+    "FeeTooHigh",
     "LLMError",
     "LLMInvalidOutput",
     "LLMRefusal",
     "LedgerflowError",
+    "RPCUnavailable",
     "RunAlreadyStarted",
     "RunError",
     "RunFailed",
     "RunNotFound",
+    "SignerUnavailable",
     "StackError",
     "StoreError",
+    "StoreUnavailable",
+    "TxVoided",
     "UpdateRejected",
     "VerificationError",
     "WebhookError",
+    "infrastructure_error",
 ]
 
 
+#: The longest message an infrastructure error carries (Temporal shows it in the UI).
+MAX_MESSAGE = 300
+
+
+def bounded(text: str, limit: int = MAX_MESSAGE) -> str:
+    """``text`` on one line, at most ``limit`` characters."""
+    one_line = " ".join(str(text).split())
+    return one_line if len(one_line) <= limit else one_line[: limit - 1] + "…"
+
+
 class LedgerflowError(Exception):
-    """Root of every error ledgerflow raises on purpose."""
+    """Root of every error ledgerflow raises on purpose.
+
+    ``retryable`` says whether the same call can succeed later (an RPC outage, a fee spike)
+    or never will (a revert, a configuration error).
+    """
+
+    retryable: bool = True
 
 
 class ConfigError(LedgerflowError):
     """Settings or the deployment file are missing or inconsistent."""
+
+    retryable = False
 
 
 class StackError(LedgerflowError):
@@ -71,6 +103,8 @@ class ChainError(LedgerflowError):
 class ContractRevert(ChainError):
     """A contract refused a call. ``error`` is the custom error's name, ``args`` its values."""
 
+    retryable = False
+
     def __init__(
         self, error: str, args: dict[str, Any] | None = None, *, contract: str = ""
     ) -> None:
@@ -80,6 +114,34 @@ class ContractRevert(ChainError):
         detail = ", ".join(f"{k}={v}" for k, v in self.error_args.items())
         where = f"{contract}: " if contract else ""
         super().__init__(f"{where}{error}({detail})")
+
+
+class RPCUnavailable(ChainError):
+    """No configured JSON-RPC endpoint answered (each one failed or is cooling down)."""
+
+
+class FeeTooHigh(ChainError):
+    """The chain's fee is above the configured maximum: nothing was paid above it.
+
+    Retryable: the fee may fall. ``needed`` and ``maximum`` are in wei per gas.
+    """
+
+    def __init__(self, message: str, *, needed: int, maximum: int, chain_id: int) -> None:
+        self.needed = needed
+        self.maximum = maximum
+        self.chain_id = chain_id
+        super().__init__(message)
+
+
+class SignerUnavailable(ChainError):
+    """The remote signer could not be reached, refused, or returned another transaction."""
+
+
+class TxVoided(ChainError):
+    """The chain lost this key's transaction and its owner said the step must not be redone;
+    the nonce was filled with a no-op instead. Retrying cannot bring it back."""
+
+    retryable = False
 
 
 class LLMError(LedgerflowError):
@@ -98,8 +160,15 @@ class StoreError(LedgerflowError):
     """The store lacks data it must have (an unknown run, a missing preimage)."""
 
 
+class StoreUnavailable(StoreError):
+    """The database failed: unreachable, locked, read-only, out of space, or a schema that is
+    not ledgerflow's. The message names the failure, never the SQL or its parameters."""
+
+
 class VerificationError(LedgerflowError):
     """A run does not verify."""
+
+    retryable = False
 
     def __init__(self, message: str, *, first_bad_step: int | None = None) -> None:
         self.first_bad_step = first_bad_step
@@ -112,6 +181,56 @@ class WebhookError(LedgerflowError):
     def __init__(self, status: int, message: str) -> None:
         self.status = status
         super().__init__(message)
+
+
+def _family(exc: BaseException) -> str:
+    """The top-level package of the exception's class or of any of its bases."""
+    for klass in type(exc).__mro__:
+        root = klass.__module__.split(".", 1)[0]
+        if root in ("sqlalchemy", "psycopg", "sqlite3", "aiohttp", "web3", "httpx", "eth_utils"):
+            return root
+    return ""
+
+
+def infrastructure_error(exc: BaseException) -> LedgerflowError | None:
+    """A short, typed stand-in for an infrastructure library's exception, or None when
+    ``exc`` is not one (let it propagate).
+
+    The library's own text is not used where it can quote secrets or payloads: SQLAlchemy and
+    drivers (SQL, parameters), aiohttp and httpx (URLs with credentials). JSON-RPC error
+    messages from the node are kept, bounded. The original is never chained (``from None``).
+    """
+    if isinstance(exc, LedgerflowError):
+        return exc
+    family = _family(exc)
+    kind = type(exc).__name__
+    if family in ("sqlalchemy", "psycopg", "sqlite3"):
+        text = f"database error: {kind}"
+        if kind in ("OperationalError", "InterfaceError"):
+            orig = getattr(exc, "orig", exc)
+            first = str(orig).strip().splitlines()[0] if str(orig).strip() else ""
+            if first and "://" not in first:
+                text += f": {first}"
+        retry = kind not in ("ProgrammingError", "DataError", "NotSupportedError")
+        err: LedgerflowError = StoreUnavailable(bounded(text, 240))
+        err.retryable = retry
+        return err
+    if family in ("aiohttp", "httpx"):
+        status = getattr(exc, "status", None) or getattr(
+            getattr(exc, "response", None), "status_code", None
+        )
+        return RPCUnavailable(f"HTTP {status}" if status else f"network error: {kind}")
+    if isinstance(exc, TimeoutError):
+        return ChainError("timed out")
+    if family in ("web3", "eth_utils"):
+        message = getattr(exc, "message", None) or str(exc)
+        resp = getattr(exc, "rpc_response", None)
+        if isinstance(resp, dict) and isinstance(resp.get("error"), dict):
+            message = str(resp["error"].get("message", message))
+        err = ChainError(bounded(f"{kind}: {message}" if message else kind, 240))
+        err.retryable = kind not in ("Web3ValidationError", "Web3TypeError", "Web3ValueError")
+        return err
+    return None
 
 
 class EngineUnavailable(StackError):
@@ -138,10 +257,14 @@ class RunError(LedgerflowError):
 class RunNotFound(RunError):
     """No run has that workflow id (and run id), or it has ended and takes no more messages."""
 
+    retryable = False
+
 
 class RunAlreadyStarted(RunError):
     """A start was refused: the workflow id belongs to another run (running, or closed under a
     reuse policy that refuses it)."""
+
+    retryable = False
 
 
 class RunFailed(RunError):
@@ -150,6 +273,8 @@ class RunFailed(RunError):
     ``status`` is ``failed``, ``cancelled``, ``terminated`` or ``timed_out``; ``failure_type`` is
     the workflow's error type when it failed with one (e.g. ``CompensationFailed``).
     """
+
+    retryable = False
 
     def __init__(
         self,
@@ -168,6 +293,8 @@ class RunFailed(RunError):
 class UpdateRejected(RunError):
     """The run refused an update: ``update`` is its name, ``failure_type`` the refusal's type
     (``UpdateRejected`` when the run was not waiting for it)."""
+
+    retryable = False
 
     def __init__(
         self,

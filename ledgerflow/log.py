@@ -1,4 +1,5 @@
-"""Logging: structlog for ledgerflow's own lines, the same renderer for every stdlib logger.
+"""Logging: structlog for ledgerflow's own lines, the same renderer for every stdlib logger, and
+no secret in any line.
 
 ``configure_logging`` sets up one pipeline per process. ledgerflow's code logs through structlog
 (bound context, one event per line); the standard library's loggers (temporalio's activity and
@@ -9,6 +10,15 @@ same processors through :class:`structlog.stdlib.ProcessorFormatter`. With JSON 
 one JSON object: exceptions are a field (``exception``, the traceback as one string), uncaught
 exceptions in the main thread or in other threads are logged, not printed. Nothing is written to
 stdout, which belongs to what a command prints for its user.
+
+Three layers keep secrets out of logs and errors:
+
+- :func:`redact` masks fields whose *name* looks secret (``key``, ``token``, ...);
+- :func:`redact_url` strips what in a URL can be a credential: user-info, query values, and
+  path segments that look like tokens (``/v3/<api key>``);
+- :func:`register_secret` remembers secret *values* (private keys, RPC URLs, signer URLs); the
+  last processor, and a filter on other handlers of the standard library's root logger, replace
+  any of them, and any URL, in every rendered line, tracebacks included.
 """
 
 from __future__ import annotations
@@ -20,6 +30,7 @@ import threading
 from collections.abc import MutableMapping
 from types import TracebackType
 from typing import Any, TextIO, cast
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import structlog
 
@@ -33,6 +44,7 @@ __all__ = [
 ]
 
 _SECRET_KEYS = ("key", "secret", "token", "password", "authorization")
+MASK = "***"
 
 
 def redact(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
@@ -41,18 +53,128 @@ def redact(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> Mutab
         if any(s in k.lower() for s in _SECRET_KEYS) and k not in ("key_id",):
             if k == "key" and isinstance(event[k], str) and ":" in event[k]:
                 continue  # idempotency keys ("escrow.open:0x...") are public
-            event[k] = "***"
+            event[k] = MASK
     return event
 
 
-def _scrub_exception(
+# ---- URLs -------------------------------------------------------------------------------------
+
+_TOKENISH = re.compile(r"[A-Za-z0-9_\-.~%]+")
+
+
+def _token_like(segment: str) -> bool:
+    """A path segment that may be an API key: long, or letters and digits mixed."""
+    if not segment or not _TOKENISH.fullmatch(segment):
+        return bool(segment) and len(segment) >= 16
+    has_digit = any(c.isdigit() for c in segment)
+    has_alpha = any(c.isalpha() for c in segment)
+    return len(segment) >= 16 or (len(segment) >= 10 and has_digit and has_alpha)
+
+
+def redact_url(url: str) -> str:
+    """``url`` without anything that can be a credential.
+
+    User-info becomes ``***@``, every query value ``***``, token-like path segments ``***``
+    (``https://mainnet.example/v3/9aa3d95b...`` → ``https://mainnet.example/v3/***``); the
+    fragment is dropped. Scheme, host, port and short path words stay, so an operator can
+    still tell endpoints apart.
+    """
+    try:
+        parts = urlsplit(url.strip())
+        host = parts.hostname or ""
+        port = parts.port
+    except ValueError:
+        return MASK
+    if not parts.scheme or not host:
+        return MASK
+    netloc = (f"{MASK}@" if parts.username or parts.password else "") + (
+        f"[{host}]" if ":" in host else host
+    )
+    if port:
+        netloc += f":{port}"
+    path = "/".join(MASK if _token_like(seg) else seg for seg in parts.path.split("/"))
+    query = urlencode([(k, MASK) for k, _ in parse_qsl(parts.query, keep_blank_values=True)])
+    return urlunsplit((parts.scheme, netloc, path, query.replace("%2A", "*"), ""))
+
+
+# ---- secret values ----------------------------------------------------------------------------
+
+_secrets: set[str] = set()
+_secrets_lock = threading.Lock()
+_secret_pattern: re.Pattern[str] | None = None
+_URL = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.\-]{1,15}://[^\s'\"<>()\[\]{},]+")
+#: ``Authorization`` header values quoted in a message.
+_BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}")
+
+
+def register_secret(value: str | None) -> None:
+    """Remember a secret value so that :func:`scrub` (every log line) masks it.
+
+    Values shorter than 8 characters are ignored (they would mask ordinary words). A 0x-hex
+    value is also remembered without its prefix.
+    """
+    global _secret_pattern
+    if not value:
+        return
+    value = value.strip()
+    candidates = {value}
+    if value.lower().startswith("0x") and len(value) > 10:
+        candidates.add(value[2:])
+    with _secrets_lock:
+        before = len(_secrets)
+        _secrets.update(c for c in candidates if len(c) >= 8)
+        if len(_secrets) != before:
+            ordered = sorted(_secrets, key=len, reverse=True)
+            _secret_pattern = re.compile("|".join(re.escape(s) for s in ordered), re.IGNORECASE)
+
+
+def scrub(text: str) -> str:
+    """``text`` with every registered secret masked and every URL passed through
+    :func:`redact_url`."""
+    pattern = _secret_pattern
+    if pattern is not None:
+        text = pattern.sub(MASK, text)
+    text = _BEARER.sub(lambda m: f"{m.group(1)} {MASK}", text)
+    if "://" in text:
+        text = _URL.sub(lambda m: redact_url(m.group(0)), text)
+    return text
+
+
+def _scrub_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return scrub(value)
+    if isinstance(value, (list, tuple)):
+        return type(value)(_scrub_value(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _scrub_value(v) for k, v in value.items()}
+    if isinstance(value, BaseException):
+        return scrub(f"{type(value).__name__}: {value}")
+    return value
+
+
+def scrub_secrets(
     _logger: Any, _method: str, event: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
-    """A traceback quotes exception messages, which may quote a URL with its credentials."""
-    text = event.get("exception")
-    if isinstance(text, str):
-        event["exception"] = scrub(text)
+    """structlog processor: :func:`scrub` every string of the event (run after exceptions are
+    formatted, so tracebacks are scrubbed too)."""
+    for k, v in list(event.items()):
+        event[k] = _scrub_value(v)
     return event
+
+
+class _ScrubFilter(logging.Filter):
+    """Scrubs standard-library log records (web3, aiohttp, SQLAlchemy log through them)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:
+            return True
+        record.msg, record.args = scrub(message), None
+        if record.exc_info and record.exc_info[1] is not None:
+            formatted = logging.Formatter().formatException(record.exc_info)
+            record.exc_info, record.exc_text = None, scrub(formatted)
+        return True
 
 
 class _CurrentStderr:
@@ -91,8 +213,6 @@ def configure_logging(level: str = "INFO", fmt: str = "auto") -> None:
         if use_json
         else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     )
-    # The console renderer prints exceptions itself (multi-line, for people); JSON gets a field.
-    exceptions: list[Any] = [structlog.processors.format_exc_info, _scrub_exception]
     numeric = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
@@ -100,8 +220,10 @@ def configure_logging(level: str = "INFO", fmt: str = "auto") -> None:
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         redact,
     ]
+    # Exceptions become a field (one string) before the scrub, so tracebacks are scrubbed too.
+    final: list[Any] = [structlog.processors.format_exc_info, scrub_secrets, renderer]
     structlog.configure(
-        processors=[*shared, *(exceptions if use_json else []), renderer],
+        processors=[*shared, *final],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=structlog.PrintLoggerFactory(file=cast(TextIO, _CurrentStderr())),
         cache_logger_on_first_use=True,
@@ -109,19 +231,17 @@ def configure_logging(level: str = "INFO", fmt: str = "auto") -> None:
 
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared],
-        processors=[
-            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-            *(exceptions if use_json else []),
-            renderer,
-        ],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *final],
     )
     handler = logging.StreamHandler(cast(TextIO, _CurrentStderr()))
     handler.setFormatter(formatter)
     root = logging.getLogger()
     for old in list(root.handlers):
-        # Ours from an earlier call, and logging.basicConfig's; a test runner's stay.
+        # Ours from an earlier call, and logging.basicConfig's; a test runner's stay, scrubbed.
         if old is _handler or type(old) is logging.StreamHandler:
             root.removeHandler(old)
+        elif not any(isinstance(f, _ScrubFilter) for f in old.filters):
+            old.addFilter(_ScrubFilter())
     root.addHandler(handler)
     root.setLevel(max(numeric, logging.WARNING))
     _handler = handler
@@ -148,44 +268,3 @@ def _log_thread_uncaught(args: threading.ExceptHookArgs) -> None:
         args.thread.name if args.thread is not None else "?",
         exc_info=(args.exc_type, args.exc_value, args.exc_traceback),
     )
-
-
-# ---- scrubbing secrets from text -------------------------------------------------------------
-
-_URL = re.compile(r"\b([a-zA-Z][a-zA-Z0-9+.-]*://)([^\s/?#@]+@)?([^\s/?#]*)([^\s?#]*)(\?[^\s#]*)?")
-#: A path segment that looks like a credential (an RPC provider's project id or token).
-_TOKENISH = re.compile(r"^[A-Za-z0-9_\-]{16,}$")
-_BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}")
-_SECRETS: set[str] = set()
-
-
-def register_secret(value: str | None) -> None:
-    """Remember a secret value (a key, an API key, a webhook secret): :func:`scrub` removes it."""
-    if value and len(value) >= 6:
-        _SECRETS.add(value)
-        if value.startswith("0x"):
-            _SECRETS.add(value[2:])
-
-
-def redact_url(url: str) -> str:
-    """``url`` without credentials: user-info, query values and token-like path segments go."""
-    m = _URL.match(url)
-    if m is None:
-        return url
-    scheme, userinfo, host, path, query = m.groups()
-    out = scheme + ("***@" if userinfo else "") + host
-    if path:
-        out += "/".join("***" if _TOKENISH.match(seg) else seg for seg in path.split("/"))
-    if query:
-        pairs = [p.split("=", 1)[0] + "=***" if "=" in p else p for p in query[1:].split("&")]
-        out += "?" + "&".join(pairs)
-    return out + url[m.end() :]
-
-
-def scrub(text: str) -> str:
-    """``text`` with every registered secret, URL credential and bearer token removed."""
-    for secret in _SECRETS:
-        if secret in text:
-            text = text.replace(secret, "[REDACTED]")
-    text = _BEARER.sub(lambda m: f"{m.group(1)} [REDACTED]", text)
-    return _URL.sub(lambda m: redact_url(m.group(0)), text)

@@ -1,18 +1,33 @@
 """Settings, read from ``LEDGERFLOW_*`` environment variables and ``.env``.
 
 Nothing is read at import time: call :func:`get_settings`.
+
+
+Every setting can also come from a file: ``LEDGERFLOW_X_FILE=/run/secrets/x`` reads the value
+of ``LEDGERFLOW_X`` from that file (surrounding whitespace stripped), the convention of Docker and
+Kubernetes secrets. Setting both is an error.
 """
 
 from __future__ import annotations
 
+import os
+import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
-__all__ = ["ANVIL_DEFAULT_KEYS", "AnchorMode", "Settings", "get_settings"]
+from ledgerflow.errors import ConfigError
+
+__all__ = ["ANVIL_DEFAULT_KEYS", "FILE_SETTINGS", "AnchorMode", "Settings", "get_settings"]
 
 AnchorMode = Literal["batched", "per-step"]
 
@@ -28,6 +43,63 @@ ANVIL_DEFAULT_KEYS = (
 )
 DEV_CHAIN_ID = 31337
 
+#: The secrets the compose stack passes as files (``LEDGERFLOW_X_FILE``); any setting can be.
+FILE_SETTINGS = (
+    "orchestrator_key",
+    "agent_key",
+    "approver_key",
+    "webhook_secret",
+    "openai_api_key",
+    "database_url",
+)
+_FILE_SUFFIX = "_FILE"
+
+
+def _env_names(name: str, field: FieldInfo, prefix: str) -> list[str]:
+    names = [f"{prefix}{name}".upper()]
+    alias = field.validation_alias
+    if isinstance(alias, AliasChoices):
+        names += [str(c).upper() for c in alias.choices if isinstance(c, str)]
+    elif isinstance(alias, str):
+        names.append(alias.upper())
+    return list(dict.fromkeys(names))
+
+
+class _FileValues(PydanticBaseSettingsSource):
+    """``LEDGERFLOW_X_FILE``: the value of ``LEDGERFLOW_X`` read from a file."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # unused: __call__ reads every field at once
+
+    def __call__(self) -> dict[str, Any]:
+        env = {k.upper(): v for k, v in os.environ.items()}
+        prefix = str(self.config.get("env_prefix", ""))
+        out: dict[str, Any] = {}
+        for name, field in self.settings_cls.model_fields.items():
+            for var in _env_names(name, field, prefix):
+                path = env.get(var + _FILE_SUFFIX)
+                if not path:
+                    continue
+                if env.get(var):
+                    raise ConfigError(f"{var} and {var}{_FILE_SUFFIX} are both set; set one")
+                try:
+                    value = Path(path).read_text(encoding="utf-8").strip()
+                except (OSError, UnicodeDecodeError) as exc:
+                    why = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+                    raise ConfigError(f"cannot read {var}{_FILE_SUFFIX} ({path}): {why}") from None
+                if not value:
+                    raise ConfigError(f"{var}{_FILE_SUFFIX} ({path}) is empty")
+                out[name] = value
+                break
+        return out
+
+
+def _split_urls(value: Any) -> Any:
+    """``a,b`` or one URL per line (a file) → a list; lists pass through."""
+    if isinstance(value, str):
+        return [u for u in re.split(r"[\s,]+", value) if u]
+    return value
+
 
 class Settings(BaseSettings):
     """All of ledgerflow's settings. Each field ``x`` is read from ``LEDGERFLOW_X``."""
@@ -38,7 +110,9 @@ class Settings(BaseSettings):
 
     home: Path = Field(Path(".ledgerflow"), description="state directory of the embedded stack")
 
-    # Temporal
+    # Temporal: these two override Temporal's own environment configuration (TEMPORAL_ADDRESS,
+    # TEMPORAL_NAMESPACE, TEMPORAL_API_KEY, TEMPORAL_TLS_*, TOML profiles) only when set; see
+    # ledgerflow.temporal.
     temporal_address: str = "localhost:7233"
     namespace: str = "default"
     task_queue: str = "ledgerflow"
@@ -47,15 +121,60 @@ class Settings(BaseSettings):
 
     # Chain
     rpc_url: str = "http://127.0.0.1:8545"
+    rpc_urls: Annotated[list[str], NoDecode] = Field(
+        [],
+        description="JSON-RPC endpoints in order of preference (comma-separated); the first "
+        "healthy one is used. Empty: rpc_url alone.",
+    )
+    rpc_timeout_seconds: float = Field(10.0, gt=0, description="timeout of one JSON-RPC call")
+    rpc_cooldown_seconds: float = Field(
+        15.0, ge=0, description="a failed endpoint is skipped this long before it is tried again"
+    )
     confirmations: int = Field(0, ge=0)
     orchestrator_key: SecretStr | None = Field(
         None, description="orchestrator key: writes checkpoints, restocks (0x-hex)"
     )
     agent_key: SecretStr | None = Field(None, description="procurement agent key (pays escrow)")
     approver_key: SecretStr | None = Field(None, description="key that grants approved exceptions")
+    remote_signer_url: SecretStr | None = Field(
+        None, description="JSON-RPC signer (Web3Signer, Clef, a KMS bridge) for roles without a key"
+    )
+    remote_signer_method: Literal["eth_signTransaction", "account_signTransaction"] = (
+        "eth_signTransaction"
+    )
+    remote_signer_timeout_seconds: float = Field(10.0, gt=0)
+    orchestrator_address: str | None = Field(None, description="with a remote signer")
+    agent_address: str | None = Field(None, description="with a remote signer")
+    approver_address: str | None = Field(None, description="with a remote signer")
     deployments_file: Path | None = None
     registry_address: str | None = None
     tx_timeout_seconds: float = 60.0
+    anvil_bin: Path | None = Field(
+        None, description="anvil binary for `ledgerflow up` (default: checkout's npm package, PATH)"
+    )
+
+    # Fees (EIP-1559, from eth_feeHistory)
+    max_fee_gwei: float = Field(
+        200.0, gt=0, description="the most paid per gas (base fee + tip) on any chain"
+    )
+    max_fee_gwei_by_chain: dict[int, float] = Field(
+        {}, description='per-chain maximum, JSON: {"1": 80, "8453": 1}'
+    )
+    priority_fee_percentile: float = Field(50.0, ge=0, le=100)
+    min_priority_fee_gwei: float = Field(0.01, ge=0)
+    max_priority_fee_gwei: float = Field(10.0, ge=0)
+    replace_after_seconds: float = Field(
+        30.0, gt=0, description="a transaction pending this long is replaced with higher fees"
+    )
+    fee_bump_percent: float = Field(12.5, ge=10.0, le=1000.0)
+    chain_check_seconds: float = Field(
+        30.0, gt=0, description="how often lost blocks, nonce gaps and orphaned sends are checked"
+    )
+
+    # Coordination between processes
+    lease_seconds: float = Field(
+        15.0, gt=0, description="the anchorer's lease (and the SQLite worker lock) lasts this long"
+    )
 
     # Store
     database_url: str = Field(
@@ -133,6 +252,38 @@ class Settings(BaseSettings):
         if "database_url" not in self.model_fields_set:
             self.__dict__["database_url"] = f"sqlite:///{self.home / 'ledgerflow.db'}"
         return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (
+            init_settings,
+            env_settings,
+            _FileValues(settings_cls),
+            dotenv_settings,
+            file_secret_settings,
+        )
+
+    @field_validator("rpc_urls", mode="before")
+    @classmethod
+    def _rpc_urls(cls, value: Any) -> Any:
+        return _split_urls(value)
+
+    @property
+    def rpc_endpoints(self) -> list[str]:
+        """The JSON-RPC endpoints in order of preference (``rpc_urls``, else ``rpc_url``)."""
+        return list(self.rpc_urls) or [self.rpc_url]
+
+    def max_fee_wei(self, chain_id: int) -> int:
+        """The most this process pays per gas on ``chain_id``, in wei."""
+        gwei = self.max_fee_gwei_by_chain.get(chain_id, self.max_fee_gwei)
+        return int(gwei * 10**9)
 
     @property
     def deployments_path(self) -> Path:

@@ -1,5 +1,6 @@
-"""The batch anchorer against the real CheckpointRegistry on anvil: crash safety (every pending
-hash is anchored exactly once, nothing twice) and the gas of batched vs per-step anchoring.
+"""The batch anchorer against the real CheckpointRegistry v2 on anvil: crash safety (every pending
+hash and every seal is anchored exactly once, nothing twice) and the gas of batched vs per-step
+anchoring.
 
 Each test uses a registry of its own, written by a fresh key, and a store of its own, so the
 session's worker and anchorer (which sign with the deployment's orchestrator key) are untouched.
@@ -15,14 +16,19 @@ import pytest
 
 from ledgerflow.chain.signer import Signer
 from ledgerflow.checkpoint.anchorer import Anchorer, build_batch
-from ledgerflow.checkpoint.proofs import format_gas_table, gas_rows, measure_anchor_gas
+from ledgerflow.checkpoint.proofs import (
+    format_gas_table,
+    gas_rows,
+    measure_anchor_gas,
+    measure_seal_gas,
+)
 from ledgerflow.checkpoint.verify import verify_run
 from ledgerflow.runtime import Runtime
 from ledgerflow.settings import Settings
 from ledgerflow.store import AnchorRow, Store
 from tests.conftest import Anvil
 from tests.test_proofs import close_runtime, deploy_registry
-from tests.test_store import make_run
+from tests.test_store import make_run, seal_of
 
 
 @pytest.fixture(scope="module")
@@ -98,8 +104,21 @@ async def _assert_anchored_once(rt: Runtime, anchor: AnchorRow, wf: str) -> None
     root = bytes.fromhex(row.root[2:])
     assert int(await registry.functions.anchoredAt(root).call()) == row.block_number
     assert rt.store.unfinished_anchors() == []
+    await _assert_sealed_once(rt, wf)
+
+
+async def _assert_sealed_once(rt: Runtime, wf: str) -> None:
+    run = rt.store.get_run(wf)
+    seal = rt.store.get_seal(run.workflow_id, run.run_id)
+    assert seal is not None and seal.status == "confirmed" and seal.tx_hash
+    registry = rt.contract("CheckpointRegistry")
+    logs = await registry.events.RunSealed.get_logs(
+        argument_filters={"run": bytes.fromhex(run.run_key[2:])}, from_block=0
+    )
+    assert len(logs) == 1, f"run sealed {len(logs)} times"
+    assert "0x" + bytes(logs[0]["transactionHash"]).hex() == seal.tx_hash
     report = await verify_run(rt, wf)
-    assert report.ok, report.problems
+    assert report.ok and report.sealed, report.problems
 
 
 # ---- crash safety -------------------------------------------------------------------------------
@@ -107,8 +126,9 @@ async def _assert_anchored_once(rt: Runtime, anchor: AnchorRow, wf: str) -> None
 
 async def test_crash_after_claim_before_send(procs: Processes) -> None:
     rt = procs.start()
-    wf, run, rows = make_run(rt.store, 20)
+    wf, run, rows = make_run(rt.store, 20, spec=2)
     rt.store.save_steps(rows)
+    seal_of(rt.store, rows)
     claimed = rt.store.claim_batch(
         64, build_batch, chain_id=rt.chain_id, registry=rt.address("CheckpointRegistry")
     )
@@ -135,8 +155,9 @@ async def test_crash_after_broadcast_before_confirm(
     procs: Processes, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     rt = procs.start()
-    wf, _, rows = make_run(rt.store, 33)
+    wf, _, rows = make_run(rt.store, 33, spec=2)
     rt.store.save_steps(rows)
+    seal_of(rt.store, rows)
     real_confirm = rt.store.confirm_anchor
     crashes: list[int] = []
 
@@ -172,8 +193,9 @@ async def test_crash_after_signing_before_broadcast(
 ) -> None:
     """The signed transaction was persisted, then the process died before broadcasting it."""
     rt = procs.start()
-    wf, _, rows = make_run(rt.store, 5)
+    wf, _, rows = make_run(rt.store, 5, spec=2)
     rt.store.save_steps(rows)
+    seal_of(rt.store, rows)
 
     async def lost(self: Signer, row: Any) -> None:
         raise RuntimeError("simulated crash before broadcast")
@@ -199,8 +221,9 @@ async def test_running_anchorer_retries_a_failed_batch(
     """A transient failure after claiming (RPC hiccup, a store error on confirm) must not leave
     the batch pending while the anchorer keeps running: no hash waits for a restart."""
     rt = procs.start()
-    wf, run, rows = make_run(rt.store, 7)
+    wf, run, rows = make_run(rt.store, 7, spec=2)
     rt.store.save_steps(rows)
+    seal_of(rt.store, rows)
     real_confirm = rt.store.confirm_anchor
     failures: list[int] = []
 
@@ -228,8 +251,9 @@ async def test_running_anchorer_retries_a_failed_batch(
 
 async def test_root_already_anchored_is_recorded_as_done(procs: Processes) -> None:
     rt = procs.start()
-    wf, _, rows = make_run(rt.store, 9)
+    wf, _, rows = make_run(rt.store, 9, spec=2)
     rt.store.save_steps(rows)
+    seal_of(rt.store, rows)
     claimed = rt.store.claim_batch(
         64, build_batch, chain_id=rt.chain_id, registry=rt.address("CheckpointRegistry")
     )
@@ -241,13 +265,20 @@ async def test_root_already_anchored_is_recorded_as_done(procs: Processes) -> No
     signer = await rt.signer("orchestrator")
     receipt = await signer.send(
         f"elsewhere:{anchor.root}",
-        registry.functions.anchorRoot(bytes.fromhex(anchor.root[2:]), anchor.leaf_count),
+        registry.functions.anchorRoot(bytes.fromhex(anchor.root[2:]), anchor.leaf_count, []),
         contract="CheckpointRegistry",
     )
     assert await Anchorer(rt, batch_size=64, max_wait=0.1).resume() == 1
     row = _anchor(rt, anchor.id)
     assert row.tx_hash == receipt.tx_hash and row.block_number == receipt.block_number
     assert rt.store.outbox_get(f"anchor:{anchor.root}") is None  # nothing was signed for it
+    # that transaction carried no seal: the run's seal waits again and goes out on its own
+    run = rt.store.get_run(wf)
+    seal = rt.store.get_seal(run.workflow_id, run.run_id)
+    assert seal is not None and seal.status == "pending" and seal.anchor_id is None
+    anchorer = Anchorer(rt, batch_size=64, max_wait=0.1)
+    assert await anchorer.tick() is True  # a seal-only transaction (leafCount 0)
+    assert await anchorer.tick() is False
     await _assert_anchored_once(rt, anchor, wf)
 
 
@@ -255,9 +286,10 @@ async def test_many_runs_some_batches_orphaned(procs: Processes) -> None:
     """Steps of several runs; a process claims two batches and dies; the surviving anchorer
     anchors the rest as they come and the orphaned batches on resume, each root exactly once."""
     rt1, rt2 = procs.start(), procs.start()
-    runs = [make_run(rt1.store, 25) for _ in range(4)]
+    runs = [make_run(rt1.store, 25, spec=2) for _ in range(4)]
     for _, _, rows in runs:
         rt1.store.save_steps(rows)
+        seal_of(rt1.store, rows)
     orphaned = [
         rt2.store.claim_batch(
             16, build_batch, chain_id=rt2.chain_id, registry=rt2.address("CheckpointRegistry")
@@ -272,10 +304,11 @@ async def test_many_runs_some_batches_orphaned(procs: Processes) -> None:
     assert ticks == -(-(100 - 32) // 16)
     assert await a1.resume() == 2
     anchor_ids: set[int] = set()
+    while await a1.tick():  # seals whose last steps were in the orphaned batches
+        ticks += 0
     for wf, run, _ in runs:
         assert rt1.store.unanchored_count(wf, run) == 0
-        report = await verify_run(rt1, wf)
-        assert report.ok, report.problems
+        await _assert_sealed_once(rt1, wf)
         anchor_ids |= {s.anchor_id for s in rt1.store.get_steps(wf, run) if s.anchor_id}
     anchors = rt1.store.get_anchors(anchor_ids)
     assert len(anchors) == ticks + 2
@@ -352,3 +385,47 @@ def test_gas_table_formatting() -> None:
     ]
     assert len(text.splitlines()) == 5
     assert gas_rows({}, []) == []
+
+
+# ---- seals --------------------------------------------------------------------------------------
+
+
+async def test_a_seal_rides_with_its_runs_last_steps(procs: Processes) -> None:
+    """A 10-step run in batches of 4: the seal goes out in the transaction of the third batch
+    (which holds the run's last steps), not before; a run whose steps are all anchored already
+    gets its seal in a seal-only transaction."""
+    rt = procs.start()
+    wf, run, rows = make_run(rt.store, 10, spec=2)
+    rt.store.save_steps(rows)
+    seal_of(rt.store, rows)
+    anchorer = Anchorer(rt, batch_size=4, max_wait=0.0)
+    anchors = [await anchorer.anchor_once() for _ in range(3)]
+    assert [a.leaf_count for a in anchors if a] == [4, 4, 2]
+    assert [len(rt.store.anchor_seals(a.id)) for a in anchors if a and a.id] == [0, 0, 1]
+    await _assert_sealed_once(rt, wf)
+    seal = rt.store.get_seal(wf, run)
+    assert (
+        seal is not None
+        and seal.tx_hash == _anchor(rt, anchors[2].id if anchors[2] else None).tx_hash
+    )
+
+    # a seal stored after its steps were anchored (no step pending): a seal-only transaction
+    wf2, run2, rows2 = make_run(rt.store, 3, spec=2)
+    rt.store.save_steps(rows2)
+    assert await anchorer.tick(force=True)
+    seal_of(rt.store, rows2)
+    assert await anchorer.tick() is True
+    only = rt.store.get_seal(wf2, run2)
+    assert only is not None and only.anchor_id is not None
+    assert _anchor(rt, only.anchor_id).leaf_count == 0
+    await _assert_sealed_once(rt, wf2)
+
+
+async def test_seal_gas(procs: Processes) -> None:
+    rt = procs.start()
+    gas = await measure_seal_gas(rt, key_prefix="test-seal-gas")
+    print(f"\nseal gas: {gas.model_dump()}")
+    assert 0 < gas.batched_gas_per_seal < 5_000  # an event of two topics and 64 bytes
+    assert gas.anchor_root_gas[8] > gas.anchor_root_gas[1] > gas.anchor_root_gas[0]
+    assert 0 < gas.seal_run_gas < 40_000  # a slot already written (steps), one event
+    assert gas.per_step["batched@64"] < 100

@@ -60,7 +60,7 @@ async def test_start_wait_status_verify_and_prove_a_step(stack: Stack, tmp_path:
     status = json.loads(out)
     assert code == 0 and status["status"] == "completed" and status["anchor_state"] == "anchored"
 
-    code, out, err = await _cli(stack, "verify", wf_id, "--json")
+    code, out, err = await _cli(stack, "verify", wf_id, "--json", "--allow-unsealed-v1")
     report = json.loads(out)
     assert code == 0, err
     assert report["ok"] is True and report["first_bad_step"] is None

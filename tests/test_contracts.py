@@ -44,7 +44,6 @@ from ledgerflow.chain.deploy import (
     sku_to_bytes32,
 )
 from ledgerflow.checkpoint.canonical import keccak
-from ledgerflow.checkpoint.records import leaf_hash, next_head
 
 ADDR = [Account.from_key(k).address for k in DEV_KEYS]
 DEPLOYER, AGENT, APPROVER = ADDR[0], ADDR[1], ADDR[2]
@@ -156,11 +155,6 @@ def b32(text: str) -> bytes:
     return keccak(text.encode())
 
 
-def node(a: bytes, b: bytes) -> bytes:
-    """OpenZeppelin's sorted-pair hash of two Merkle nodes."""
-    return keccak(min(a, b) + max(a, b))
-
-
 def fund_agent(env: Env, agent: str = AGENT, amount: int = 10_000 * TUSD) -> None:
     send(env.token.functions.mint(agent, amount), DEPLOYER)
     send(env.token.functions.approve(env.escrow.address, 2**256 - 1), agent)
@@ -177,112 +171,7 @@ def gas_line(capsys: pytest.CaptureFixture[str], text: str) -> None:
         print(f"\n[gas] {text}")
 
 
-# --- CheckpointRegistry -------------------------------------------------------------------------
-
-
-def test_registry_refuses_non_writer(env: Env) -> None:
-    run = b32("run-acl")
-    name, args = reverts(env.registry.functions.checkpoint(run, 0, run, b32("s0")), STRANGER)
-    assert name == "AccessControlUnauthorizedAccount"
-    assert args == {"account": STRANGER, "neededRole": role_id("WRITER_ROLE")}
-    name, _ = reverts(env.registry.functions.anchorRoot(b32("root"), 1), STRANGER)
-    assert name == "AccessControlUnauthorizedAccount"
-
-
-def test_registry_chain_is_append_only(env: Env, capsys: pytest.CaptureFixture[str]) -> None:
-    reg = env.registry.functions
-    run = b32("run-append")
-    assert tuple(reg.headOf(run).call()) == (run, 0)
-
-    steps = [b32(f"step-{i}") for i in range(3)]
-    head = run
-    gas: list[int] = []
-    for seq, step in enumerate(steps):
-        assert reg.checkpoint(run, seq, head, step).call({"from": DEPLOYER}) == next_head(
-            head, step
-        )
-        receipt = send(reg.checkpoint(run, seq, head, step), DEPLOYER)
-        gas.append(receipt["gasUsed"])
-        (event,) = logs(env.registry.events.Checkpointed, receipt)
-        head = next_head(head, step)
-        assert event["args"]["run"] == run and event["args"]["seq"] == seq
-        assert event["args"]["stepHash"] == step and event["args"]["head"] == head
-        assert tuple(reg.headOf(run).call()) == (head, seq + 1)
-    gas_line(capsys, f"checkpoint: first step {gas[0]}, later steps {gas[1]}")
-
-    # A repeated step (the same seq and prev again) is refused by its sequence number.
-    name, args = reverts(reg.checkpoint(run, 2, next_head(head, b"\x00" * 32), steps[2]), DEPLOYER)
-    assert (name, args) == ("CheckpointSeqMismatch", {"expected": 3, "got": 2})
-    # A step computed on a stale head is refused with the head it should have used.
-    stale = b32("not-the-head")
-    name, args = reverts(reg.checkpoint(run, 3, stale, b32("step-3")), DEPLOYER)
-    assert (name, args) == ("CheckpointPrevMismatch", {"expected": head, "got": stale})
-    # The first step of a run must chain onto the run key itself.
-    other = b32("run-other")
-    name, args = reverts(reg.checkpoint(other, 0, head, steps[0]), DEPLOYER)
-    assert (name, args) == ("CheckpointPrevMismatch", {"expected": other, "got": head})
-    assert tuple(reg.headOf(run).call()) == (head, 3)
-
-
-def test_anchor_root_once(env: Env, capsys: pytest.CaptureFixture[str]) -> None:
-    reg = env.registry.functions
-    root = node(leaf_hash(b32("a")), leaf_hash(b32("b")))
-    assert reg.anchoredAt(root).call() == 0
-    receipt = send(reg.anchorRoot(root, 2), DEPLOYER)
-    gas_line(capsys, f"anchorRoot: {receipt['gasUsed']}")
-    assert reg.anchoredAt(root).call() == receipt["blockNumber"]
-    (event,) = logs(env.registry.events.RootAnchored, receipt)
-    assert event["args"]["root"] == root and event["args"]["leafCount"] == 2
-
-    name, args = reverts(reg.anchorRoot(root, 2), DEPLOYER)
-    assert (name, args) == ("CheckpointRootAlreadyAnchored", {"root": root})
-    name, args = reverts(reg.anchorRoot(b"\x00" * 32, 0), DEPLOYER)
-    assert (name, args) == ("CheckpointEmptyRoot", {})
-
-
-def test_verify_step_two_and_three_leaves(env: Env) -> None:
-    reg = env.registry.functions
-    s = [b32(f"batched-step-{i}") for i in range(3)]
-    leaf = [leaf_hash(x) for x in s]
-
-    root2 = node(leaf[0], leaf[1])
-    # Not anchored yet: even a valid proof does not verify.
-    assert reg.verifyStep(root2, s[0], [leaf[1]]).call() is False
-    send(reg.anchorRoot(root2, 2), DEPLOYER)
-    assert reg.verifyStep(root2, s[0], [leaf[1]]).call() is True
-    assert reg.verifyStep(root2, s[1], [leaf[0]]).call() is True
-
-    n01 = node(leaf[0], leaf[1])
-    root3 = node(n01, leaf[2])
-    send(reg.anchorRoot(root3, 3), DEPLOYER)
-    assert reg.verifyStep(root3, s[0], [leaf[1], leaf[2]]).call() is True
-    assert reg.verifyStep(root3, s[1], [leaf[0], leaf[2]]).call() is True
-    assert reg.verifyStep(root3, s[2], [n01]).call() is True
-
-    tampered = bytearray(leaf[1])
-    tampered[0] ^= 0x01
-    assert reg.verifyStep(root3, s[0], [bytes(tampered), leaf[2]]).call() is False
-    assert reg.verifyStep(root3, b32("forged-step"), [leaf[1], leaf[2]]).call() is False
-    assert reg.verifyStep(root3, s[0], [leaf[2], leaf[1]]).call() is False  # wrong level order
-    # An internal node is not a step: the 0x00 leaf prefix keeps the two domains apart.
-    assert reg.verifyStep(root3, n01, [leaf[2]]).call() is False
-    # A never-anchored root does not verify.
-    assert reg.verifyStep(b32("unanchored"), s[0], [leaf[1]]).call() is False
-
-
-def test_python_merkle_trees_verify_on_chain(env: Env) -> None:
-    """ledgerflow.merkle's trees and proofs are accepted by the contract, for every leaf."""
-    from ledgerflow.checkpoint.merkle import build_tree
-
-    reg = env.registry.functions
-    for n in (1, 2, 3, 4, 5, 7, 8, 9):
-        steps = [b32(f"tree-{n}-step-{i}") for i in range(n)]
-        tree = build_tree([leaf_hash(s) for s in steps])
-        send(reg.anchorRoot(tree.root, n), DEPLOYER)
-        for i, step in enumerate(steps):
-            assert reg.verifyStep(tree.root, step, tree.proof(i)).call() is True, (n, i)
-        if n > 1:
-            assert reg.verifyStep(tree.root, steps[0], tree.proof(1)).call() is False
+# CheckpointRegistry: tests/test_contracts_registry.py.
 
 
 # --- TestUSD ------------------------------------------------------------------------------------

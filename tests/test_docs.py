@@ -40,13 +40,25 @@ OWNED = [*GUIDE, COMPOSE, DOCKERFILE, ROOT / "docker" / "healthcheck.py"]
 FIXED_COMMANDS = {"up", "worker", "api", "deploy", "start", "status", "verify", "proof", "bench"}
 
 SETTING_VARS = {f"LEDGERFLOW_{name.upper()}" for name in Settings.model_fields}
+#: Every setting can also be read from a file named by its variable plus ``_FILE``.
+FILE_VARS = {f"{name}_FILE" for name in SETTING_VARS}
 #: LEDGERFLOW_ names the docs may mention that are not settings: read by the test suite only.
-TEST_ONLY_VARS = {"LEDGERFLOW_TEST_PG_URL"}
+TEST_ONLY_VARS = {"LEDGERFLOW_TEST_PG_URL", "LEDGERFLOW_BATTERY_DIR"}
 VAR_RE = re.compile(r"\bLEDGERFLOW_[A-Z0-9_]+")
 
 README_INPUT = {"sku": "WIDGET-42", "quantity": 25, "simulate_delivery_after_seconds": 2}
 
-COMPOSE_SERVICES = ("postgresql", "temporal", "temporal-ui", "anvil", "deploy", "worker", "api")
+COMPOSE_SERVICES = (
+    "postgresql",
+    "temporal-schema",
+    "temporal",
+    "temporal-namespace",
+    "temporal-ui",
+    "anvil",
+    "deploy",
+    "worker",
+    "api",
+)
 
 
 def _fenced(text: str) -> list[tuple[str, str]]:
@@ -185,7 +197,7 @@ def test_procurement_doc_examples_are_valid_requests() -> None:
 
 @pytest.mark.parametrize("doc", [*MARKDOWN, COMPOSE, DOCKERFILE], ids=lambda p: p.name)
 def test_every_ledgerflow_variable_mentioned_is_a_setting(doc: Path) -> None:
-    unknown = set(VAR_RE.findall(doc.read_text())) - SETTING_VARS - TEST_ONLY_VARS
+    unknown = set(VAR_RE.findall(doc.read_text())) - SETTING_VARS - FILE_VARS - TEST_ONLY_VARS
     assert not unknown, f"{doc.name} names variables that are not settings: {sorted(unknown)}"
 
 
@@ -284,9 +296,9 @@ def test_compose_services_and_their_settings() -> None:
     text = COMPOSE.read_text()
     for service in COMPOSE_SERVICES:
         assert f"\n  {service}:\n" in text, f"service {service} missing"
-    assert "temporalio/auto-setup:" in text and "temporalio/ui:" in text
+    assert "temporalio/server:" in text and "temporalio/ui:" in text
     assert "dockerfile: docker/Dockerfile" in text
-    assert "postgresql+psycopg://" in text
+    assert "LEDGERFLOW_DATABASE_URL_FILE" in text  # the URL itself is a secret file
     for script in re.findall(r"/app/(docker/[\w./-]+)", text):
         assert (ROOT / script).exists(), script
     # Commands of the ledgerflow services are real CLI commands.

@@ -1,4 +1,4 @@
-"""Checkpoint spec v1: canonical encoding (LCE-1), run key, step hash and head chain.
+"""Checkpoint spec v1 and v2: canonical encoding (LCE-1), run keys, commitments, step hashes, heads.
 
 The literal vectors below are the ones published in docs/checkpoint-spec.md ("Test vectors");
 changing any of them is a spec change (see "Versioning" there).
@@ -25,7 +25,18 @@ from ledgerflow.checkpoint.canonical import (
     to_hex,
 )
 from ledgerflow.checkpoint.merkle import keccak256 as merkle_keccak256
-from ledgerflow.checkpoint.records import StepRecord, leaf_hash, next_head, run_key, step_hash
+from ledgerflow.checkpoint.records import (
+    OUTCOME_STEP_NAME,
+    StepRecord,
+    commitment,
+    is_failure_output,
+    leaf_hash,
+    leaf_hash_v2,
+    next_head,
+    parse_canonical,
+    run_key,
+    step_hash,
+)
 
 # --- canonical encoding vectors: (value, canonical bytes as hex, keccak256 of those bytes) -------
 
@@ -196,9 +207,9 @@ def test_run_key_vector() -> None:
         b'{"run_id":"2f1c7a52-8d2b-4c1e-9a3f-0b6e5d4c3b2a","spec":1,'
         b'"workflow_id":"procurement-demo-1"}'
     )
-    assert to_hex(run_key(WORKFLOW_ID, RUN_ID)) == RUN_KEY
+    assert to_hex(run_key(WORKFLOW_ID, RUN_ID, spec=1)) == RUN_KEY
     assert to_hex(eth_keccak(pre)) == RUN_KEY
-    assert run_key(WORKFLOW_ID, RUN_ID + "x") != run_key(WORKFLOW_ID, RUN_ID)
+    assert run_key(WORKFLOW_ID, RUN_ID + "x", spec=1) != run_key(WORKFLOW_ID, RUN_ID, spec=1)
     assert run_key("a", "bc") != run_key("ab", "c")
 
 
@@ -326,3 +337,182 @@ def test_canonical_roundtrip_and_order_invariance(value: Any) -> None:
     assert json.loads(encoded.decode("utf-8")) == value
     assert canonical_bytes(_reversed_insertion(value)) == encoded
     assert encoded == _reference(value)
+
+
+# --- version 2: run key, salted commitments, records with "v": 2, the outcome step ---------------
+
+
+RUN_KEY_V2 = "0x28c604edc969299f3a1ba4d572b3c8037eb2f4dd4f3152a3930b7a7b78e575db"
+TX_RESULT = {
+    "tx_hash": "0x" + "ab" * 32,
+    "block_number": 42,
+    "block_hash": "0x" + "cd" * 32,
+    "to": "0xe7f1725E7734CE288F8367e1Bb143E90bb3F0512",
+    "gas_used": 120000,
+    "already_done": False,
+    "event": {
+        "address": "0xe7f1725E7734CE288F8367e1Bb143E90bb3F0512",
+        "topics": ["0x" + "11" * 32, "0x" + "22" * 32],
+        "log_index": 0,
+    },
+}
+V2_STEPS: list[tuple[str, str, Any, Any, str]] = [
+    (
+        "llm",
+        "decide_supplier",
+        {"qty": 3, "sku": "A-100"},
+        {"supplier": "acme", "unit_price": 1250},
+        "ok",
+    ),
+    ("chain", "escrow.open", {"amount": 3750, "order": "PO-7"}, TX_RESULT, "ok"),
+    (
+        "activity",
+        "notify_supplier",
+        {"to": "acme"},
+        {"error": {"type": "TimeoutError", "message": "no answer in 30 s"}},
+        "failed",
+    ),
+    (
+        "outcome",
+        OUTCOME_STEP_NAME,
+        {"workflow_type": "ProcurementWorkflow", "status": "completed"},
+        {"outcome": "completed", "reason": ""},
+        "ok",
+    ),
+]
+#: (input commitment, output commitment, step hash, head after the step, v2 leaf)
+V2_TABLE = [
+    (
+        "0xe5423e2ea8891b5435feee0c284c55fc7bce8378f413a9910b13cd59a85a0cda",
+        "0x0fa37790be5fa74549015c68cfe23c5255247a71897081dd3a055b7c7b5d467f",
+        "0x66bdf1e2b66403c19ee90d384611060b6db22dba6690f09196b9dff7b71093c0",
+        "0x7ee9f53f6625ceb171410562cf0928a171ad957941c2743d34f5d408957e176d",
+        "0xc20a4946f6c1605dc7d3109ddd854f2940ce453c2ccd7e8281bf159d0c8c9bb6",
+    ),
+    (
+        "0x9383b69dec5e101c4550af8544736810b6c56ad4c7c03ef45e7e7520278c2b6c",
+        "0x09da94a98aba8547099dc63adbcbdc17c52c0ced6dea9f6182ec99a42cd95435",
+        "0x2465d32b1284674f2e83cd25065cdd3583a823f2a924d75bf1974f6d3ce65b18",
+        "0x1c7e3b57d7e9b8cf60a47c7225e60a6dda5fe8b13106001cc0a07454cb9a807d",
+        "0xa2aeacb7dbc80dca61da99a41bc318c35060d546008e277622c15aca25714fd1",
+    ),
+    (
+        "0x2550e9dc94a7b48c20439e7f8e4c611e4a2afb145809b83cf2ce8878dedfaef1",
+        "0x3797bd73106966f2d714306297c9cdcc24c3ae2e567d658f33417923589a6236",
+        "0xfba6cf22209526d1a6270c1b4d81f5f541e915a7edfab59c8d73a7428b8dc06f",
+        "0x6140611dd728dce16d8c223f886b0debcc631b80043bd24c15d6e315614a1bd6",
+        "0x08dc0f7e80791cd594f97987b728b23942cf4b7e37464b80435fbe77044c7c48",
+    ),
+    (
+        "0xdc52b27ce34d3ea36767dc33b03739080088f9a08a6b94ccce3067fc9b9b969c",
+        "0xc3e0bc7c86cbed7376fe285629da3ad5720bcbbb28f3de4bd1c93fcf59f301c9",
+        "0x7363728cbcbcde9f5525e78d97a38609b095c1ec09b03953fbb51f4d2c1e868f",
+        "0x6297bbb13fd68dfaa3c9d9dbc279b41acf6afd0ad913c5879875588a116e5b17",
+        "0x601bb862af862aa3ee036bb761f735adc3a0d3ecec525d483cdb985f18ab58b6",
+    ),
+]
+
+
+def test_v2_run_key_vector() -> None:
+    pre = canonical_bytes({"spec": 2, "workflow_id": WORKFLOW_ID, "run_id": RUN_ID})
+    assert pre == (f'{{"run_id":"{RUN_ID}","spec":2,"workflow_id":"{WORKFLOW_ID}"}}').encode()
+    assert to_hex(run_key(WORKFLOW_ID, RUN_ID)) == RUN_KEY_V2  # v2 is the default
+    assert to_hex(run_key(WORKFLOW_ID, RUN_ID, spec=2)) == RUN_KEY_V2
+    assert run_key(WORKFLOW_ID, RUN_ID, spec=1) != run_key(WORKFLOW_ID, RUN_ID, spec=2)
+    with pytest.raises(ValueError):
+        run_key(WORKFLOW_ID, RUN_ID, spec=3)
+
+
+def test_v2_four_step_run_vectors() -> None:
+    rk = run_key(WORKFLOW_ID, RUN_ID)
+    head = rk
+    for seq, ((kind, name, inp, out, status), row) in enumerate(
+        zip(V2_STEPS, V2_TABLE, strict=True)
+    ):
+        salt_in, salt_out = bytes([2 * seq + 1]) * 32, bytes([2 * seq + 2]) * 32
+        c_in = commitment(salt_in, canonical_bytes(inp))
+        c_out = commitment(salt_out, canonical_bytes(out))
+        assert (to_hex(c_in), to_hex(c_out)) == row[:2]
+        assert c_in == eth_keccak(salt_in + canonical_bytes(inp))
+        record = StepRecord(
+            v=2,
+            run=to_hex(rk),
+            seq=seq,
+            kind=kind,  # type: ignore[arg-type]
+            name=name,
+            input=to_hex(c_in),
+            output=to_hex(c_out),
+            status=status,  # type: ignore[arg-type]
+            prev=to_hex(head),
+        )
+        if seq == 0:
+            assert record.preimage().decode() == (
+                f'{{"input":"{row[0]}","kind":"llm","name":"decide_supplier","output":"{row[1]}",'
+                f'"prev":"{RUN_KEY_V2}","run":"{RUN_KEY_V2}","seq":0,"status":"ok","v":2}}'
+            )
+        sh = step_hash(record)
+        head = next_head(head, sh)
+        assert (to_hex(sh), to_hex(head), to_hex(leaf_hash_v2(sh))) == row[2:]
+        assert leaf_hash_v2(sh) == eth_keccak(eth_keccak(sh))
+
+
+def test_v2_commitment_needs_a_32_byte_salt_and_v1_has_none() -> None:
+    assert commitment(None, b"{}") == keccak(b"{}")
+    with pytest.raises(ValueError):
+        commitment(b"\x00" * 31, b"{}")
+    salt = bytes(range(32))
+    assert commitment(salt, b"{}") != commitment(bytes(32), b"{}")
+
+
+def test_outcome_kind_exists_only_in_v2() -> None:
+    fields = dict(run="0x" + "00" * 32, seq=0, name="run.outcome", input="0x" + "11" * 32)
+    fields |= dict(output="0x" + "22" * 32, status="ok", prev="0x" + "00" * 32)
+    StepRecord(v=2, kind="outcome", **fields)
+    with pytest.raises(ValueError):
+        StepRecord(v=1, kind="outcome", **fields)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        b'{"a":1}',
+        b"[]",
+        b'"\\u001f"',
+        b"18446744073709551616",
+        '{"é":"😀"}'.encode(),
+    ],
+)
+def test_parse_canonical_accepts_canonical_texts(text: bytes) -> None:
+    assert canonical_bytes(parse_canonical(text)) == text
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        b'{"a": 1}',  # whitespace
+        b'{"b":1,"a":2}',  # key order
+        b'{"a":1,"a":1}',  # duplicate key
+        b"1.0",  # float
+        b"1e3",  # exponent
+        b"-0",  # not the canonical zero
+        b"NaN",
+        b'"\\u0041"',  # needless escape
+        b'"\\ud800"',  # lone surrogate
+        b'"\\/"',  # escaped slash
+        b"\xff",  # not UTF-8
+        b"",
+        b'{"a":1}\n',
+    ],
+)
+def test_parse_canonical_refuses_non_canonical_texts(text: bytes) -> None:
+    with pytest.raises(CanonicalError):
+        parse_canonical(text)
+
+
+def test_failure_output_shape() -> None:
+    assert is_failure_output({"error": {"type": "TimeoutError", "message": "m"}})
+    assert not is_failure_output({"expired": True})  # what v1 stored for resolve.timeout
+    assert not is_failure_output({"error": {"type": "T", "message": "m", "extra": 1}})
+    assert not is_failure_output({"error": {"type": "T"}})
+    assert not is_failure_output({"error": {"type": 1, "message": "m"}})
+    assert not is_failure_output({"error": {"type": "T", "message": "m"}, "more": 1})

@@ -1,4 +1,5 @@
-"""Merkle trees of checkpoint leaves (checkpoint spec v1, "Batched anchoring").
+"""Merkle trees of checkpoint leaves: version 1 (OpenZeppelin-compatible, unsorted) and version 2
+(`@openzeppelin/merkle-tree` StandardMerkleTree, checked against the JavaScript library itself).
 
 The tree must verify with OpenZeppelin 5 ``MerkleProof.verify``; here it is checked against an
 independent straightforward reimplementation (eth_utils keccak, integer comparison). The on-chain
@@ -7,10 +8,13 @@ cross-check lives with the contract tests.
 
 from __future__ import annotations
 
+import json
+import random
 import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 from eth_utils import keccak as eth_keccak
@@ -21,13 +25,15 @@ from ledgerflow.checkpoint import merkle
 from ledgerflow.checkpoint.merkle import (
     MerkleTree,
     MultiVerifier,
+    build_standard_tree,
     build_tree,
     hash_pair,
     keccak256,
     process_proof,
+    standard_leaf,
     verify_proof,
 )
-from ledgerflow.checkpoint.records import leaf_hash
+from ledgerflow.checkpoint.records import leaf_hash, leaf_hash_v2
 
 # --- independent reference ----------------------------------------------------------------------
 
@@ -402,3 +408,125 @@ def test_ten_thousand_step_run_is_fast() -> None:
     assert isinstance(tree, MerkleTree)
     assert t1 - t0 < 2.0
     assert len(leaves) / (t2 - t1) > 20_000  # measured ~270,000 proofs/s on one core
+
+
+# --- version 2: StandardMerkleTree of @openzeppelin/merkle-tree ----------------------------------
+
+OZ_SCRIPT = Path(__file__).parent / "support" / "oz_tree.js"
+
+#: docs/checkpoint-spec.md, "A five-value StandardMerkleTree".
+V2_LEAVES = [
+    "0x357a815b6fffc3f38b08de8f1e754bef7d52acc551d7b5cd58b4634854fe674c",
+    "0x534afc8420bab6c013a3e42dc77ef141e8f16ee0206928dd007663e9c85068dd",
+    "0x0b090781db9a05f5e751796e8ded776250a18f7606440b133a9e0656897175d5",
+    "0x84d4332c3d26f7719582a2ae02a734055d18f3991a1339235c12ed9770d2ae1d",
+    "0x7a7790fd86a12f320f509d5b3d12a21ba4309ca44ccf92acf57a3e9f2052d604",
+]
+V2_TREE = [
+    "0x7ca574343c8c38aed5aee8931390586a935272ef389f5b656f1af1ecc0450d9a",
+    "0x5c61a0983407c6222fb92f5f5b0611822e79a79547cd261c7673eb017966def8",
+    "0x4157bfb288d04a26c641b054e08f0e19df7b9b25b12e281de97e2a3e37950f9d",
+    "0x30bfddd3e06dae822be065c3d408bcc467777e7dcc29f5aa7bab4533c9776a72",
+    V2_LEAVES[3],
+    V2_LEAVES[4],
+    V2_LEAVES[1],
+    V2_LEAVES[0],
+    V2_LEAVES[2],
+]
+V2_PROOF_INDICES = [[8, 4, 2], [5, 1], [7, 4, 2], [3, 2], [6, 1]]
+
+
+def _hexes(values: list[bytes]) -> list[str]:
+    return ["0x" + v.hex() for v in values]
+
+
+def test_v2_pinned_five_value_vector() -> None:
+    values = [keccak256(bytes([i])) for i in range(5)]
+    assert _hexes(values) == VECTOR_STEP_HASHES
+    tree = build_standard_tree(values)
+    assert _hexes([tree.leaf(i) for i in range(5)]) == V2_LEAVES
+    assert _hexes([standard_leaf(v) for v in values]) == V2_LEAVES
+    assert [leaf_hash_v2(v) for v in values] == [standard_leaf(v) for v in values]
+    assert _hexes(list(tree.tree)) == V2_TREE
+    assert [tree.tree_index(i) for i in range(5)] == [7, 6, 8, 4, 5]
+    for i, indices in enumerate(V2_PROOF_INDICES):
+        assert _hexes(tree.proof(i)) == [V2_TREE[j] for j in indices]
+        assert verify_proof(tree.leaf(i), tree.proof(i), tree.root)
+        assert ref_process(tree.leaf(i), tree.proof(i)) == tree.root
+
+
+def _random_sets() -> list[list[bytes]]:
+    rng = random.Random(20261202)
+    sets: list[list[bytes]] = []
+    for n in range(1, 71):
+        for _ in range(2):
+            values = [rng.randbytes(32) for _ in range(n)]
+            if n > 2:  # duplicates: the same step hash twice (and once three times)
+                values[rng.randrange(n)] = values[rng.randrange(n)]
+                if n > 5:
+                    values[rng.randrange(n)] = values[0]
+                    values[rng.randrange(n)] = values[0]
+            sets.append(values)
+    # Leaves equal as integers but differing in the order given: the sort must be stable.
+    same = rng.randbytes(32)
+    sets.append([same, rng.randbytes(32), same, same])
+    return sets
+
+
+def test_v2_identical_to_openzeppelin_merkle_tree_library() -> None:
+    """Roots, every proof and the whole node array equal the JavaScript library's, for 142 random
+    value sets of 1 to 70 values (with duplicates)."""
+    sets = _random_sets()
+    done = subprocess.run(
+        ["node", str(OZ_SCRIPT)],
+        input=json.dumps([_hexes(s) for s in sets]),
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    results = json.loads(done.stdout)
+    assert len(results) == len(sets)
+    for values, js in zip(sets, results, strict=True):
+        tree = build_standard_tree(values)
+        assert js["verified"] is True
+        assert "0x" + tree.root.hex() == js["root"], len(values)
+        assert [_hexes(p) for p in tree.proofs()] == js["proofs"], len(values)
+        assert _hexes(list(tree.tree)) == js["tree"], len(values)
+        for i, proof in enumerate(tree.proofs()):
+            assert process_proof(tree.leaf(i), proof) == tree.root
+
+
+def test_v2_single_value_and_errors() -> None:
+    value = keccak256(b"one")
+    tree = build_standard_tree([value])
+    assert tree.root == standard_leaf(value) == keccak256(keccak256(value))
+    assert tree.proof(0) == []
+    with pytest.raises(ValueError):
+        build_standard_tree([])
+    with pytest.raises(ValueError):
+        build_standard_tree([b"short"])
+    with pytest.raises(TypeError):
+        build_standard_tree(value)
+    with pytest.raises(IndexError):
+        tree.proof(1)
+
+
+def test_v2_differs_from_v1_where_the_issue_saw_it() -> None:
+    """The v1 tree (unsorted, promoted odd nodes, 0x00-prefixed leaves) is kept for v1 runs."""
+    for n in (5, 7, 9):
+        values = [keccak256(bytes([i])) for i in range(n)]
+        v1 = build_tree([leaf_hash(v) for v in values]).root
+        assert build_standard_tree(values).root != v1
+
+
+def test_v2_ten_thousand_values_build_fast() -> None:
+    values = [keccak256(i.to_bytes(4, "big")) for i in range(10_000)]
+    t0 = time.perf_counter()
+    tree = build_standard_tree(values)
+    proofs = tree.proofs()
+    t1 = time.perf_counter()
+    leaves = [tree.leaf(i) for i in range(len(values))]
+    ok = MultiVerifier().verify_many(zip(leaves, proofs, [tree.root] * len(leaves), strict=True))
+    assert all(ok)
+    assert t1 - t0 < 2.0  # measured about 0.05 s

@@ -17,6 +17,7 @@ from eth_account import Account
 from web3 import HTTPProvider, Web3
 
 from ledgerflow.chain.deploy import _Sender, role_id
+from ledgerflow.checkpoint.bundle import TrustRoot
 from ledgerflow.checkpoint.merkle import process_proof
 from ledgerflow.checkpoint.proofs import (
     ProofCheck,
@@ -25,7 +26,8 @@ from ledgerflow.checkpoint.proofs import (
     verify_proof_document,
     verify_proof_document_async,
 )
-from ledgerflow.checkpoint.records import leaf_hash
+from ledgerflow.checkpoint.records import leaf_hash, leaf_hash_v2
+from ledgerflow.checkpoint.verify import trust_root
 from ledgerflow.dev.stack import free_port
 from ledgerflow.errors import ChainError, LedgerflowError, StoreError, VerificationError
 from ledgerflow.runtime import Runtime
@@ -47,6 +49,11 @@ async def run_procurement(stack: Stack, mode: str, *, prefix: str = "proof") -> 
     assert result["outcome"] == "completed", result
     assert result["anchored"] is True, result
     return {"id": wf_id, **result}
+
+
+def _t(stack: Stack) -> TrustRoot:
+    """The stack's trust root: its deployments file."""
+    return trust_root(stack.runtime)
 
 
 def sqlite_path(store: Store) -> str:
@@ -144,7 +151,7 @@ async def test_round_trip_every_step(stack: Stack, runs: dict, mode: str) -> Non
         offline = verify_proof_document(text)
         assert offline.offline_ok, offline.problems
         assert not offline.ok and not offline.onchain_checked  # offline alone proves nothing
-        check = await verify_proof_document_async(back, w3=w3)
+        check = await verify_proof_document_async(back, w3=w3, trust=_t(stack))
         assert check.ok, (seq, check.problems)
         assert check.onchain_checked and check.onchain_ok
         assert check.mode == mode and check.seq == seq
@@ -182,7 +189,7 @@ async def test_document_shape_and_sync_verifier(stack: Stack, runs: dict) -> Non
     assert all(isinstance(p, str) and len(p) == 66 for p in doc["proof"])
     # the synchronous verifier with a plain Web3, as an auditor's script would use it
     w3 = Web3(HTTPProvider(stack.settings.rpc_url))
-    check = await asyncio.to_thread(verify_proof_document, doc, w3=w3)
+    check = await asyncio.to_thread(verify_proof_document, doc, w3=w3, trust=_t(stack))
     assert check.ok, check.problems
     assert isinstance(check, ProofCheck)
     # the last step of a run is in the run's last batch; its proof leads to that root
@@ -206,7 +213,7 @@ async def test_verifies_without_the_other_steps(stack: Stack, runs: dict, tmp_pa
     assert wiped == wf["steps"] - 1
     doc = await build_step_proof(rt, wf["id"], seq, include_preimages=True)
     assert doc == original
-    assert (await verify_proof_document_async(doc, w3=stack.runtime.w3)).ok
+    assert (await verify_proof_document_async(doc, w3=stack.runtime.w3, trust=_t(stack))).ok
     # the other steps cannot be disclosed any more ...
     with pytest.raises(StoreError):
         await build_step_proof(rt, wf["id"], seq + 1, include_preimages=True)
@@ -215,7 +222,7 @@ async def test_verifies_without_the_other_steps(stack: Stack, runs: dict, tmp_pa
     assert deleted == wf["steps"] - 1
     doc = await build_step_proof(rt, wf["id"], seq, include_preimages=True)
     assert doc == original
-    check = await verify_proof_document_async(json.dumps(doc), w3=stack.runtime.w3)
+    check = await verify_proof_document_async(json.dumps(doc), w3=stack.runtime.w3, trust=_t(stack))
     assert check.ok, check.problems
     await close_runtime(rt)
 
@@ -363,14 +370,16 @@ async def test_tampering_any_member_fails(stack: Stack, runs: dict, mode: str) -
         "other_root": other["root"],
         "leaf_of": lambda h: "0x" + leaf_hash(bytes.fromhex(h[2:])).hex(),
     }
-    assert (await verify_proof_document_async(doc, w3=stack.runtime.w3)).ok
+    assert (await verify_proof_document_async(doc, w3=stack.runtime.w3, trust=_t(stack))).ok
     mutations = _mutations(doc, extra)
     assert len(mutations) >= 24
     for name, mutate in mutations.items():
         bad = copy.deepcopy(doc)
         mutate(bad)
         assert bad != doc, name
-        check = await verify_proof_document_async(json.dumps(bad), w3=stack.runtime.w3)
+        check = await verify_proof_document_async(
+            json.dumps(bad), w3=stack.runtime.w3, trust=_t(stack)
+        )
         assert not check.ok, f"{mode}: tampered {name} still verifies"
         assert check.problems, name
 
@@ -388,7 +397,7 @@ async def test_consistent_forgery_passes_offline_but_not_on_chain(stack: Stack, 
     root = process_proof(leaf, [bytes.fromhex(p[2:]) for p in forged["proof"]])
     forged.update(step_hash="0x" + sh.hex(), leaf="0x" + leaf.hex(), root="0x" + root.hex())
     assert check_proof_offline(forged) == []
-    check = await verify_proof_document_async(forged, w3=stack.runtime.w3)
+    check = await verify_proof_document_async(forged, w3=stack.runtime.w3, trust=_t(stack))
     assert check.offline_ok and check.onchain_checked and not check.onchain_ok and not check.ok
     assert any("never anchored" in p for p in check.problems), check.problems
 
@@ -396,9 +405,51 @@ async def test_consistent_forgery_passes_offline_but_not_on_chain(stack: Stack, 
 async def test_other_chain_id_on_the_node_fails(stack: Stack, runs: dict) -> None:
     doc = await build_step_proof(stack.runtime, runs["per-step"]["id"], 0)
     doc["chain_id"] = 1  # a document claiming mainnet, checked against the dev chain
-    check = await verify_proof_document_async(doc, w3=stack.runtime.w3)
+    check = await verify_proof_document_async(doc, w3=stack.runtime.w3, trust=_t(stack))
     assert check.offline_ok and not check.ok
-    assert any("serves chain" in p for p in check.problems)
+    assert any("names chain 1, the trusted chain is 31337" in p for p in check.problems)
+    # trusting chain 1 explicitly, the node (chain 31337) is the problem
+    trust = TrustRoot.explicit(doc["registry"], 1)
+    check = await verify_proof_document_async(doc, w3=stack.runtime.w3, trust=trust)
+    assert not check.ok and any("serves chain" in p for p in check.problems)
+
+
+async def test_a_proof_anchored_on_another_registry_is_refused(stack: Stack, runs: dict) -> None:
+    """Issue 10's attack: falsify a step, anchor its root on a second registry deployed from the
+    published artifact, name that registry in the document. Refused, naming both registries,
+    unless the caller trusts that registry explicitly."""
+    doc = await build_step_proof(stack.runtime, runs["batched"]["id"], 1)
+    forged = json.loads(json.dumps(doc))
+    from ledgerflow.checkpoint.canonical import canonical_bytes, keccak
+
+    forged["step"]["name"] = "pay_attacker"
+    v2 = forged["spec_version"] == 2
+    sh = keccak(canonical_bytes(forged["step"] if v2 else {"v": 1, **forged["step"]}))
+    leaf = leaf_hash_v2(sh) if v2 else leaf_hash(sh)
+    forged.update(step_hash="0x" + sh.hex(), leaf="0x" + leaf.hex(), root="0x" + leaf.hex())
+    forged["proof"] = []
+    address, key = await asyncio.to_thread(deploy_registry, stack.settings.rpc_url)
+
+    def anchor() -> Any:
+        w3 = Web3(HTTPProvider(stack.settings.rpc_url))
+        sender = _Sender(w3, key, "other registry")
+        reg = w3.eth.contract(address=address, abi=stack.runtime.contract("CheckpointRegistry").abi)
+        return sender.call(reg.functions.anchorRoot(leaf, 1, []), "CheckpointRegistry")
+
+    receipt = await asyncio.to_thread(anchor)
+    forged["registry"] = address
+    forged["anchor"] = {
+        "tx_hash": "0x" + bytes(receipt["transactionHash"]).hex(),
+        "block_number": int(receipt["blockNumber"]),
+    }
+    check = await verify_proof_document_async(forged, w3=stack.runtime.w3, trust=_t(stack))
+    assert not check.ok and check.registry == stack.deployment.contracts["CheckpointRegistry"]
+    message = " ".join(check.problems)
+    assert address in message and check.registry in message
+    # the caller names the other registry explicitly: then it is the one trusted (and it holds it)
+    explicit = TrustRoot.explicit(address.lower(), stack.runtime.chain_id)
+    check = await verify_proof_document_async(forged, w3=stack.runtime.w3, trust=explicit)
+    assert check.ok, check.problems
 
 
 # ---- errors -------------------------------------------------------------------------------------
@@ -443,7 +494,7 @@ async def test_clear_errors(stack: Stack, runs: dict, tmp_path: Path) -> None:
     with pytest.raises(ChainError):  # an unreachable node is an error, not a verdict
         good = await build_step_proof(stack.runtime, wf["id"], 0)
         dead = Web3(HTTPProvider(f"http://127.0.0.1:{free_port()}", request_kwargs={"timeout": 2}))
-        await asyncio.to_thread(verify_proof_document, good, w3=dead)
+        await asyncio.to_thread(verify_proof_document, good, w3=dead, trust=_t(stack))
     with pytest.raises(VerificationError):
         verify_proof_document("[1, 2]")
     with pytest.raises(VerificationError):

@@ -5,6 +5,7 @@ verification of a 10,000-step synthetic run."""
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 import uuid
@@ -20,10 +21,10 @@ from sqlalchemy.exc import IntegrityError
 from ledgerflow.checkpoint.anchorer import build_batch
 from ledgerflow.checkpoint.canonical import canonical_bytes, keccak, to_hex
 from ledgerflow.checkpoint.merkle import MultiVerifier, verify_proof
-from ledgerflow.checkpoint.records import StepRecord, leaf_hash, next_head, run_key
+from ledgerflow.checkpoint.records import StepRecord, commitment, leaf_hash, next_head, run_key
 from ledgerflow.checkpoint.verify import _Findings, verify_steps
 from ledgerflow.errors import StoreError
-from ledgerflow.store import SCHEMA_VERSION, OutboxTx, StepRow, Store
+from ledgerflow.store import SCHEMA_VERSION, OutboxTx, SealRow, StepRow, Store
 
 REGISTRY = "0x" + "5f" * 20
 CHAIN_ID = 31337
@@ -54,28 +55,50 @@ def store(request: pytest.FixtureRequest, tmp_path: Path, pg_url: str) -> Iterat
 
 
 def make_run(
-    store: Store, n: int, *, workflow_id: str | None = None, mode: str = "batched", start: int = 0
+    store: Store,
+    n: int,
+    *,
+    workflow_id: str | None = None,
+    mode: str = "batched",
+    start: int = 0,
+    spec: int = 1,
 ) -> tuple[str, str, list[StepRow]]:
     """A synthetic run of ``n`` consistent steps (ledgerflow.checkpoint), registered in ``store``
-    but not saved; steps ``start..n-1`` are returned."""
+    but not saved; steps ``start..n-1`` are returned. ``spec=2``: salted commitments, and the last
+    step is the run's outcome step."""
     wf = workflow_id or f"wf-{uuid.uuid4().hex[:8]}"
     run = str(uuid.uuid4())
-    rk = to_hex(run_key(wf, run))
+    rk = to_hex(run_key(wf, run, spec=spec))
     store.ensure_run(
-        workflow_id=wf, run_id=run, workflow_type="Synthetic", run_key=rk, anchor_mode=mode
+        workflow_id=wf,
+        run_id=run,
+        workflow_type="Synthetic",
+        run_key=rk,
+        anchor_mode=mode,
+        spec_version=spec,
     )
     rows: list[StepRow] = []
     head = rk
     for seq in range(n):
-        inp = canonical_bytes({"seq": seq, "order": f"PO-{seq}", "amount": seq * 1250})
-        out = canonical_bytes({"ok": True, "tx": keccak(seq.to_bytes(8, "big"))})
+        last = spec == 2 and seq == n - 1
+        if last:
+            kind, name = "outcome", "run.outcome"
+            inp = canonical_bytes({"workflow_type": "Synthetic", "status": "completed"})
+            out = canonical_bytes({"outcome": "completed", "reason": ""})
+        else:
+            kind, name = ("activity" if seq % 3 else "llm"), f"step_{seq % 7}"
+            inp = canonical_bytes({"seq": seq, "order": f"PO-{seq}", "amount": seq * 1250})
+            out = canonical_bytes({"ok": True, "tx": keccak(seq.to_bytes(8, "big"))})
+        salt_in = os.urandom(32) if spec == 2 else None
+        salt_out = os.urandom(32) if spec == 2 else None
         rec = StepRecord(
+            v=spec,  # type: ignore[arg-type]
             run=rk,
             seq=seq,
-            kind="activity" if seq % 3 else "llm",
-            name=f"step_{seq % 7}",
-            input=to_hex(keccak(inp)),
-            output=to_hex(keccak(out)),
+            kind=kind,  # type: ignore[arg-type]
+            name=name,
+            input=to_hex(commitment(salt_in, inp)),
+            output=to_hex(commitment(salt_out, out)),
             status="ok",
             prev=head,
         )
@@ -97,11 +120,30 @@ def make_run(
                     head=new_head,
                     input_preimage=inp.decode(),
                     output_preimage=out.decode(),
+                    spec_version=spec,
+                    input_salt=to_hex(salt_in) if salt_in else None,
+                    output_salt=to_hex(salt_out) if salt_out else None,
                     anchor_mode=mode,
                 )
             )
         head = new_head
     return wf, run, rows
+
+
+def seal_of(store: Store, rows: list[StepRow], mode: str = "batched") -> SealRow:
+    """Store the pending seal of a run whose last stored step is ``rows[-1]``."""
+    last = rows[-1]
+    run = store.get_run(last.workflow_id, last.run_id)
+    return store.save_seal(
+        SealRow(
+            workflow_id=last.workflow_id,
+            run_id=last.run_id,
+            run_key=run.run_key,
+            steps=last.seq + 1,
+            head=last.head,
+            anchor_mode=mode,
+        )
+    )
 
 
 def _copy(rows: list[StepRow]) -> list[StepRow]:

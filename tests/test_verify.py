@@ -64,7 +64,7 @@ async def verify_tampered(
         con.close()
     rt = Runtime(settings or stack.settings, store=store)
     try:
-        return await verify_run(rt, wf_id, client=stack.client.temporal)
+        return await verify_run(rt, wf_id, client=stack.client.temporal, allow_unsealed_v1=True)
     finally:
         await close_runtime(rt)
 
@@ -72,7 +72,9 @@ async def verify_tampered(
 async def verify_copy(stack: Stack, store: Any, wf_id: str, *, history: bool) -> VerifyReport:
     rt = Runtime(stack.settings, store=store)
     try:
-        return await verify_run(rt, wf_id, client=stack.client.temporal if history else None)
+        return await verify_run(
+            rt, wf_id, client=stack.client.temporal if history else None, allow_unsealed_v1=True
+        )
     finally:
         await close_runtime(rt)
 
@@ -97,6 +99,10 @@ def _flip_one_byte(text: str) -> str:
     raise AssertionError(f"nothing to flip in {text!r}")
 
 
+def _codes(report: VerifyReport) -> set[tuple[int, str]]:
+    return {(f.step, f.code) for f in report.findings}
+
+
 def _assert_fails_at(report: VerifyReport, seq: int) -> None:
     assert not report.ok, report
     assert report.first_bad_step == seq, (report.first_bad_step, report.problems)
@@ -109,7 +115,13 @@ def _assert_fails_at(report: VerifyReport, seq: int) -> None:
 @pytest.mark.parametrize("mode", ["batched", "per-step"])
 async def test_clean_run_verifies(stack: Stack, runs: dict, mode: str) -> None:
     wf = runs[mode]
-    report = await verify_run(stack.runtime, wf["id"], client=stack.client.temporal)
+    strict = await verify_run(stack.runtime, wf["id"], client=stack.client.temporal)
+    if strict.spec_version == 1:  # recorded by a version 1 producer: no seal, by v1 rules
+        assert not strict.ok and not strict.sealed
+        assert [(f.step, f.code) for f in strict.findings] == [(wf["steps"], "unsealed")]
+    report = await verify_run(
+        stack.runtime, wf["id"], client=stack.client.temporal, allow_unsealed_v1=True
+    )
     assert report.ok, report.problems
     assert report.first_bad_step is None and report.problems == []
     assert report.steps == wf["steps"] and report.head == wf["head"]
@@ -174,13 +186,20 @@ async def test_dropping_a_step(stack: Stack, runs: dict, tmp_path: Path, where: 
     _assert_fails_at(await verify_tampered(stack, wf["id"], tmp_path, tamper), seq)
 
 
-async def test_deleted_preimage(stack: Stack, runs: dict, tmp_path: Path) -> None:
+async def test_deleted_preimage_is_reported_redacted(
+    stack: Stack, runs: dict, tmp_path: Path
+) -> None:
+    """A preimage gone from the store is a redaction (spec v2, section 4): the record and its
+    commitments still chain and are anchored, so it is reported, never taken as tampering."""
+
     def tamper(con: sqlite3.Connection, w: str, r: str) -> None:
         con.execute(
             "UPDATE steps SET output_preimage = NULL WHERE workflow_id = ? AND seq = 2", (w,)
         )
 
-    _assert_fails_at(await verify_tampered(stack, runs["batched"]["id"], tmp_path, tamper), 2)
+    report = await verify_tampered(stack, runs["batched"]["id"], tmp_path, tamper)
+    assert report.ok, report.problems
+    assert report.redacted == [{"step": 2, "parts": ["output"]}]
 
 
 # ---- a forger who recomputes every hash ---------------------------------------------------------
@@ -239,7 +258,7 @@ def _rebuild_batches(con: sqlite3.Connection, w: str, r: str) -> None:
                 "SELECT id, step_hash FROM steps WHERE anchor_id = ? ORDER BY id", (anchor_id,)
             )
         )
-        root, proofs = build_batch([m[1] for m in members])
+        root, proofs = build_batch([m[1] for m in members], 1)
         for (step_id, _), proof in zip(members, proofs, strict=True):
             con.execute("UPDATE steps SET proof = ? WHERE id = ?", (json.dumps(proof), step_id))
         con.execute("UPDATE anchors SET root = ? WHERE id = ?", (root, anchor_id))
@@ -283,8 +302,8 @@ async def test_consistently_forged_history_and_roots(
     batch_start = min(r.seq for r in rows if r.anchor_id == rows[seq].anchor_id)
     report = await verify_tampered(stack, wf["id"], tmp_path, tamper)
     _assert_fails_at(report, batch_start)
-    assert f"step {batch_start}: root" in " ".join(report.problems)
-    assert any("not anchored on this chain" in p for p in report.problems), report.problems
+    assert (batch_start, "anchor_tx") in _codes(report), report.problems  # root not in its tx
+    assert (seq, "history") in _codes(report), report.problems
     # without Temporal history the chain alone still catches it
     store = copy_store(stack.runtime.store, tmp_path / "again.db")
     con = sqlite3.connect(sqlite_path(store))
@@ -310,7 +329,7 @@ async def test_history_cross_check_of_a_batched_run(
         _rebuild_batches(con, w, r)
 
     report = await verify_tampered(stack, wf["id"], tmp_path, tamper)
-    assert f"step {seq}: step hash differs from the one in Temporal history" in report.problems
+    assert (seq, "history") in _codes(report), report.problems
 
 
 async def test_forged_anchor_block(stack: Stack, runs: dict, tmp_path: Path) -> None:
@@ -338,7 +357,7 @@ async def test_forged_anchor_tx_from_another_registry(
         sender = _Sender(w3, key, "other registry")
         reg = w3.eth.contract(address=address, abi=stack.runtime.contract("CheckpointRegistry").abi)
         receipt = sender.call(
-            reg.functions.anchorRoot(bytes.fromhex(anchor.root[2:]), anchor.leaf_count),  # type: ignore[index]
+            reg.functions.anchorRoot(bytes.fromhex(anchor.root[2:]), anchor.leaf_count, []),  # type: ignore[index]
             "CheckpointRegistry",
         )
         return "0x" + bytes(receipt["transactionHash"]).hex()
@@ -383,13 +402,13 @@ async def test_per_step_consistent_forgery(stack: Stack, runs: dict, tmp_path: P
     # without history: the registry's Checkpointed events and head expose it
     report = await verify_copy(stack, store, wf["id"], history=False)
     _assert_fails_at(report, 1)
-    assert any("checkpointed on chain" in p for p in report.problems), report.problems
+    assert (1, "anchor_tx") in _codes(report), report.problems  # its Checkpointed log differs
     assert not report.history_checked
     # with history: the activity results in Temporal history name the same step
     report = await verify_copy(stack, store, wf["id"], history=True)
     _assert_fails_at(report, 1)
     assert report.history_checked
-    assert "step 1: step hash differs from the one in Temporal history" in report.problems
+    assert (1, "history") in _codes(report), report.problems
 
 
 # ---- another chain, another registry ------------------------------------------------------------
@@ -470,9 +489,14 @@ async def cli(stack: Stack) -> AsyncIterator[Callable[..., Any]]:
 
 async def test_cli_verify_json(stack: Stack, runs: dict, tmp_path: Path, cli: Any) -> None:
     wf = runs["batched"]
-    result = await cli(["verify", wf["id"], "--json"], stack.settings.database_url)
+    result = await cli(
+        ["verify", wf["id"], "--json", "--allow-unsealed-v1"], stack.settings.database_url
+    )
     assert result.exit_code == 0, (result.stdout, result.stderr)
     data = json.loads(result.stdout)
+    for key in ("sealed", "registry", "chain_id", "spec_version", "redacted", "findings"):
+        assert key in data, key
+    assert data["registry"] == stack.deployment.contracts["CheckpointRegistry"]
     for key in ("workflow_id", "run_id", "ok", "steps", "head", "first_bad_step", "anchors"):
         assert key in data, key
     assert data["workflow_id"] == wf["id"] and data["ok"] is True
@@ -500,6 +524,72 @@ async def test_cli_verify_json(stack: Stack, runs: dict, tmp_path: Path, cli: An
     # human output, same verdict
     result = await cli(["verify", wf["id"]], store.url)
     assert result.exit_code == 1 and "first bad step: 1" in result.stdout
-    result = await cli(["verify", runs["per-step"]["id"], "--json"], stack.settings.database_url)
+    result = await cli(
+        ["verify", runs["per-step"]["id"], "--json", "--allow-unsealed-v1"],
+        stack.settings.database_url,
+    )
     assert result.exit_code == 0, (result.stdout, result.stderr)
     assert json.loads(result.stdout)["anchor_mode"] == "per-step"
+
+
+async def test_cli_verify_from_another_directory(
+    stack: Stack, runs: dict, tmp_path: Path, cli: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No store where verify runs: one clear error naming the URL it tried, no file left."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    url = "sqlite:///.ledgerflow/ledgerflow.db"
+    result = await cli(["verify", runs["batched"]["id"], "--json"], url)
+    assert result.exit_code == 2
+    assert f"no store at {url}" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    assert list(elsewhere.iterdir()) == [], "verify left a file behind"
+    result = await cli(["export", runs["batched"]["id"], "--out", "b.json"], url)
+    assert result.exit_code == 2 and f"no store at {url}" in result.stderr
+    assert list(elsewhere.iterdir()) == []
+
+
+async def test_cli_lower_case_registry_address(
+    stack: Stack, runs: dict, cli: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    registry = stack.deployment.contracts["CheckpointRegistry"]
+    monkeypatch.setenv("LEDGERFLOW_REGISTRY_ADDRESS", registry.lower())
+    result = await cli(
+        ["verify", runs["batched"]["id"], "--json", "--allow-unsealed-v1"],
+        stack.settings.database_url,
+    )
+    assert result.exit_code == 0, (result.stdout, result.stderr)
+    assert json.loads(result.stdout)["registry"] == registry
+
+
+async def test_cli_export_then_verify_the_bundle(
+    stack: Stack, runs: dict, tmp_path: Path, cli: Any
+) -> None:
+    """export + verify --bundle gives the store-based verdict, with no store and no Temporal."""
+    for mode in ("batched", "per-step"):
+        out = tmp_path / f"{mode}.json"
+        result = await cli(
+            ["export", runs[mode]["id"], "--out", str(out)], stack.settings.database_url
+        )
+        assert result.exit_code == 0, result.stderr
+        bundle = json.loads(out.read_text())
+        assert bundle["format"] == "ledgerflow-audit-bundle"
+        assert len(bundle["steps"]) == runs[mode]["steps"]
+        args = ["verify", "--bundle", str(out), "--json", "--allow-unsealed-v1"]
+        result = await cli(args, "sqlite:///" + str(tmp_path / "absent.db"))
+        assert result.exit_code == 0, (result.stdout, result.stderr)
+        from_bundle = json.loads(result.stdout)
+        from_store = await verify_run(stack.runtime, runs[mode]["id"], allow_unsealed_v1=True)
+        assert from_bundle["findings"] == [] and from_store.ok
+        for key in ("ok", "sealed", "first_bad_step", "steps", "head", "anchors"):
+            assert from_bundle[key] == getattr(from_store, key), key
+        assert not (tmp_path / "absent.db").exists()
+        # a bundle checked against another registry fails, naming both
+        other = "0x" + "12" * 20
+        result = await cli([*args, "--registry", other, "--chain-id", "31337"], "sqlite://")
+        assert result.exit_code == 1
+        data = json.loads(result.stdout)
+        assert data["first_bad_step"] == 0 and data["registry"] == other
+        message = next(f["message"] for f in data["findings"] if f["code"] == "untrusted_registry")
+        assert other in message and bundle["registry"] in message

@@ -486,7 +486,7 @@ async def _bench_throughput(world: _World, cfg: BenchConfig) -> dict[str, Any]:
 
 
 async def _bench_gas(world: _World, cfg: BenchConfig) -> dict[str, Any]:
-    from ledgerflow.checkpoint.proofs import format_gas_table, measure_anchor_gas
+    from ledgerflow.checkpoint.proofs import format_gas_table, measure_anchor_gas, measure_seal_gas
 
     world.progress(f"gas: anchorRoot batches {cfg.gas_batch_sizes} and per-step checkpoints")
     rows = await measure_anchor_gas(
@@ -495,6 +495,7 @@ async def _bench_gas(world: _World, cfg: BenchConfig) -> dict[str, Any]:
         per_step_steps=cfg.gas_per_step_steps,
         key_prefix=f"bench-gas-{uuid.uuid4().hex[:8]}",
     )
+    seal = await measure_seal_gas(world.runtime, key_prefix=f"bench-seal-{uuid.uuid4().hex[:8]}")
     batched = [r for r in rows if r.mode == "batched"]
     per_step = next(r for r in rows if r.mode == "per-step")
     largest = max(batched, key=lambda r: r.steps_per_tx)
@@ -503,6 +504,7 @@ async def _bench_gas(world: _World, cfg: BenchConfig) -> dict[str, Any]:
     return {
         "rows": [r.model_dump() for r in rows],
         "table": format_gas_table(rows),
+        "seal": seal.model_dump(),
         "baseline": per_step.model_dump(),
         "largest_batch": largest.steps_per_tx,
         "ratio": round(ratio, 6),
@@ -537,7 +539,7 @@ async def _bench_signer(world: _World, cfg: BenchConfig) -> dict[str, Any]:
     # Baseline: the same calls, pre-signed (gas, fees and nonces fixed up front), then sent one
     # after the other in nonce order as fast as the node takes them.
     base_acct = Account.from_key(DEV_KEYS[8])
-    probe = registry.functions.anchorRoot(os.urandom(32), 1)
+    probe = registry.functions.anchorRoot(os.urandom(32), 1, [])
     estimate = int(await probe.estimate_gas({"from": base_acct.address}))
     gas = estimate + estimate // 5 + 10_000  # the signer's own margin
     block = await w3.eth.get_block("latest")
@@ -556,7 +558,7 @@ async def _bench_signer(world: _World, cfg: BenchConfig) -> dict[str, Any]:
         nonlocal next_nonce
         raws: list[bytes] = []
         for _ in range(m):
-            tx = await registry.functions.anchorRoot(os.urandom(32), 1).build_transaction(
+            tx = await registry.functions.anchorRoot(os.urandom(32), 1, []).build_transaction(
                 {
                     "from": base_acct.address,
                     "nonce": next_nonce,
@@ -579,12 +581,12 @@ async def _bench_signer(world: _World, cfg: BenchConfig) -> dict[str, Any]:
 
     # The signer: M concurrent sends of the same calls, as the anchorer and activities send them.
     signer = Signer(w3, DEV_KEYS[7], rt.store, rt.chain_id, timeout=rt.settings.tx_timeout_seconds)
-    warm = registry.functions.anchorRoot(os.urandom(32), 1)
+    warm = registry.functions.anchorRoot(os.urandom(32), 1, [])
     await signer.send(f"bench-signer:{tag}:warmup", warm, contract="CheckpointRegistry")
     errors: list[str] = []
 
     async def signer_round(r: int) -> tuple[float, int]:
-        calls = [registry.functions.anchorRoot(os.urandom(32), 1) for _ in range(m)]
+        calls = [registry.functions.anchorRoot(os.urandom(32), 1, []) for _ in range(m)]
 
         async def send(i: int, call: Any) -> Any:
             try:
@@ -670,7 +672,7 @@ def _synthetic_steps(workflow_id: str, run_id: str, n: int) -> list[Any]:
     from ledgerflow.checkpoint.records import StepRecord, next_head, run_key
     from ledgerflow.store import StepRow
 
-    rk = run_key(workflow_id, run_id)
+    rk = run_key(workflow_id, run_id, spec=1)
     rk_hex = to_hex(rk)
     head = rk
     rows: list[StepRow] = []
@@ -786,7 +788,7 @@ async def _bench_verification(world: _World, cfg: BenchConfig) -> dict[str, Any]
         workflow_id=wf,
         run_id=run,
         workflow_type="BenchWorkflow",
-        run_key=to_hex(run_key(wf, run)),
+        run_key=to_hex(run_key(wf, run, spec=1)),
         anchor_mode="batched",
     )
     for i in range(0, n, 1000):
@@ -812,7 +814,7 @@ async def _bench_verification(world: _World, cfg: BenchConfig) -> dict[str, Any]
         naive = b if naive is None or b["seconds"] < naive["seconds"] else naive
     assert fast is not None and naive is not None
     t0 = time.perf_counter()
-    report = await verify_run(rt, wf, run)
+    report = await verify_run(rt, wf, run, allow_unsealed_v1=True)  # a synthetic v1 run
     e2e_s = time.perf_counter() - t0
     target = TARGETS["verify_steps_per_s_min"]
     return {

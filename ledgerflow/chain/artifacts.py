@@ -1,4 +1,11 @@
-"""Compiled contract artifacts, committed under contracts/artifacts/ by contracts/build.js."""
+"""Compiled contract artifacts, shipped inside the package.
+
+``ledgerflow/chain/contract-artifacts`` is package data (a directory name that cannot be
+imported, on purpose). In the repository it is a link to ``contracts/artifacts``, the one
+committed copy, written by ``contracts/build.js`` and checked against a fresh build by the
+tests; a wheel or sdist carries the files themselves, so an installed ledgerflow needs no
+checkout to deploy, call or verify.
+"""
 
 from __future__ import annotations
 
@@ -10,11 +17,17 @@ from typing import Any
 
 from ledgerflow.errors import ConfigError
 
-__all__ = ["Artifact", "artifacts_dir", "load_artifact"]
+__all__ = ["Artifact", "artifact_names", "artifacts_dir", "load_artifact"]
 
 
 def artifacts_dir() -> Path:
-    return Path(__file__).resolve().parents[2] / "contracts" / "artifacts"
+    """The directory of the ``<ContractName>.json`` artifacts inside the installed package."""
+    return Path(__file__).resolve().parent / "contract-artifacts"
+
+
+def artifact_names() -> list[str]:
+    """The names of every shipped contract artifact, sorted."""
+    return sorted(p.stem for p in artifacts_dir().glob("*.json"))
 
 
 @dataclass(frozen=True)
@@ -29,13 +42,16 @@ class Artifact:
 
 @cache
 def load_artifact(name: str) -> Artifact:
-    """Load ``contracts/artifacts/<name>.json``.
+    """Load the artifact of contract ``name``.
 
     Raises:
-        ConfigError: the artifact is missing (run ``make contracts``).
+        ConfigError: no such artifact in this installation (the message says where it looked).
     """
     path = artifacts_dir() / f"{name}.json"
-    if not path.exists():
-        raise ConfigError(f"contract artifact {name} is missing; run `make contracts`")
+    if not path.is_file():
+        raise ConfigError(
+            f"contract artifact {name} is missing from {artifacts_dir()}; this installation of "
+            "ledgerflow is incomplete (reinstall it; in a checkout run `make contracts`)"
+        )
     data = json.loads(path.read_text())
     return Artifact(name=data["contractName"], abi=data["abi"], bytecode=data["bytecode"])

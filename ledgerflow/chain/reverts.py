@@ -8,7 +8,7 @@ from typing import Any
 from eth_abi import decode as abi_decode
 from web3.exceptions import ContractLogicError
 
-from ledgerflow.chain.artifacts import artifacts_dir, load_artifact
+from ledgerflow.chain.artifacts import artifact_names, load_artifact
 from ledgerflow.checkpoint.canonical import keccak
 from ledgerflow.errors import ContractRevert
 
@@ -31,8 +31,8 @@ def _type_of(inp: dict[str, Any]) -> str:
 @cache
 def _selectors() -> dict[bytes, tuple[str, list[str], list[str]]]:
     table = dict(_BUILTIN)
-    for path in sorted(artifacts_dir().glob("*.json")):
-        for entry in load_artifact(path.stem).errors():
+    for name in artifact_names():
+        for entry in load_artifact(name).errors():
             types = [_type_of(i) for i in entry.get("inputs", [])]
             names = [i.get("name") or f"arg{n}" for n, i in enumerate(entry.get("inputs", []))]
             sig = f"{entry['name']}({','.join(types)})"

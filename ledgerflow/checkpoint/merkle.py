@@ -31,10 +31,14 @@ from Crypto.Hash import keccak as _keccak_mod
 __all__ = [
     "MerkleTree",
     "MultiVerifier",
+    "StandardTree",
+    "build_standard_tree",
     "build_tree",
     "hash_pair",
     "keccak256",
+    "keccak256_bytes",
     "process_proof",
+    "standard_leaf",
     "verify_proof",
 ]
 
@@ -132,6 +136,10 @@ def keccak256(data: bytes) -> bytes:
     if _RAW is None:
         return _slow_keccak256(bytes(data))
     return _RAW.one(bytes(data))
+
+
+#: :func:`keccak256` without the copy and checks, for hot loops that pass ``bytes`` only.
+keccak256_bytes: Callable[[bytes], bytes] = _RAW.one if _RAW is not None else _slow_keccak256
 
 
 class _Session:
@@ -408,3 +416,118 @@ class MultiVerifier:
     def verify_all(self, triples: Iterable[tuple[bytes, Sequence[bytes], bytes]]) -> bool:
         """True when every triple verifies (vacuously True for none)."""
         return all(self._run(triples))
+
+
+# --- spec v2: @openzeppelin/merkle-tree StandardMerkleTree, leaf encoding ["bytes32"] ------------
+
+
+def standard_leaf(value: bytes) -> bytes:
+    """The StandardMerkleTree leaf of one ``bytes32`` value: keccak256(keccak256(abi.encode(v))).
+
+    ``abi.encode(bytes32 v)`` is ``v`` itself, so this is keccak256(keccak256(value)) (a 32-byte
+    preimage hashed twice). Internal nodes hash 64 bytes, so no leaf can pose as a node.
+    """
+    return keccak256(keccak256(_b32(value, "value")))
+
+
+class StandardTree:
+    """A StandardMerkleTree (``@openzeppelin/merkle-tree`` 1.x) over ``bytes32`` values.
+
+    Built by :func:`build_standard_tree`; immutable. The layout is the library's: the leaves are
+    sorted ascending (as 256-bit unsigned integers, a stable sort), and the tree is one array of
+    ``2n - 1`` nodes where ``tree[0]`` is the root, the children of node ``i`` are ``2i + 1`` and
+    ``2i + 2``, and sorted leaf ``k`` sits at ``tree[2n - 2 - k]``. The proof of a value is the list
+    of sibling nodes from its leaf up to (excluding) the root; it verifies with OpenZeppelin's
+    ``MerkleProof.verify`` (the commutative pair hash of :func:`hash_pair`).
+    """
+
+    __slots__ = ("_index", "_tree", "_values")
+
+    def __init__(self, tree: list[bytes], values: list[bytes], index: list[int]) -> None:
+        self._tree = tree
+        self._values = values
+        self._index = index  # value position -> tree index
+
+    @property
+    def root(self) -> bytes:
+        return self._tree[0]
+
+    @property
+    def tree(self) -> tuple[bytes, ...]:
+        """The node array, root first (the library's ``dump().tree``)."""
+        return tuple(self._tree)
+
+    @property
+    def values(self) -> tuple[bytes, ...]:
+        """The values in the order given (not sorted)."""
+        return tuple(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __repr__(self) -> str:
+        return f"StandardTree(values={len(self)}, root=0x{self.root.hex()})"
+
+    def tree_index(self, position: int) -> int:
+        """Where the leaf of value ``position`` sits in :attr:`tree`."""
+        return self._index[position]
+
+    def leaf(self, position: int) -> bytes:
+        return self._tree[self._index[position]]
+
+    def proof(self, position: int) -> list[bytes]:
+        """The proof of the value at ``position`` (in the order given to the builder).
+
+        Raises:
+            IndexError: ``position`` is not in ``range(len(self))``.
+        """
+        if isinstance(position, bool) or not isinstance(position, int):
+            raise TypeError("position must be an int")
+        if not 0 <= position < len(self._values):
+            raise IndexError(f"value {position} out of range for {len(self)} values")
+        tree = self._tree
+        i = self._index[position]
+        out: list[bytes] = []
+        while i > 0:
+            out.append(tree[i + 1] if i & 1 else tree[i - 1])
+            i = (i - 1) >> 1
+        return out
+
+    def proofs(self) -> list[list[bytes]]:
+        """The proofs of all values, in the order given."""
+        return [self.proof(i) for i in range(len(self._values))]
+
+
+def build_standard_tree(values: Sequence[bytes]) -> StandardTree:
+    """``StandardMerkleTree.of(values.map(v => [v]), ["bytes32"])``, in Python.
+
+    Raises:
+        ValueError: no values, or a value that is not 32 bytes.
+        TypeError: a value that is not bytes.
+    """
+    if isinstance(values, bytes | bytearray | memoryview | str):
+        raise TypeError("values must be a sequence of 32-byte values, not a single value")
+    vals = [_b32(v, "value") for v in values]
+    n = len(vals)
+    if n == 0:
+        raise ValueError("cannot build a Merkle tree without values")
+    if _RAW is None:
+        leaves = [_slow_keccak256(_slow_keccak256(v)) for v in vals]
+    else:
+        one = _RAW.one
+        leaves = [one(one(v)) for v in vals]
+    # Stable sort by leaf (bytes order == big-endian unsigned order), like Array.prototype.sort.
+    order = sorted(range(n), key=leaves.__getitem__)
+    size = 2 * n - 1
+    tree: list[bytes] = [b""] * size
+    index = [0] * n
+    for k, pos in enumerate(order):
+        t = size - 1 - k
+        tree[t] = leaves[pos]
+        index[pos] = t
+    with _Session() as h64:
+        for i in range(size - 1 - n, -1, -1):
+            a = tree[2 * i + 1]
+            b = tree[2 * i + 2]
+            tree[i] = h64(a + b if a < b else b + a)
+    return StandardTree(tree, vals, index)

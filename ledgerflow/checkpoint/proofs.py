@@ -38,9 +38,20 @@ from web3.exceptions import (
 
 from ledgerflow.chain.artifacts import load_artifact
 from ledgerflow.checkpoint.anchorer import build_batch
-from ledgerflow.checkpoint.canonical import SPEC_VERSION, CanonicalError, canonical_bytes, keccak
+from ledgerflow.checkpoint.bundle import TrustRoot
+from ledgerflow.checkpoint.canonical import CanonicalError, canonical_bytes, keccak
 from ledgerflow.checkpoint.merkle import process_proof
-from ledgerflow.checkpoint.records import STEP_KINDS, leaf_hash, next_head, run_key
+from ledgerflow.checkpoint.records import (
+    LATEST_SPEC,
+    STEP_KINDS_V1,
+    STEP_KINDS_V2,
+    commitment,
+    leaf_hash,
+    leaf_hash_v2,
+    next_head,
+    parse_canonical,
+    run_key,
+)
 from ledgerflow.errors import ChainError, ConfigError, StoreError, VerificationError
 from ledgerflow.runtime import Runtime
 from ledgerflow.store import AnchorRow, StepRow
@@ -49,19 +60,22 @@ __all__ = [
     "PROOF_SPEC_VERSION",
     "GasRow",
     "ProofCheck",
+    "SealGas",
     "build_step_proof",
     "check_proof_offline",
     "format_gas_table",
     "gas_rows",
     "measure_anchor_gas",
+    "measure_seal_gas",
     "verify_proof_document",
     "verify_proof_document_async",
 ]
 
-#: The ``spec_version`` this module writes and the only one it verifies.
-PROOF_SPEC_VERSION = SPEC_VERSION
+#: The ``spec_version`` this module writes for new runs; it verifies versions 1 and 2.
+PROOF_SPEC_VERSION = LATEST_SPEC
 
 _RECORD_FIELDS = ("run", "seq", "kind", "name", "input", "output", "status", "prev")
+_RECORD_FIELDS_V2 = ("v", *_RECORD_FIELDS)
 _HEX32 = re.compile(r"^0x[0-9a-f]{64}$")
 _ADDRESS = re.compile(r"^0x[0-9a-fA-F]{40}$")
 _UINT64 = 1 << 64
@@ -121,11 +135,12 @@ async def build_step_proof(
     where = f"step {step} of {run.workflow_id}/{run.run_id}"
     if anchor is None or anchor.status != "confirmed" or not anchor.tx_hash:
         raise StoreError(f"{where} is not anchored yet; try again once the anchorer has run")
-    rk = _hex(run_key(run.workflow_id, run.run_id))
+    version = int(getattr(row, "spec_version", 1) or 1)
+    rk = _hex(run_key(run.workflow_id, run.run_id, spec=version))
     chain_id = anchor.chain_id if anchor.chain_id is not None else runtime.chain_id
     registry = anchor.registry_address or runtime.address("CheckpointRegistry")
     doc: dict[str, Any] = {
-        "spec_version": PROOF_SPEC_VERSION,
+        "spec_version": version,
         "chain_id": int(chain_id),
         "registry": registry,
         "workflow_id": run.workflow_id,
@@ -147,33 +162,41 @@ async def build_step_proof(
         "root": None,
         "anchor": {"tx_hash": anchor.tx_hash, "block_number": int(anchor.block_number or 0)},
     }
+    if version == 2:
+        doc["step"] = {"v": 2, **doc["step"]}
     if anchor.mode == "batched":
         if anchor.root is None or row.proof is None:
             raise StoreError(f"{where}: its batch has no root or proof in the store")
-        doc["leaf"] = _hex(leaf_hash(bytes.fromhex(row.step_hash[2:])))
+        leaf_of = leaf_hash_v2 if version == 2 else leaf_hash
+        doc["leaf"] = _hex(leaf_of(bytes.fromhex(row.step_hash[2:])))
         doc["proof"] = list(json.loads(row.proof))
         doc["root"] = anchor.root
     if include_preimages:
         if row.input_preimage is None or row.output_preimage is None:
-            raise StoreError(f"{where}: its preimages are not in the store")
-        for part, pre, digest in (
-            ("input", row.input_preimage, row.input_hash),
-            ("output", row.output_preimage, row.output_hash),
+            raise StoreError(f"{where}: its preimages are not in the store (redacted?)")
+        disclosed: dict[str, Any] = {}
+        for part, pre, salt, digest in (
+            ("input", row.input_preimage, getattr(row, "input_salt", None), row.input_hash),
+            ("output", row.output_preimage, getattr(row, "output_salt", None), row.output_hash),
         ):
-            if _hex(keccak(pre.encode("utf-8"))) != digest:
+            salt_b = bytes.fromhex(salt[2:]) if (version == 2 and salt) else None
+            if version == 2 and salt_b is None:
+                raise StoreError(f"{where}: the {part} salt is not in the store")
+            if _hex(commitment(salt_b, pre.encode("utf-8"))) != digest:
                 raise VerificationError(
-                    f"{where}: stored {part} preimage does not hash to the record's {part}",
+                    f"{where}: stored {part} preimage does not commit to the record's {part}",
                     first_bad_step=row.seq,
                 )
-        try:
-            doc["disclosed"] = {
-                "input": json.loads(row.input_preimage),
-                "output": json.loads(row.output_preimage),
-            }
-        except ValueError as exc:
-            raise VerificationError(
-                f"{where}: stored preimage is not JSON ({exc})", first_bad_step=row.seq
-            ) from None
+            if version == 2:
+                disclosed[part] = {"salt": salt, "preimage": pre}
+            else:
+                try:
+                    disclosed[part] = json.loads(pre)
+                except ValueError as exc:
+                    raise VerificationError(
+                        f"{where}: stored preimage is not JSON ({exc})", first_bad_step=row.seq
+                    ) from None
+        doc["disclosed"] = disclosed
     problems = check_proof_offline(doc)
     if problems:
         raise VerificationError(
@@ -206,12 +229,16 @@ class ProofCheck(BaseModel):
     seq: int | None = None
     step_hash: str | None = None
     block_number: int | None = None
+    spec_version: int | None = None
+    registry: str | None = None  # the trusted registry the anchor was checked against
+    chain_id: int | None = None  # the trusted chain
 
 
 class _Parsed(BaseModel):
     """The values the on-chain checks need, taken from an offline-valid document."""
 
     mode: Literal["batched", "per-step"]
+    version: int
     chain_id: int
     registry: str
     run_key: bytes
@@ -247,8 +274,8 @@ def _offline(doc: dict[str, Any]) -> tuple[list[str], _Parsed | None]:
     """Every check that needs no chain; the parsed values when the document is well formed."""
     p: list[str] = []
     version = doc.get("spec_version")
-    if not _is_int(version) or version != PROOF_SPEC_VERSION:
-        return [f"unsupported spec_version {version!r} (this verifier implements 1)"], None
+    if not _is_int(version) or version not in (1, 2):
+        return [f"unsupported spec_version {version!r} (this verifier implements 1 and 2)"], None
 
     def hex32(value: Any, what: str) -> bool:
         if isinstance(value, str) and _HEX32.match(value):
@@ -266,7 +293,7 @@ def _offline(doc: dict[str, Any]) -> tuple[list[str], _Parsed | None]:
     if not isinstance(wf, str) or not isinstance(run, str):
         p.append("workflow_id and run_id must be strings")
         return p, None
-    expected_rk = _hex(run_key(wf, run))
+    expected_rk = _hex(run_key(wf, run, spec=version))
     rk = doc.get("run_key")
     if hex32(rk, "run_key") and rk != expected_rk:
         p.append("run_key is not the run key of workflow_id/run_id")
@@ -275,9 +302,10 @@ def _offline(doc: dict[str, Any]) -> tuple[list[str], _Parsed | None]:
     if not isinstance(record, dict):
         p.append("step is not an object")
         return p, None
-    if set(record) != set(_RECORD_FIELDS):
-        missing = sorted(set(_RECORD_FIELDS) - set(record))
-        extra = sorted(set(record) - set(_RECORD_FIELDS))
+    fields = _RECORD_FIELDS_V2 if version == 2 else _RECORD_FIELDS
+    if set(record) != set(fields):
+        missing = sorted(set(fields) - set(record))
+        extra = sorted(set(record) - set(fields))
         p.append(f"step must have exactly the record fields (missing {missing}, extra {extra})")
         return p, None
     shape_ok = all(
@@ -294,8 +322,10 @@ def _offline(doc: dict[str, Any]) -> tuple[list[str], _Parsed | None]:
     if not _is_int(seq) or not 0 <= seq < _UINT64:
         p.append("step.seq is not an integer in [0, 2^64)")
         shape_ok = False
-    if record["kind"] not in STEP_KINDS:
-        p.append(f"step.kind {record['kind']!r} is not a version 1 kind")
+    if version == 2 and (not _is_int(record["v"]) or record["v"] != 2):
+        p.append("step.v is not 2")
+    if record["kind"] not in (STEP_KINDS_V2 if version == 2 else STEP_KINDS_V1):
+        p.append(f"step.kind {record['kind']!r} is not a version {version} kind")
     if record["status"] not in ("ok", "failed"):
         p.append(f"step.status {record['status']!r} is not ok or failed")
     if not isinstance(record["name"], str):
@@ -304,7 +334,7 @@ def _offline(doc: dict[str, Any]) -> tuple[list[str], _Parsed | None]:
     if not shape_ok:
         return p, None
 
-    computed = keccak(canonical_bytes({"v": SPEC_VERSION, **record}))
+    computed = keccak(canonical_bytes(record if version == 2 else {"v": 1, **record}))
     sh = doc.get("step_hash")
     if hex32(sh, "step_hash") and sh != _hex(computed):
         p.append("step_hash is not the hash of the step record")
@@ -315,15 +345,8 @@ def _offline(doc: dict[str, Any]) -> tuple[list[str], _Parsed | None]:
             p.append("disclosed is not an object")
         else:
             for part in ("input", "output"):
-                if part not in disclosed:
-                    continue
-                try:
-                    digest = _hex(keccak(canonical_bytes(disclosed[part])))
-                except CanonicalError as exc:
-                    p.append(f"disclosed {part} has no canonical encoding: {exc}")
-                    continue
-                if digest != record[part]:
-                    p.append(f"disclosed {part} does not hash to step.{part}")
+                if part in disclosed:
+                    p += _check_disclosed(version, part, disclosed[part], record[part])
 
     leaf: Any = doc.get("leaf")
     proof: Any = doc.get("proof")
@@ -334,9 +357,14 @@ def _offline(doc: dict[str, Any]) -> tuple[list[str], _Parsed | None]:
         if leaf is not None or proof is not None:
             p.append("a per-step document has leaf, proof and root all null")
     else:
-        expected_leaf = leaf_hash(computed)
+        expected_leaf = leaf_hash_v2(computed) if version == 2 else leaf_hash(computed)
         if hex32(leaf, "leaf") and leaf != _hex(expected_leaf):
-            p.append("leaf is not keccak256(0x00 || step_hash)")
+            rule = (
+                "keccak256(keccak256(step_hash))"
+                if version == 2
+                else "keccak256(0x00 || step_hash)"
+            )
+            p.append(f"leaf is not {rule}")
         if not isinstance(proof, list):
             p.append("proof is not a list")
         elif all(hex32(x, "proof element") for x in proof):
@@ -365,6 +393,7 @@ def _offline(doc: dict[str, Any]) -> tuple[list[str], _Parsed | None]:
         return p, None
     return p, _Parsed(
         mode=mode,
+        version=version,
         chain_id=chain_id,
         registry=registry,
         run_key=_b32(expected_rk),
@@ -376,6 +405,31 @@ def _offline(doc: dict[str, Any]) -> tuple[list[str], _Parsed | None]:
         tx_hash=tx_hash,
         block_number=block,
     )
+
+
+def _check_disclosed(version: int, part: str, value: Any, digest: str) -> list[str]:
+    if version == 1:
+        try:
+            got = _hex(keccak(canonical_bytes(value)))
+        except CanonicalError as exc:
+            return [f"disclosed {part} has no canonical encoding: {exc}"]
+        return [] if got == digest else [f"disclosed {part} does not hash to step.{part}"]
+    if not (
+        isinstance(value, dict)
+        and set(value) == {"salt", "preimage"}
+        and isinstance(value["salt"], str)
+        and _HEX32.match(value["salt"])
+        and isinstance(value["preimage"], str)
+    ):
+        return [f"disclosed {part} is not {{salt, preimage}}"]
+    try:
+        pre = value["preimage"].encode("utf-8")
+        parse_canonical(pre)
+    except (UnicodeError, CanonicalError) as exc:
+        return [f"disclosed {part} preimage is not canonical LCE-1: {exc}"]
+    if _hex(commitment(_b32(value["salt"]), pre)) != digest:
+        return [f"disclosed {part} does not commit to step.{part}"]
+    return []
 
 
 def check_proof_offline(doc: Mapping[str, Any]) -> list[str]:
@@ -425,7 +479,8 @@ def _judge(parsed: _Parsed, facts: _Facts) -> list[str]:
                 f"anchoredAt(root) is block {facts.anchored_at}, the document says "
                 f"{parsed.block_number}"
             )
-        if facts.verify_step is not True:
+        # Version 1 leaves are not the v2 registry's: verifyStep is a version 2 check only.
+        if parsed.version == 2 and facts.verify_step is not True:
             p.append("the registry's verifyStep(root, step_hash, proof) is false")
     receipt = facts.receipt
     if receipt is None:
@@ -439,28 +494,40 @@ def _judge(parsed: _Parsed, facts: _Facts) -> list[str]:
             f"the document says {parsed.block_number}"
         )
     registry = parsed.registry.lower()
-    found = False
+    matches = 0
     for log in receipt.get("logs", []):
         if str(log.get("address", "")).lower() != registry:
             continue
         topics = [_to_bytes(t) for t in log.get("topics", [])]
         data = _to_bytes(log.get("data", b""))
         if parsed.mode == "batched":
-            if len(topics) == 2 and topics[0] == _event_topic("RootAnchored"):
-                found = found or topics[1] == parsed.root
-        elif (
-            len(topics) == 3
-            and topics[0] == _event_topic("Checkpointed")
-            and topics[1] == parsed.run_key
-            and int.from_bytes(topics[2], "big") == parsed.seq
-            and data[:32] == parsed.step_hash
-        ):
-            found = True
-            if data[32:64] != next_head(parsed.prev, parsed.step_hash):
-                p.append("the Checkpointed head is not keccak256(prev || step_hash)")
-    if not found:
+            if topics == [_event_topic("RootAnchored"), parsed.root]:
+                matches += 1
+        elif topics == [
+            _event_topic("Checkpointed"),
+            parsed.run_key,
+            parsed.seq.to_bytes(32, "big"),
+        ]:
+            matches += 1
+            if data[:64] != parsed.step_hash + next_head(parsed.prev, parsed.step_hash):
+                p.append("the Checkpointed step hash or head is not the document's")
+    if matches != 1:
         event = "RootAnchored for root" if parsed.mode == "batched" else "Checkpointed for the step"
-        p.append(f"the anchor transaction has no {event} log from the registry")
+        p.append(f"the anchor transaction has {matches} {event} logs from the registry, not one")
+    return p
+
+
+def _trust_problems(parsed: _Parsed, trust: TrustRoot) -> list[str]:
+    p: list[str] = []
+    if not trust.trusts(parsed.registry):
+        p.append(
+            f"the document names registry {parsed.registry}, the trusted registry is "
+            f"{trust.registry} (pass --registry to check against another one)"
+        )
+    if parsed.chain_id != trust.chain_id:
+        p.append(
+            f"the document names chain {parsed.chain_id}, the trusted chain is {trust.chain_id}"
+        )
     return p
 
 
@@ -542,6 +609,7 @@ def _check(doc: Any, parsed_and_problems: tuple[list[str], _Parsed | None]) -> P
         seq=step.get("seq") if _is_int(step.get("seq")) else None,
         step_hash=_hex(parsed.step_hash) if parsed else None,
         block_number=parsed.block_number if parsed else None,
+        spec_version=parsed.version if parsed else None,
     )
 
 
@@ -553,15 +621,26 @@ def _finish(check: ProofCheck, onchain_problems: list[str]) -> ProofCheck:
     return check
 
 
-def verify_proof_document(doc: Mapping[str, Any] | str | bytes, *, w3: Any = None) -> ProofCheck:
-    """Verify a step proof document offline and, with ``w3`` (a ``Web3``), on chain.
+def _with_trust(check: ProofCheck, trust: TrustRoot | None, parsed: _Parsed | None) -> list[str]:
+    if trust is None:
+        return []
+    check.registry, check.chain_id = trust.registry, trust.chain_id
+    return _trust_problems(parsed, trust) if parsed is not None else []
 
-    Offline: the run key, the step hash from the record fields, the disclosed values (if any), the
-    leaf and the Merkle fold up to ``root``. On chain: the node's chain id, ``anchoredAt(root)``
-    equal to ``anchor.block_number``, ``verifyStep(root, step_hash, proof)``, and the receipt of
-    ``anchor.tx_hash`` (successful, in that block, with the registry's ``RootAnchored`` log for
-    the root, or for a per-step document its ``Checkpointed`` log for this run, seq and step hash).
-    The chain is only queried when the offline checks pass.
+
+def verify_proof_document(
+    doc: Mapping[str, Any] | str | bytes, *, w3: Any = None, trust: TrustRoot | None = None
+) -> ProofCheck:
+    """Verify a step proof document offline and, with ``w3`` (a ``Web3``), on chain against the
+    trust root ``trust`` (docs/checkpoint-spec.md, section 11).
+
+    Offline: the run key, the step hash from the record, the disclosed parts (if any), the leaf
+    and the Merkle fold up to ``root``. Trust: the document's registry and chain must be the trust
+    root's (a document anchored on another registry fails, naming both). On chain: the node's
+    chain id, ``anchoredAt(root)`` equal to ``anchor.block_number``, ``verifyStep(root,
+    step_hash, proof)``, and the receipt of ``anchor.tx_hash`` (successful, in that block, with
+    exactly one matching ``RootAnchored`` or ``Checkpointed`` log from the registry). The chain is
+    only queried when the offline and trust checks pass.
 
     An ``AsyncWeb3`` is accepted outside a running event loop; inside one, await
     :func:`verify_proof_document_async`.
@@ -569,31 +648,44 @@ def verify_proof_document(doc: Mapping[str, Any] | str | bytes, *, w3: Any = Non
     Raises:
         VerificationError: ``doc`` is not a JSON object.
         ChainError: the node cannot be queried.
-        ConfigError: an ``AsyncWeb3`` was passed from inside a running event loop.
+        ConfigError: ``w3`` without ``trust``, or an ``AsyncWeb3`` from inside a running loop.
     """
     if isinstance(w3, AsyncWeb3):
         try:
             asyncio.get_running_loop()
         except RuntimeError:
-            return asyncio.run(verify_proof_document_async(doc, w3=w3))
+            return asyncio.run(verify_proof_document_async(doc, w3=w3, trust=trust))
         raise ConfigError("with an AsyncWeb3 in async code, await verify_proof_document_async")
+    if w3 is not None and trust is None:
+        raise ConfigError("checking a proof on chain needs a trust root (registry and chain id)")
     d = _as_dict(doc)
     result = _offline(d)
     check = _check(d, result)
+    untrusted = _with_trust(check, trust, result[1])
     if w3 is None or result[1] is None:
         return check
+    if untrusted:
+        return _finish(check, untrusted)
     return _finish(check, _judge(result[1], _facts_sync(w3, result[1])))
 
 
 async def verify_proof_document_async(
-    doc: Mapping[str, Any] | str | bytes, *, w3: AsyncWeb3 | None = None
+    doc: Mapping[str, Any] | str | bytes,
+    *,
+    w3: AsyncWeb3 | None = None,
+    trust: TrustRoot | None = None,
 ) -> ProofCheck:
     """:func:`verify_proof_document` with an ``AsyncWeb3`` (e.g. ``runtime.w3``)."""
+    if w3 is not None and trust is None:
+        raise ConfigError("checking a proof on chain needs a trust root (registry and chain id)")
     d = _as_dict(doc)
     result = _offline(d)
     check = _check(d, result)
+    untrusted = _with_trust(check, trust, result[1])
     if w3 is None or result[1] is None:
         return check
+    if untrusted:
+        return _finish(check, untrusted)
     return _finish(check, _judge(result[1], await _facts_async(w3, result[1])))
 
 
@@ -684,7 +776,7 @@ async def measure_anchor_gas(
     anchor_gas: dict[int, int] = {}
     for size in batch_sizes:
         root, _ = build_batch([_hex(os.urandom(32)) for _ in range(size)])
-        call = registry.functions.anchorRoot(_b32(root), size)
+        call = registry.functions.anchorRoot(_b32(root), size, [])
         receipt = await signer.send(
             f"{key_prefix}:anchor:{root}", call, contract="CheckpointRegistry"
         )
@@ -700,3 +792,59 @@ async def measure_anchor_gas(
         per_step.append(receipt.gas_used)
         head = next_head(head, sh)
     return gas_rows(anchor_gas, per_step)
+
+
+class SealGas(BaseModel):
+    """What sealing adds, from mined receipts (spec v2: one ``RunSealed`` per ended run)."""
+
+    anchor_root_gas: dict[int, int]  # seals in one anchorRoot -> its gasUsed (one leaf)
+    batched_gas_per_seal: float  # extra gas per run of a batched seal (an event in anchorRoot)
+    seal_run_gas: int  # sealRun of a per-step run
+    per_step: dict[str, float]  # extra gas per step, e.g. "batched@8", "per-step@64"
+
+
+async def measure_seal_gas(
+    runtime: Runtime,
+    seal_counts: Sequence[int] = (0, 1, 8),
+    steps_per_run: Sequence[int] = (8, 64),
+    *,
+    key_prefix: str = "seal-gas",
+) -> SealGas:
+    """Send ``anchorRoot`` with 0, 1, 8 seals and one ``sealRun`` through the runtime's
+    orchestrator signer and report the extra gas per run and per step. Writes to the registry:
+    run it against a dev or bench chain."""
+    registry = runtime.contract("CheckpointRegistry")
+    signer = await runtime.signer("orchestrator")
+    gas: dict[int, int] = {}
+    for k in seal_counts:
+        root = os.urandom(32)
+        seals = [(os.urandom(32), 8, os.urandom(32)) for _ in range(k)]
+        call = registry.functions.anchorRoot(root, 1, seals)
+        receipt = await signer.send(
+            f"{key_prefix}:anchor:{_hex(root)}", call, contract="CheckpointRegistry"
+        )
+        gas[k] = receipt.gas_used
+    counts = sorted(k for k in gas if k > 0)
+    base = gas.get(0, min(gas.values()))
+    per_seal = max((gas[k] - base) / k for k in counts) if counts else 0.0
+    run = os.urandom(32)
+    sh = os.urandom(32)
+    key = f"{key_prefix}:checkpoint:{_hex(run)}"
+    await signer.send(
+        key, registry.functions.checkpoint(run, 0, run, sh), contract="CheckpointRegistry"
+    )
+    receipt = await signer.send(
+        f"{key_prefix}:seal:{_hex(run)}",
+        registry.functions.sealRun(run, 1, next_head(run, sh)),
+        contract="CheckpointRegistry",
+    )
+    per_step: dict[str, float] = {}
+    for n in steps_per_run:
+        per_step[f"batched@{n}"] = round(per_seal / n, 1)
+        per_step[f"per-step@{n}"] = round(receipt.gas_used / n, 1)
+    return SealGas(
+        anchor_root_gas=gas,
+        batched_gas_per_seal=round(per_seal, 1),
+        seal_run_gas=receipt.gas_used,
+        per_step=per_step,
+    )

@@ -1,32 +1,49 @@
-"""Step records, step hashes and the head chain (checkpoint spec v1).
+"""Step records, commitments, step hashes and the head chain (checkpoint spec v1 and v2).
 
-Pure functions shared by workflow code (which computes the chain), the store, ``verify`` and the
-contracts' tests. docs/checkpoint-spec.md is the normative description; keep the two in step.
+Pure functions shared by workflow code (which computes the chain), the store, ``verify``, the
+audit bundle and the contracts' tests. docs/checkpoint-spec.md is the normative description; keep
+the two in step.
+
+Version 2 differs from version 1 in: the run key preimage (``"spec": 2``), salted commitments
+(``keccak256(salt || LCE(value))``), the ``outcome`` step kind and the Merkle leaf
+(``keccak256(keccak256(step_hash))``, the StandardMerkleTree leaf of ``["bytes32"]``).
 """
 
 from __future__ import annotations
 
-from typing import Literal
+import json
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 
-from ledgerflow.checkpoint.canonical import SPEC_VERSION, canonical_bytes, keccak, to_hex
+from ledgerflow.checkpoint.canonical import CanonicalError, canonical_bytes, keccak, to_hex
 
 __all__ = [
+    "LATEST_SPEC",
     "LEAF_PREFIX",
+    "OUTCOME_STEP_NAME",
+    "SPEC_VERSIONS",
     "STEP_KINDS",
+    "STEP_KINDS_V1",
+    "STEP_KINDS_V2",
     "StepKind",
     "StepRecord",
     "StepStatus",
+    "commitment",
+    "is_failure_output",
     "leaf_hash",
+    "leaf_hash_v2",
     "next_head",
+    "parse_canonical",
     "run_key",
     "step_hash",
 ]
 
-StepKind = Literal["llm", "chain", "activity", "signal", "update", "timer", "compensation"]
+StepKind = Literal[
+    "llm", "chain", "activity", "signal", "update", "timer", "compensation", "outcome"
+]
 StepStatus = Literal["ok", "failed"]
-STEP_KINDS: tuple[str, ...] = (
+STEP_KINDS_V1: tuple[str, ...] = (
     "llm",
     "chain",
     "activity",
@@ -35,23 +52,52 @@ STEP_KINDS: tuple[str, ...] = (
     "timer",
     "compensation",
 )
+STEP_KINDS_V2: tuple[str, ...] = (*STEP_KINDS_V1, "outcome")
+#: The version 1 kinds (kept under its old name for existing callers).
+STEP_KINDS = STEP_KINDS_V1
 
-#: Domain separation byte for Merkle leaves (internal nodes hash 64 bytes, leaves 33).
+#: The spec versions this package implements, and the one new runs are recorded under.
+SPEC_VERSIONS = (1, 2)
+LATEST_SPEC = 2
+
+#: The name of the last step of every version 2 run (kind ``outcome``).
+OUTCOME_STEP_NAME = "run.outcome"
+
+#: Domain separation byte for version 1 Merkle leaves (internal nodes hash 64 bytes, leaves 33).
 LEAF_PREFIX = b"\x00"
 
 
-def run_key(workflow_id: str, run_id: str) -> bytes:
-    """The run's key on chain and its genesis head (checkpoint spec v1, section "Run key")."""
-    return keccak(
-        canonical_bytes({"spec": SPEC_VERSION, "workflow_id": workflow_id, "run_id": run_id})
-    )
+def run_key(workflow_id: str, run_id: str, spec: int = LATEST_SPEC) -> bytes:
+    """The run's key on chain and its genesis head: keccak256(LCE({"spec", "workflow_id",
+    "run_id"})) (checkpoint spec, section "Run key")."""
+    if spec not in SPEC_VERSIONS:
+        raise ValueError(f"unknown checkpoint spec version {spec!r}")
+    return keccak(canonical_bytes({"spec": spec, "workflow_id": workflow_id, "run_id": run_id}))
+
+
+def commitment(salt: bytes | None, preimage: bytes) -> bytes:
+    """An input or output commitment: keccak256(salt || preimage) (v2), keccak256(preimage) (v1,
+    ``salt`` None).
+
+    Raises:
+        ValueError: the salt is not 32 bytes.
+    """
+    if salt is None:
+        return keccak(preimage)
+    if len(salt) != 32:
+        raise ValueError("a salt is 32 bytes")
+    return keccak(bytes(salt) + preimage)
 
 
 class StepRecord(BaseModel):
-    """One step of a run, as hashed. Hashes are 0x-hex strings of 32 bytes."""
+    """One step of a run, as hashed. Hashes are 0x-hex strings of 32 bytes.
+
+    ``v`` is the spec version (1 or 2); a version 1 record has no ``outcome`` kind.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    v: Literal[1, 2] = 1
     run: str
     seq: int
     kind: StepKind
@@ -61,16 +107,22 @@ class StepRecord(BaseModel):
     status: StepStatus
     prev: str
 
+    @model_validator(mode="after")
+    def _kind_of_version(self) -> StepRecord:
+        if self.v == 1 and self.kind not in STEP_KINDS_V1:
+            raise ValueError(f"kind {self.kind!r} does not exist in spec version 1")
+        return self
+
     def preimage(self) -> bytes:
         """The canonical bytes whose keccak256 is the step hash."""
-        return canonical_bytes({"v": SPEC_VERSION, **self.model_dump()})
+        return canonical_bytes(self.model_dump())
 
     def hash(self) -> bytes:
         return keccak(self.preimage())
 
 
 def step_hash(record: StepRecord) -> bytes:
-    """keccak256 of the step record's canonical encoding (with ``"v": 1``)."""
+    """keccak256 of the step record's canonical encoding (with its ``"v"`` member)."""
     return record.hash()
 
 
@@ -82,10 +134,71 @@ def next_head(prev: bytes, step: bytes) -> bytes:
 
 
 def leaf_hash(step: bytes) -> bytes:
-    """The Merkle leaf of a step: keccak256(0x00 || step_hash)."""
+    """The version 1 Merkle leaf of a step: keccak256(0x00 || step_hash)."""
     if len(step) != 32:
         raise ValueError("step hash must be 32 bytes")
     return keccak(LEAF_PREFIX + step)
+
+
+def leaf_hash_v2(step: bytes) -> bytes:
+    """The version 2 Merkle leaf of a step: keccak256(keccak256(step_hash)).
+
+    This is ``@openzeppelin/merkle-tree``'s StandardMerkleTree leaf of the value ``[step_hash]``
+    with encoding ``["bytes32"]`` (``keccak256(bytes.concat(keccak256(abi.encode(stepHash))))``).
+    """
+    if len(step) != 32:
+        raise ValueError("step hash must be 32 bytes")
+    return keccak(keccak(step))
+
+
+def _no_float(text: str) -> Any:
+    raise CanonicalError("floats have no canonical encoding")
+
+
+def _no_constant(text: str) -> Any:
+    raise CanonicalError(f"{text} has no canonical encoding")
+
+
+_loads = json.JSONDecoder(parse_float=_no_float, parse_constant=_no_constant).decode
+_dumps = json.JSONEncoder(
+    ensure_ascii=False, sort_keys=True, separators=(",", ":"), allow_nan=False
+).encode
+
+
+def parse_canonical(data: bytes) -> Any:
+    """Parse an LCE-1 text, insisting that it is canonical (re-encoding gives the same bytes).
+
+    Duplicate keys need no check of their own: the parsed object keeps one of them, so its
+    encoding differs from the text. For parsed JSON (no bytes, no floats) the stdlib encoder with
+    these options writes exactly LCE-1 (keys sorted by code point = by UTF-8 bytes).
+
+    Raises:
+        CanonicalError: not UTF-8, not JSON, a float, a duplicate key, or not the canonical
+            encoding of the value it denotes (whitespace, escapes, key order, number form).
+    """
+    try:
+        value = _loads(data.decode("utf-8"))
+        again = _dumps(value).encode("utf-8")
+    except CanonicalError:
+        raise
+    except (UnicodeError, ValueError, RecursionError) as exc:
+        raise CanonicalError(f"not an LCE-1 text: {exc}") from None
+    if again != data:
+        raise CanonicalError("not the canonical encoding of its value")
+    return value
+
+
+def is_failure_output(value: Any) -> bool:
+    """Whether ``value`` is exactly ``{"error": {"type": str, "message": str}}``."""
+    if not isinstance(value, dict) or set(value) != {"error"}:
+        return False
+    err = value["error"]
+    return (
+        isinstance(err, dict)
+        and set(err) == {"type", "message"}
+        and isinstance(err["type"], str)
+        and isinstance(err["message"], str)
+    )
 
 
 def hex32(data: bytes) -> str:

@@ -1,14 +1,15 @@
-"""``verify``: recompute a run's hashes from the stored preimages and check them everywhere.
+"""``verify``: a stored run is verified as its audit bundle (checkpoint spec v2, section 10).
 
-1. Every step's input and output hash is recomputed from its canonical preimage, its step hash
-   from the record's fields and the running head from the run key (checkpoint spec v1).
-2. The chain: per-step runs against the registry's ``Checkpointed`` events and ``headOf``; batched
-   runs by each step's Merkle proof up to a root that the registry holds (``anchoredAt``) and whose
-   anchoring transaction emitted ``RootAnchored``.
-3. Temporal, while the history is retained: the step hashes acknowledged by every checkpoint flush
-   and the head and step count in the workflow's result must be the recomputed ones.
+:func:`verify_run` exports the run from the store (:func:`export_run`, the same document
+``ledgerflow export`` writes), verifies that bundle with :func:`ledgerflow.checkpoint.bundle.
+verify_bundle` against the runtime's trust root (its deployments file), and, while Temporal still
+holds the run's history, adds the history cross-check: the step hashes acknowledged by every
+checkpoint flush and the head and step count in the workflow's result must be the bundle's. So
+``verify <workflow-id>`` and ``verify --bundle`` of its export can only differ by that
+cross-check.
 
-The first step that disagrees anywhere is named (0-based ``seq``).
+:func:`verify_steps` and :func:`decode_proof` are the version 1 store fast path the benchmark
+harness measures.
 """
 
 from __future__ import annotations
@@ -17,40 +18,30 @@ import asyncio
 import json
 from typing import Any
 
-from pydantic import BaseModel, Field
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 from temporalio.service import RPCError
-from web3.logs import DISCARD
 
-from ledgerflow.checkpoint.canonical import SPEC_VERSION, encode_string, keccak
-from ledgerflow.checkpoint.merkle import MultiVerifier
-from ledgerflow.checkpoint.records import leaf_hash, next_head, run_key
+from ledgerflow.checkpoint.bundle import (
+    BundleReport,
+    Finding,
+    TrustRoot,
+    Web3Chain,
+    build_bundle,
+    verify_bundle,
+)
+from ledgerflow.checkpoint.canonical import encode_string, keccak
+from ledgerflow.checkpoint.records import next_head, run_key
 from ledgerflow.runtime import Runtime
-from ledgerflow.store import AnchorRow, RunRow, StepRow
+from ledgerflow.store import StepRow
 
-__all__ = ["VerifyReport", "verify_run", "verify_steps"]
+__all__ = ["VerifyReport", "export_run", "trust_root", "verify_run", "verify_steps"]
 
 CHECKPOINT_ACTIVITIES = {"checkpoint.anchor_steps", "checkpoint.store_steps"}
 
 
-class VerifyReport(BaseModel):
-    workflow_id: str
-    run_id: str
-    workflow_type: str = ""
-    status: str = ""
-    ok: bool
-    steps: int
-    head: str
-    first_bad_step: int | None = None
-    anchor_mode: str = ""
-    anchors: list[dict[str, Any]] = Field(default_factory=list)
-    pending_steps: int = 0
-    problems: list[str] = Field(default_factory=list)
-    history_checked: bool = False
-    chain_id: int | None = None
-    registry: str | None = None
-    spec_version: int = SPEC_VERSION
+#: The report of a verification (``verify --json``): see docs/checkpoint-spec.md, section 10.8.
+VerifyReport = BundleReport
 
 
 class _Findings:
@@ -89,7 +80,7 @@ def verify_steps(
     workflow_id: str, run_id: str, rows: list[StepRow], findings: _Findings
 ) -> tuple[list[bytes], bytes]:
     """Recompute step hashes and the head chain; returns (step hashes, final head)."""
-    rk = run_key(workflow_id, run_id)
+    rk = run_key(workflow_id, run_id, spec=1)
     rk_hex = _hex(rk)
     head = rk
     hashes: list[bytes] = []
@@ -108,7 +99,7 @@ def verify_steps(
         preimage = (
             f'{{"input":"{ih}","kind":{encode_string(row.kind)},"name":{encode_string(row.name)},'
             f'"output":"{oh}","prev":"{prev_hex}","run":"{rk_hex}","seq":{int(row.seq)},'
-            f'"status":{encode_string(row.status)},"v":{SPEC_VERSION}}}'
+            f'"status":{encode_string(row.status)},"v":1}}'
         )
         sh = keccak(preimage.encode("utf-8"))
         new_head = next_head(head, sh)
@@ -123,91 +114,6 @@ def verify_steps(
     return hashes, head
 
 
-async def _check_per_step(
-    rt: Runtime,
-    run: RunRow,
-    rows: list[StepRow],
-    hashes: list[bytes],
-    head: bytes,
-    anchors: dict[int, AnchorRow],
-    f: _Findings,
-) -> None:
-    registry = rt.contract("CheckpointRegistry")
-    rk = bytes.fromhex(run.run_key[2:])
-    # Scan from the first anchoring block (not genesis) when this chain is that long.
-    first = min((a.block_number for a in anchors.values() if a.block_number), default=0)
-    if first > int(await rt.w3.eth.block_number):
-        first = 0
-    logs = await registry.events.Checkpointed.get_logs(
-        argument_filters={"run": rk}, from_block=first
-    )
-    on_chain = {int(e["args"]["seq"]): bytes(e["args"]["stepHash"]) for e in logs}
-    for seq, sh in enumerate(hashes):
-        got = on_chain.get(seq)
-        if got is None:
-            f.bad(seq, "no Checkpointed event on chain")
-            break
-        if got != sh:
-            f.bad(seq, "step hash differs from the one checkpointed on chain")
-            break
-    chain_head, chain_steps = await registry.functions.headOf(rk).call()
-    if int(chain_steps) != len(rows):
-        f.bad(
-            min(int(chain_steps), len(rows)),
-            f"the registry holds {chain_steps} steps for this run, the store {len(rows)}",
-        )
-    elif bytes(chain_head) != head and f.first_bad is None:
-        f.bad(len(rows) - 1, "recomputed head differs from the registry's head")
-
-
-async def _check_batched(
-    rt: Runtime,
-    rows: list[StepRow],
-    hashes: list[bytes],
-    anchors: dict[int, AnchorRow],
-    f: _Findings,
-) -> int:
-    registry = rt.contract("CheckpointRegistry")
-    verifier = MultiVerifier()
-    root_ok: dict[str, bool] = {}
-    pending = 0
-    for row, sh in zip(sorted(rows, key=lambda r: r.seq), hashes, strict=False):
-        anchor = anchors.get(row.anchor_id) if row.anchor_id is not None else None
-        if anchor is None or anchor.status != "confirmed" or anchor.root is None:
-            pending += 1
-            continue
-        proof = decode_proof(row.proof)
-        root = bytes.fromhex(anchor.root[2:])
-        if not verifier.verify(leaf_hash(sh), proof, root):
-            f.bad(row.seq, "Merkle proof does not lead to the anchored root")
-            continue
-        if anchor.root not in root_ok:
-            root_ok[anchor.root] = await _root_on_chain(rt, registry, anchor)
-        if not root_ok[anchor.root]:
-            f.bad(row.seq, f"root {anchor.root} is not anchored on this chain")
-    return pending
-
-
-async def _root_on_chain(rt: Runtime, registry: Any, anchor: AnchorRow) -> bool:
-    assert anchor.root is not None
-    root = bytes.fromhex(anchor.root[2:])
-    block = int(await registry.functions.anchoredAt(root).call())
-    if block == 0 or (anchor.block_number and block != anchor.block_number):
-        return False
-    if not anchor.tx_hash:
-        return True
-    receipt = await rt.w3.eth.get_transaction_receipt(anchor.tx_hash)  # type: ignore[arg-type]
-    if int(receipt["status"]) != 1 or int(receipt["blockNumber"]) != block:
-        return False
-    for event in registry.events.RootAnchored().process_receipt(receipt, errors=DISCARD):
-        # process_receipt decodes any log with the event's shape: insist on our registry.
-        if str(event["address"]).lower() != str(registry.address).lower():
-            continue
-        if bytes(event["args"]["root"]) == root:
-            return True
-    return False
-
-
 def _payload_json(payloads: Any) -> Any:
     if not payloads or not payloads.payloads:
         return None
@@ -215,14 +121,15 @@ def _payload_json(payloads: Any) -> Any:
 
 
 async def _check_history(
-    client: Client, run: RunRow, hashes: list[bytes], head: bytes, f: _Findings
-) -> bool:
-    """Cross-check against Temporal history; False when it is no longer retained."""
-    handle = client.get_workflow_handle(run.workflow_id, run_id=run.run_id)
+    client: Client, workflow_id: str, run_id: str, hashes: list[str], head: str
+) -> tuple[bool, list[Finding]]:
+    """Cross-check against Temporal history; (False, []) when it is no longer retained."""
+    handle = client.get_workflow_handle(workflow_id, run_id=run_id)
     try:
         history = await handle.fetch_history()
     except RPCError:
-        return False
+        return False, []
+    out: list[Finding] = []
     acked: list[str] = []
     activity_types: dict[int, str] = {}
     result: Any = None
@@ -247,76 +154,111 @@ async def _check_history(
                 acked += (_payload_json(result_payloads) or {}).get("step_hashes", [])
         elif ev.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED:
             result = _payload_json(ev.workflow_execution_completed_event_attributes.result)
-    ours = [_hex(h) for h in hashes]
-    for seq, (a, b) in enumerate(zip(acked, ours, strict=False)):
+    for seq, (a, b) in enumerate(zip(acked, hashes, strict=False)):
         if a != b:
-            f.bad(seq, "step hash differs from the one in Temporal history")
+            out.append(
+                Finding(
+                    step=seq,
+                    code="history",
+                    message="the step hash differs from the one in Temporal history",
+                )
+            )
             break
     else:
-        if len(acked) > len(ours):
-            f.bad(len(ours), "Temporal history has steps the store lacks")
+        if len(acked) > len(hashes):
+            out.append(
+                Finding(
+                    step=len(hashes),
+                    code="history",
+                    message="Temporal history has steps the store lacks",
+                )
+            )
     if isinstance(result, dict) and "head" in result:
         if result.get("steps") != len(hashes):
-            f.bad(
-                min(int(result.get("steps") or 0), len(hashes)),
-                f"the workflow result reports {result.get('steps')} steps, the store {len(hashes)}",
+            out.append(
+                Finding(
+                    step=min(int(result.get("steps") or 0), len(hashes)),
+                    code="history",
+                    message=f"the workflow result reports {result.get('steps')} steps, "
+                    f"the store {len(hashes)}",
+                )
             )
-        elif result["head"] != _hex(head) and f.first_bad is None:
-            f.bad(len(hashes) - 1, "the workflow result's head differs from the recomputed one")
-    return True
+        elif result["head"] != head:
+            out.append(
+                Finding(
+                    step=max(len(hashes) - 1, 0),
+                    code="history",
+                    message="the workflow result's head differs from the recomputed one",
+                )
+            )
+    return True, out
+
+
+def _step_hashes(bundle: dict[str, Any]) -> list[str]:
+    from ledgerflow.checkpoint.bundle import _record_preimage
+
+    return ["0x" + keccak(_record_preimage(st["record"])).hex() for st in bundle["steps"]]
+
+
+def trust_root(rt: Runtime) -> TrustRoot:
+    """The runtime's trust root: its deployments file, with ``LEDGERFLOW_REGISTRY_ADDRESS`` (any
+    case) as the registry when set."""
+    return TrustRoot.from_deployment(rt.deployment, registry=rt.address("CheckpointRegistry"))
+
+
+def export_run(rt: Runtime, workflow_id: str, run_id: str | None = None) -> dict[str, Any]:
+    """The audit bundle of a stored run (synchronous: call it in a thread from async code)."""
+    dep = rt.deployment
+    registry = rt.address("CheckpointRegistry")
+    contracts = {name: str(addr) for name, addr in dep.contracts.items()}
+    contracts["CheckpointRegistry"] = registry
+    own = str(dep.contracts["CheckpointRegistry"]).lower() == registry.lower()
+    return build_bundle(
+        rt.store,
+        workflow_id,
+        run_id,
+        chain_id=rt.chain_id,
+        registry=registry,
+        registry_deployment_block=int(dep.block_number) if own else 0,
+        contracts=contracts,
+    )
 
 
 async def verify_run(
-    rt: Runtime, workflow_id: str, run_id: str | None = None, *, client: Client | None = None
+    rt: Runtime,
+    workflow_id: str,
+    run_id: str | None = None,
+    *,
+    client: Client | None = None,
+    trust: TrustRoot | None = None,
+    allow_unsealed_v1: bool = False,
 ) -> VerifyReport:
-    """Verify one run (the latest of ``workflow_id`` unless ``run_id`` is given)."""
-    store = rt.store
-    run = await asyncio.to_thread(store.get_run, workflow_id, run_id)
-    rows = await asyncio.to_thread(store.get_steps, run.workflow_id, run.run_id)
-    f = _Findings()
-    if run.run_key != _hex(run_key(run.workflow_id, run.run_id)):
-        f.bad(None, "stored run key is not the run's key")
-    hashes, head = verify_steps(run.workflow_id, run.run_id, rows, f)
-    anchors = await asyncio.to_thread(
-        store.get_anchors, [r.anchor_id for r in rows if r.anchor_id is not None]
-    )
-    node_chain = int(await rt.w3.eth.chain_id)
-    if node_chain != rt.chain_id:
-        f.bad(None, f"the node is chain {node_chain}, the deployment says chain {rt.chain_id}")
-    registry_address = rt.address("CheckpointRegistry").lower()
-    for a in sorted(anchors.values(), key=lambda a: a.id or 0):
-        if (a.chain_id is not None and a.chain_id != node_chain) or (
-            a.registry_address and a.registry_address.lower() != registry_address
-        ):
-            seqs = [r.seq for r in rows if r.anchor_id == a.id]
-            f.bad(min(seqs) if seqs else None, "anchored on another chain or registry")
-            break
-    pending = 0
-    if run.anchor_mode == "per-step":
-        await _check_per_step(rt, run, rows, hashes, head, anchors, f)
-    else:
-        pending = await _check_batched(rt, rows, hashes, anchors, f)
+    """Verify one stored run (the latest of ``workflow_id`` unless ``run_id`` is given) as its
+    audit bundle, against ``trust`` (default: the runtime's deployments file).
+
+    Raises:
+        StoreError: no such run in the store.
+        ConfigError: no deployments file (and no ``trust``).
+        ChainError: the node cannot be queried.
+    """
+    bundle = await asyncio.to_thread(export_run, rt, workflow_id, run_id)
+    trust = trust or trust_root(rt)
+    extra: list[Finding] = []
     history_checked = False
     if client is not None:
-        history_checked = await _check_history(client, run, hashes, head, f)
-    if pending:
-        f.problems.append(f"{pending} step(s) not anchored yet")
-    from ledgerflow.checkpoint.models import anchor_infos
-
-    return VerifyReport(
-        workflow_id=run.workflow_id,
-        run_id=run.run_id,
-        workflow_type=run.workflow_type,
-        status=run.status,
-        ok=not f.problems and bool(rows),
-        steps=len(rows),
-        head=_hex(head),
-        first_bad_step=f.first_bad,
-        anchor_mode=run.anchor_mode,
-        anchors=[a.model_dump() for a in anchor_infos(rows, anchors)],
-        pending_steps=pending,
-        problems=f.problems,
-        history_checked=history_checked,
-        chain_id=rt.chain_id,
-        registry=rt.address("CheckpointRegistry"),
+        hashes = _step_hashes(bundle)
+        head = bundle["run_key"]
+        for h in hashes:
+            head = "0x" + next_head(bytes.fromhex(head[2:]), bytes.fromhex(h[2:])).hex()
+        history_checked, extra = await _check_history(
+            client, bundle["workflow_id"], bundle["run_id"], hashes, head
+        )
+    report = await verify_bundle(
+        bundle,
+        trust,
+        Web3Chain(rt.w3),
+        allow_unsealed_v1=allow_unsealed_v1,
+        extra_findings=extra,
     )
+    report.history_checked = history_checked
+    return report

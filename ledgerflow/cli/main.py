@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from ledgerflow.errors import LedgerflowError
+from ledgerflow.errors import ConfigError, LedgerflowError
 from ledgerflow.log import configure_logging
 from ledgerflow.settings import Settings, get_settings
 
@@ -111,11 +111,22 @@ def api() -> None:
 
 @app.command()
 def deploy(
-    seed: Annotated[bool, typer.Option(help="seed the procurement demo data")] = True,
+    seed: Annotated[
+        bool | None,
+        typer.Option(
+            "--seed/--no-seed",
+            help="seed the procurement demo data (default: only on the local dev chain, 31337)",
+        ),
+    ] = None,
     force: Annotated[bool, typer.Option(help="deploy even if the file is current")] = False,
+    allow_dev_keys: Annotated[
+        bool,
+        typer.Option(help="allow anvil's public development keys on a chain other than 31337"),
+    ] = False,
 ) -> None:
     """Deploy the contracts and write the deployment file."""
     from ledgerflow.chain import deploy as d
+    from ledgerflow.settings import ANVIL_DEFAULT_KEYS, DEV_CHAIN_ID
 
     settings = _settings()
     path = settings.deployments_path
@@ -126,12 +137,24 @@ def deploy(
     ):
         out.print(f"deployment at {path} is current; use --force to redeploy")
         return
-    keys = [
-        (k.get_secret_value() if k else settings.dev_key(i))
-        for i, k in enumerate(
-            (settings.orchestrator_key, settings.agent_key, settings.approver_key)
-        )
-    ]
+    roles = ("orchestrator", "agent", "approver")
+    configured = (settings.orchestrator_key, settings.agent_key, settings.approver_key)
+    keys = [(k.get_secret_value() if k else settings.dev_key(i)) for i, k in enumerate(configured)]
+    chain_id = int(d.connect(settings.rpc_url).eth.chain_id)
+    if chain_id != DEV_CHAIN_ID:
+        public = {k.lower() for k in ANVIL_DEFAULT_KEYS}
+        dev_roles = [r for r, k in zip(roles, keys, strict=True) if k.lower() in public]
+        if dev_roles and not allow_dev_keys:
+            names = ", ".join(f"LEDGERFLOW_{r.upper()}_KEY" for r in dev_roles)
+            raise ConfigError(
+                f"refusing to deploy on chain {chain_id} with anvil's public development keys "
+                f"(anyone can sign with them): set {names} (or the _FILE forms), or pass "
+                "--allow-dev-keys for a throwaway test chain"
+            )
+    if seed is None:
+        seed = chain_id == DEV_CHAIN_ID
+        if not seed:
+            err.print(f"note: not seeding the demo data on chain {chain_id} (--seed to seed it)")
     dep = d.deploy_all(settings.rpc_url, keys[0], agent_key=keys[1], approver_key=keys[2])
     d.save_deployment(path, dep)
     if seed:
@@ -222,32 +245,163 @@ def status(
     _emit(_run(_main()), as_json)
 
 
+def _trust(
+    settings: Settings,
+    registry: str | None,
+    chain_id: int | None,
+    from_block: int | None,
+    contracts: list[str] | None,
+) -> Any:
+    """The trust root: explicit flags, else the deployments file (spec section 9.4)."""
+    from ledgerflow.checkpoint.bundle import TrustRoot
+
+    if registry is not None or chain_id is not None:
+        if registry is None or chain_id is None:
+            raise LedgerflowError("--registry and --chain-id go together")
+        trust = TrustRoot.explicit(registry, chain_id, from_block or 0)
+        if contracts:
+            trust.contracts = list(contracts)
+        return trust
+    from ledgerflow.chain.deploy import load_deployment
+
+    path = settings.deployments_path
+    if not path.exists():
+        raise LedgerflowError(
+            f"no trust root: no deployments file at {path}; pass --registry ADDR --chain-id N "
+            "(or set LEDGERFLOW_DEPLOYMENTS_FILE)"
+        )
+    reg = None
+    if settings.registry_address:
+        from web3 import Web3
+
+        if not Web3.is_address(settings.registry_address.lower()):
+            raise LedgerflowError(
+                f"LEDGERFLOW_REGISTRY_ADDRESS {settings.registry_address!r} is not an address"
+            )
+        reg = Web3.to_checksum_address(settings.registry_address.lower())
+    trust = TrustRoot.from_deployment(load_deployment(path), registry=reg)
+    if from_block is not None:
+        trust.from_block = min(trust.from_block, from_block)
+    return trust
+
+
+def _reader_runtime(settings: Settings) -> Any:
+    """A runtime over an existing store: never creates a database file."""
+    from ledgerflow.runtime import Runtime
+    from ledgerflow.store import Store
+
+    return Runtime(settings, store=Store(settings.database_url, create=False))
+
+
+_RegistryOpt = Annotated[
+    str | None, typer.Option("--registry", help="trust this registry (any case) instead")
+]
+_ChainIdOpt = Annotated[int | None, typer.Option("--chain-id", help="the trusted chain id")]
+_FromBlockOpt = Annotated[
+    int | None, typer.Option("--from-block", help="scan the registry's logs from this block")
+]
+_ContractOpt = Annotated[
+    list[str] | None,
+    typer.Option("--contract", help="a trusted contract for chain-effect checks (repeatable)"),
+]
+_RpcOpt = Annotated[str | None, typer.Option("--rpc-url", help="JSON-RPC endpoint")]
+
+
+@app.command()
+def export(
+    workflow_id: str,
+    output: Annotated[Path, typer.Option("--out", "-o", help="write the bundle here")],
+    run_id: Annotated[str | None, typer.Option(help="a specific run")] = None,
+) -> None:
+    """Write a run's audit bundle: one self-contained JSON document (docs/checkpoint-spec.md)."""
+    settings = _settings()
+
+    async def _main() -> dict[str, Any]:
+        from ledgerflow.checkpoint.verify import export_run
+
+        runtime = _reader_runtime(settings)
+        try:
+            return await asyncio.to_thread(export_run, runtime, workflow_id, run_id)
+        finally:
+            await runtime.aclose()
+
+    bundle = _run(_main())
+    output.write_text(json.dumps(bundle, indent=1) + "\n")
+    err.print(
+        f"wrote the audit bundle of {bundle['workflow_id']} ({bundle['run_id']}): "
+        f"{len(bundle['steps'])} steps, {'sealed' if bundle['seal'] else 'not sealed'} -> {output}"
+    )
+
+
 @app.command()
 def verify(
-    workflow_id: str,
+    workflow_id: Annotated[str | None, typer.Argument(help="a stored run's workflow id")] = None,
+    bundle: Annotated[
+        Path | None, typer.Option("--bundle", help="verify this audit bundle (no store)")
+    ] = None,
     run_id: Annotated[str | None, typer.Option(help="a specific run")] = None,
+    registry: _RegistryOpt = None,
+    chain_id: _ChainIdOpt = None,
+    from_block: _FromBlockOpt = None,
+    contract: _ContractOpt = None,
+    rpc_url: _RpcOpt = None,
+    allow_unsealed_v1: Annotated[
+        bool,
+        typer.Option("--allow-unsealed-v1", help="accept version 1 runs, which have no seal"),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
     no_history: Annotated[
         bool, typer.Option("--no-history", help="skip the Temporal cross-check")
     ] = False,
 ) -> None:
-    """Verify a run against its preimages, the chain and Temporal history. Exit 0 only if ok."""
-    from ledgerflow.checkpoint.verify import verify_run
-    from ledgerflow.runtime import Runtime
-    from ledgerflow.temporal import connect
+    """Verify a run (from the store, or an audit bundle with --bundle) against the chain.
 
+    Anchors are checked only against the trusted registry and chain: the deployments file, or
+    --registry ADDR --chain-id N. Exit 0 only for a sealed run whose every step is anchored and
+    checks; 1 when it does not verify; 2 on an error (malformed bundle, no store, no chain).
+    """
+    if (workflow_id is None) == (bundle is None):
+        err.print("[red]error:[/red] give a workflow id or --bundle FILE (one of the two)")
+        raise typer.Exit(2)
     settings = _settings()
 
     async def _main() -> Any:
+        trust = _trust(settings, registry, chain_id, from_block, contract)
+        if bundle is not None:
+            from ledgerflow.checkpoint.bundle import RpcChain, verify_bundle
+
+            try:
+                text = bundle.read_text()
+            except OSError as exc:
+                raise LedgerflowError(f"cannot read {bundle}: {exc}") from None
+            chain = RpcChain(rpc_url or settings.rpc_url)
+            try:
+                return await verify_bundle(text, trust, chain, allow_unsealed_v1=allow_unsealed_v1)
+            finally:
+                await chain.aclose()
+        from ledgerflow.checkpoint.verify import verify_run
+
+        assert workflow_id is not None
+        if rpc_url:
+            settings.rpc_url = rpc_url
         client = None
         if not no_history:
+            from ledgerflow.temporal import connect
+
             try:
-                client = await connect(settings.temporal_address, settings.namespace, timeout=5)
-            except LedgerflowError:
-                err.print("note: Temporal is not reachable; verifying without history")
-        runtime = Runtime(settings)
+                client = await connect(settings, timeout=5)
+            except LedgerflowError as exc:
+                err.print(f"note: verifying without Temporal history: {exc}", markup=False)
+        runtime = _reader_runtime(settings)
         try:
-            return await verify_run(runtime, workflow_id, run_id, client=client)
+            return await verify_run(
+                runtime,
+                workflow_id,
+                run_id,
+                client=client,
+                trust=trust,
+                allow_unsealed_v1=allow_unsealed_v1,
+            )
         finally:
             await runtime.aclose()
 
@@ -257,7 +411,13 @@ def verify(
     else:
         mark = "[green]ok[/green]" if report.ok else "[red]FAILED[/red]"
         out.print(f"{report.workflow_id} ({report.run_id}): {mark}")
-        out.print(f"steps {report.steps}, head {report.head}, mode {report.anchor_mode}")
+        out.print(
+            f"spec v{report.spec_version}, {report.steps} steps, head {report.head}, "
+            f"mode {report.anchor_mode}, {'sealed' if report.sealed else 'NOT sealed'}"
+        )
+        out.print(f"checked against registry {report.registry} on chain {report.chain_id}")
+        for r in report.redacted:
+            out.print(f"  step {r['step']}: {' and '.join(r['parts'])} redacted")
         for p in report.problems:
             out.print(f"  - {p}")
         if report.first_bad_step is not None:
@@ -272,17 +432,16 @@ def proof(
     run_id: Annotated[str | None, typer.Option(help="a specific run")] = None,
     output: Annotated[Path | None, typer.Option("--out", "-o", help="write to this file")] = None,
     include_preimages: Annotated[
-        bool, typer.Option(help="disclose this step's own input and output values")
+        bool, typer.Option(help="disclose this step's own input and output (with their salts)")
     ] = False,
 ) -> None:
     """Write the self-contained proof document of one step (reveals no other step)."""
     from ledgerflow.checkpoint.proofs import build_step_proof
-    from ledgerflow.runtime import Runtime
 
     settings = _settings()
 
     async def _main() -> dict[str, Any]:
-        runtime = Runtime(settings)
+        runtime = _reader_runtime(settings)
         try:
             return await build_step_proof(
                 runtime, workflow_id, step, run_id, include_preimages=include_preimages
@@ -302,20 +461,26 @@ def proof(
 @app.command("verify-proof")
 def verify_proof(
     file: Annotated[Path, typer.Argument(help="a proof document written by `ledgerflow proof`")],
+    registry: _RegistryOpt = None,
+    chain_id: _ChainIdOpt = None,
+    rpc_url: _RpcOpt = None,
     offline: Annotated[bool, typer.Option(help="skip the chain checks")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
-    """Check a step proof offline and against the chain (RPC from settings). Exit 0 only if ok."""
+    """Check a step proof offline and against the trusted registry and chain (the deployments
+    file, or --registry ADDR --chain-id N). Exit 0 only if ok."""
     from ledgerflow.checkpoint.proofs import verify_proof_document
 
     settings = _settings()
     w3 = None
-    if not offline:
-        from ledgerflow.chain.deploy import connect as connect_chain
-
-        w3 = connect_chain(settings.rpc_url)
+    trust = None
     try:
-        check = verify_proof_document(file.read_text(), w3=w3)
+        if not offline:
+            from ledgerflow.chain.deploy import connect as connect_chain
+
+            trust = _trust(settings, registry, chain_id, None, None)
+            w3 = connect_chain(rpc_url or settings.rpc_url)
+        check = verify_proof_document(file.read_text(), w3=w3, trust=trust)
     except (OSError, LedgerflowError) as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
@@ -324,6 +489,8 @@ def verify_proof(
     else:
         mark = "[green]ok[/green]" if check.ok else "[red]FAILED[/red]"
         out.print(f"{file}: {mark}")
+        if check.registry is not None:
+            out.print(f"checked against registry {check.registry} on chain {check.chain_id}")
         for p in check.problems:
             out.print(f"  - {p}")
     raise typer.Exit(0 if check.ok else 1)
@@ -392,6 +559,10 @@ app.command()(watch)
 def main(argv: Sequence[str] | None = None) -> None:
     """Console-script entry point."""
     code: int | str | None = 0
+    # Everything this process and its children (the Temporal dev server, anvil) create is
+    # readable by its owner only: the store, the Temporal database, anvil's state, the deployment
+    # file, logs, exported bundles and proofs (they hold preimages).
+    os.umask(os.umask(0o077) | 0o077)
     try:
         app(args=list(argv) if argv is not None else None)
     except LedgerflowError as exc:

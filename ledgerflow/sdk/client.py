@@ -56,6 +56,7 @@ from temporalio.exceptions import (
 )
 from temporalio.service import RPCError, RPCStatusCode
 
+from ledgerflow.checkpoint.bundle import BundleReport
 from ledgerflow.checkpoint.proofs import ProofCheck
 from ledgerflow.checkpoint.verify import VerifyReport
 from ledgerflow.errors import (
@@ -67,6 +68,7 @@ from ledgerflow.errors import (
     RunFailed,
     RunNotFound,
     StoreError,
+    StoreUnavailable,
     UpdateRejected,
 )
 from ledgerflow.flow import registry
@@ -303,9 +305,7 @@ class LedgerflowClient:
 
         async def factory() -> LedgerflowClient:
             s = settings or get_settings()
-            client = await connect(
-                s.temporal_address, s.namespace, timeout=10, interceptors=interceptors or ()
-            )
+            client = await connect(s, timeout=10, interceptors=interceptors or ())
             return cls(client, s)
 
         return Connecting(factory)
@@ -523,8 +523,11 @@ class LedgerflowClient:
 
     # -- verifying --
 
-    async def verify(self, workflow_id: str, run_id: str | None = None) -> VerifyReport:
-        """Verify a run: recomputed hashes vs the chain vs Temporal history.
+    async def verify(
+        self, workflow_id: str, run_id: str | None = None, *, allow_unsealed_v1: bool = False
+    ) -> VerifyReport:
+        """Verify a run as its audit bundle (preimages, chain, seal, Temporal history while it is
+        retained) against the deployments file.
 
         Raises:
             StoreError: the store cannot be read, or holds no such run (the message names it).
@@ -533,7 +536,38 @@ class LedgerflowClient:
 
         self._require_store()
         return await self._guarded(
-            verify_run(self.runtime, workflow_id, run_id, client=self.temporal)
+            verify_run(
+                self.runtime,
+                workflow_id,
+                run_id,
+                client=self.temporal,
+                allow_unsealed_v1=allow_unsealed_v1,
+            )
+        )
+
+    async def export(self, workflow_id: str, run_id: str | None = None) -> dict[str, Any]:
+        """The audit bundle of a run (docs/checkpoint-spec.md, section 9).
+
+        Raises:
+            StoreError: the store cannot be read, or holds no such run (the message names it).
+        """
+        from ledgerflow.checkpoint.verify import export_run
+
+        self._require_store()
+        return await self._guarded(asyncio.to_thread(export_run, self.runtime, workflow_id, run_id))
+
+    async def verify_bundle(
+        self, bundle: dict[str, Any] | str, *, allow_unsealed_v1: bool = False
+    ) -> BundleReport:
+        """Verify an audit bundle against this client's chain and deployments file."""
+        from ledgerflow.checkpoint.bundle import Web3Chain, verify_bundle
+        from ledgerflow.checkpoint.verify import trust_root
+
+        return await verify_bundle(
+            bundle,
+            trust_root(self.runtime),
+            Web3Chain(self.runtime.w3),
+            allow_unsealed_v1=allow_unsealed_v1,
         )
 
     async def proof(
@@ -555,10 +589,14 @@ class LedgerflowClient:
         )
 
     async def verify_proof(self, document: dict[str, Any] | str) -> ProofCheck:
-        """Check a proof document offline and against this client's chain."""
+        """Check a proof document offline and against this client's chain, trusting only the
+        registry and chain of the deployments file."""
         from ledgerflow.checkpoint.proofs import verify_proof_document_async
+        from ledgerflow.checkpoint.verify import trust_root
 
-        return await verify_proof_document_async(document, w3=self.runtime.w3)
+        return await verify_proof_document_async(
+            document, w3=self.runtime.w3, trust=trust_root(self.runtime)
+        )
 
     async def list_runs(self, limit: int = 20) -> list[RunSummary]:
         """The latest checkpointed runs in the store, newest first.
@@ -613,12 +651,12 @@ class LedgerflowClient:
         except StoreError as exc:
             if self._store_url() in str(exc):
                 raise
-            raise StoreError(f"{exc} (store {self._store_url()})") from exc
+            raise type(exc)(f"{exc} (store {self._store_url()})") from exc
         except SQLAlchemyError as exc:
             # str() of a SQLAlchemy error carries SQL and parameters: the driver's type only.
             orig = getattr(exc, "orig", None)
             what = type(orig).__name__ if orig is not None else type(exc).__name__
-            raise StoreError(f"the store at {self._store_url()} failed ({what})") from None
+            raise StoreUnavailable(f"the store at {self._store_url()} failed ({what})") from None
 
 
 def _importable(model: Any) -> type[BaseModel] | None:

@@ -1,38 +1,65 @@
-"""The off-chain store: runs, step preimages, anchors, proofs and the signer's outbox.
+"""The off-chain store: runs, step preimages, anchors, proofs, the signer's outbox, and the rows
+that coordinate several processes (nonce counters, leases).
 
 SQLite by default, PostgreSQL via ``LEDGERFLOW_DATABASE_URL``. The schema is created and upgraded
 by :meth:`Store.migrate` (see docs/operations.md): a ``ledgerflow_schema`` row holds the version and
 each upgrade step runs once, in order.
 
-The API is synchronous (SQLAlchemy); async callers use ``asyncio.to_thread``.
+The API is synchronous (SQLAlchemy); async callers use ``asyncio.to_thread``. Database failures
+other than constraint violations surface as :class:`~ledgerflow.errors.StoreUnavailable`, whose
+message names the failure but never quotes SQL or its parameters.
 """
 
 from __future__ import annotations
 
+import functools
 import json
-from collections.abc import Iterable, Sequence
+import os
+import socket
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Index, UniqueConstraint, event, func, text, update
-from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError
-from sqlmodel import Field, Session, SQLModel, col, create_engine, select
+from eth_utils import keccak
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Index,
+    UniqueConstraint,
+    bindparam,
+    case,
+    event,
+    func,
+    inspect,
+    text,
+    update,
+)
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlmodel import Field, Session, SQLModel, col, create_engine, delete, select
 
-from ledgerflow.errors import StoreError
+from ledgerflow.errors import StoreError, StoreUnavailable, bounded
+from ledgerflow.log import redact_url
 
 __all__ = [
+    "FINAL_STATUSES",
     "SCHEMA_VERSION",
     "AnchorRow",
+    "LeaseRow",
+    "OutboxAttempt",
+    "OutboxClosure",
     "OutboxTx",
     "RunRow",
+    "SealRow",
+    "SenderLock",
+    "SignerNonce",
     "StepRow",
     "Store",
     "WebhookDelivery",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 def _now() -> datetime:
@@ -57,6 +84,7 @@ class RunRow(SQLModel, table=True):
     status: str = Field(default="running", max_length=32)
     head: str | None = Field(default=None, max_length=66)
     steps: int = 0
+    spec_version: int = 1  # checkpoint spec version the run is recorded under
     created_at: datetime = Field(default_factory=_now)
     updated_at: datetime = Field(default_factory=_now)
 
@@ -81,6 +109,11 @@ class StepRow(SQLModel, table=True):
     head: str = Field(max_length=66)
     input_preimage: str | None = None
     output_preimage: str | None = None
+    # Spec v2: the salts of the input and output commitments (0x-hex, 32 bytes); null for v1.
+    spec_version: int = 1
+    input_salt: str | None = Field(default=None, max_length=66)
+    output_salt: str | None = Field(default=None, max_length=66)
+    redacted_at: datetime | None = None  # preimages and salts erased (the record stays)
     anchor_mode: str = Field(max_length=16)
     anchor_id: int | None = Field(default=None, foreign_key="anchors.id")
     proof: str | None = None  # JSON list of 0x-hex siblings (batched mode)
@@ -102,8 +135,42 @@ class AnchorRow(SQLModel, table=True):
     anchored_at: datetime | None = None
 
 
+class SealRow(SQLModel, table=True):
+    """The seal of an ended run (spec v2): its step count and final head, anchored once.
+
+    Batched runs: ``pending`` until the anchorer puts it into an anchoring transaction
+    (``anchor_id``, status ``claimed``), ``confirmed`` with that transaction's hash and block.
+    Per-step runs: written ``confirmed`` by the flush that sent ``sealRun``.
+    """
+
+    __tablename__ = "seals"
+    __table_args__ = (
+        UniqueConstraint("workflow_id", "run_id"),
+        Index("ix_seals_pending", "status", "id"),
+    )
+    id: int | None = Field(default=None, primary_key=True)
+    workflow_id: str = Field(max_length=255)
+    run_id: str = Field(max_length=64)
+    run_key: str = Field(max_length=66)
+    steps: int
+    head: str = Field(max_length=66)
+    anchor_mode: str = Field(default="batched", max_length=16)
+    status: str = Field(default="pending", max_length=16)  # pending | claimed | confirmed
+    anchor_id: int | None = Field(default=None, foreign_key="anchors.id")
+    tx_hash: str | None = Field(default=None, max_length=66)
+    block_number: int | None = None
+    created_at: datetime = Field(default_factory=_now)
+
+
 class OutboxTx(SQLModel, table=True):
-    """A signed transaction, persisted before broadcast so that a retry rebroadcasts it."""
+    """A signed transaction, persisted before broadcast so that a retry rebroadcasts it.
+
+    One row per idempotency key and per nonce. ``raw``/``tx_hash`` are the variant broadcast now
+    (the latest replacement), or the one that was mined once it is final; every other variant
+    signed at this nonce is an :class:`OutboxAttempt`. Status: ``signed`` (persisted, not final
+    yet), ``mined`` / ``reverted`` (final: enough confirmations at the same block hash), or
+    ``voided`` (the chain lost it, its owner closed the key, and a no-op took its nonce).
+    """
 
     __tablename__ = "outbox"
     __table_args__ = (UniqueConstraint("chain_id", "sender", "nonce"),)
@@ -114,9 +181,60 @@ class OutboxTx(SQLModel, table=True):
     nonce: int
     raw: str
     tx_hash: str = Field(max_length=66)
-    status: str = Field(default="signed", max_length=16)  # signed | mined | reverted
+    status: str = Field(default="signed", max_length=16)  # signed | mined | reverted | voided
     block_number: int | None = None
+    block_hash: str | None = Field(default=None, max_length=66)
     created_at: datetime = Field(default_factory=_now)
+    updated_at: datetime | None = Field(default_factory=_now)
+
+
+class OutboxAttempt(SQLModel, table=True):
+    """Every signed variant of an outbox row once there is more than one: the original, its
+    fee-bumped replacements at the same nonce, and the no-op that voids it (``kind``). Only one
+    of them can ever be mined; whichever is, counts."""
+
+    __tablename__ = "outbox_attempts"
+    id: int | None = Field(default=None, primary_key=True)
+    outbox_id: int = Field(foreign_key="outbox.id", index=True)
+    tx_hash: str = Field(unique=True, max_length=66)
+    raw: str
+    kind: str = Field(max_length=16)  # original | replacement | void | resigned
+    created_at: datetime = Field(default_factory=_now)
+
+
+class OutboxClosure(SQLModel, table=True):
+    """An idempotency key whose owner said its effect must not happen (any more): nothing is
+    signed for it from then on, and if the chain loses its transaction it is voided, not
+    re-sent (see :meth:`Store.outbox_close`)."""
+
+    __tablename__ = "outbox_closures"
+    key: str = Field(primary_key=True, max_length=255)
+    reason: str = Field(default="", max_length=255)
+    created_at: datetime = Field(default_factory=_now)
+
+
+class SignerNonce(SQLModel, table=True):
+    """The next nonce of a sender on a chain, shared by every process signing for it."""
+
+    __tablename__ = "signer_nonces"
+    chain_id: int = Field(primary_key=True)
+    sender: str = Field(primary_key=True, max_length=42)
+    next_nonce: int = Field(sa_column=Column(BigInteger, nullable=False))
+    updated_at: datetime = Field(default_factory=_now)
+
+
+class LeaseRow(SQLModel, table=True):
+    """A named lease: one holder at a time until ``expires_at`` (seconds since the epoch, by
+    the database's clock), renewed while the holder lives."""
+
+    __tablename__ = "leases"
+    name: str = Field(primary_key=True, max_length=64)
+    holder: str = Field(max_length=128)
+    host: str = Field(max_length=255)
+    pid: int
+    epoch: int = 0  # +1 at every change of holder (a fencing number)
+    acquired_at: float
+    expires_at: float
 
 
 class WebhookDelivery(SQLModel, table=True):
@@ -131,31 +249,223 @@ class WebhookDelivery(SQLModel, table=True):
     created_at: datetime = Field(default_factory=_now)
 
 
-#: Upgrade steps: version N -> N+1. Append only; never edit a released step.
-_UPGRADES: dict[int, Sequence[str]] = {}
+def _add_missing_columns(table: str, columns: dict[str, str]) -> Callable[[Connection], None]:
+    """An upgrade step that adds ``columns`` (name -> SQL type) to ``table`` where missing, so
+    that it also runs on a database whose table already has them."""
+
+    def step(conn: Connection) -> None:
+        present = {c["name"] for c in inspect(conn).get_columns(table)}
+        for name, sql_type in columns.items():
+            if name not in present:
+                conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {name} {sql_type}"))
+
+    return step
 
 
+#: Upgrade steps: version N -> N+1, each a list of SQL statements or callables taking the
+#: connection. Append only; never edit a released step. New tables need no step
+#: (``create_all`` makes them before the steps run); new columns of existing tables do.
+#: Upgrade steps: version N -> N+1. Append only; never edit a released step. A step is an SQL
+#: statement or a function of the connection; new tables come from create_all.
+_UPGRADES: dict[int, Sequence[str | Callable[[Connection], None]]] = {
+    # 1 -> 2: checkpoint spec v2 (salted commitments, redaction; the seals table is new: existing
+    # rows are version 1 runs), and the reorg-safe signer (outbox rows remember their block hash;
+    # replacements, closures, shared nonce counters and leases are new tables).
+    1: [
+        _add_missing_columns("runs", {"spec_version": "INTEGER NOT NULL DEFAULT 1"}),
+        _add_missing_columns(
+            "steps",
+            {
+                "spec_version": "INTEGER NOT NULL DEFAULT 1",
+                "input_salt": "VARCHAR(66)",
+                "output_salt": "VARCHAR(66)",
+                "redacted_at": "TIMESTAMP",
+            },
+        ),
+        _add_missing_columns("outbox", {"block_hash": "VARCHAR(66)", "updated_at": "TIMESTAMP"}),
+    ],
+}
+
+#: Outbox statuses that are final (nothing more will happen to the row unless the chain loses
+#: its block).
+FINAL_STATUSES = ("mined", "reverted", "voided")
+
+
+def _describe_db_error(exc: BaseException) -> str:
+    """What went wrong with the database, without SQL, parameters or credentials."""
+    orig = getattr(exc, "orig", None)
+    kind = type(exc).__name__
+    driver = type(orig).__name__ if orig is not None else ""
+    detail = ""
+    if (
+        isinstance(exc, DBAPIError)
+        and orig is not None
+        and kind
+        in (
+            "OperationalError",
+            "InterfaceError",
+        )
+    ):
+        # Connection-level messages (libpq, sqlite3) name the failure, never a parameter.
+        detail = str(orig).strip().splitlines()[0] if str(orig).strip() else ""
+    label = f"{kind} ({driver})" if driver and driver != kind else kind
+    return bounded(f"database error: {label}" + (f": {detail}" if detail else ""), 240)
+
+
+def _clean(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Re-raise a :class:`StoreUnavailable` without the driver's exception chained to it
+    (SQLAlchemy chains the DBAPI error, whose text can quote the values of a statement)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except StoreUnavailable as exc:
+            if exc.__cause__ is None and exc.__context__ is None:
+                raise
+            clean = StoreUnavailable(str(exc))
+        raise clean  # outside the handler: nothing chained
+
+    return wrapper
+
+
+def _cleaned(cls: type) -> type:
+    """Apply :func:`_clean` to every public method of ``cls``."""
+    for name, value in list(vars(cls).items()):
+        if callable(value) and not name.startswith("_") and name != "session":
+            setattr(cls, name, _clean(value))
+    return cls
+
+
+def _handle_db_error(context: Any) -> None:
+    """SQLAlchemy ``handle_error`` hook: infrastructure failures become StoreUnavailable."""
+    exc = context.sqlalchemy_exception
+    if isinstance(exc, IntegrityError) or exc is None:
+        return  # constraint violations are the callers' business (idempotent inserts)
+    raise StoreUnavailable(_describe_db_error(exc)) from None
+
+
+def _advisory_key(*parts: object) -> int:
+    """A signed 64-bit key for ``pg_advisory_lock`` from ``parts``."""
+    digest = keccak(text=":".join(str(p) for p in ("ledgerflow", *parts)))
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+@_cleaned
+class SenderLock:
+    """The lock that serialises nonce allocation and broadcasting for one sender on one chain
+    across processes.
+
+    On PostgreSQL it is a session-level advisory lock held on a connection of its own, so the
+    database releases it if the holder dies; the holder persists its batch on that connection
+    and broadcasts before releasing, so transactions reach the node in nonce order whichever
+    process signed them. On SQLite it is a no-op: one worker per store (see
+    docs/operations.md), which the worker lease enforces.
+    """
+
+    def __init__(self, store: Store, chain_id: int, sender: str, *, timeout: float = 30.0) -> None:
+        self.store = store
+        self.key = _advisory_key("nonce", chain_id, sender.lower())
+        self.timeout = timeout
+        self.conn: Connection | None = None
+
+    def acquire(self) -> None:
+        if self.store.is_sqlite:
+            return
+        conn = self.store.engine.connect()
+        try:
+            conn.execute(text(f"SET lock_timeout = '{int(self.timeout * 1000)}ms'"))
+            conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": self.key})
+            conn.commit()
+        except BaseException:
+            conn.close()
+            raise
+        self.conn = conn
+
+    def release(self) -> None:
+        conn, self.conn = self.conn, None
+        if conn is None:
+            return
+        try:
+            conn.rollback()
+            conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": self.key})
+            conn.execute(text("RESET lock_timeout"))
+            conn.commit()
+        finally:
+            conn.close()  # closing also releases a session lock the unlock did not reach
+
+    def session(self) -> Session:
+        """A session on the lock's connection (PostgreSQL) or a fresh one (SQLite)."""
+        if self.conn is not None:
+            return Session(bind=self.conn, expire_on_commit=False)
+        return self.store.session()
+
+
+@_cleaned
 class Store:
     """Access to the store. One instance per process; thread-safe through SQLAlchemy's pool."""
 
-    def __init__(self, url: str, *, echo: bool = False) -> None:
+    def __init__(self, url: str, *, echo: bool = False, create: bool = True) -> None:
+        """Open the store at ``url``.
+
+        With ``create`` False (readers such as ``verify`` and ``export``) a SQLite file must exist
+        already: nothing is created, and the error names the URL tried.
+
+        Raises:
+            StoreError: ``create`` is False and there is no SQLite file at ``url``.
+        """
         self.url = url
         connect_args: dict[str, Any] = {}
         if url.startswith("sqlite"):
-            path = url.split("///", 1)[-1]
-            if path and path != ":memory:":
-                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            path = url.split("///", 1)[-1].split("?", 1)[0]
+            if path and path != ":memory:" and "://" not in path:
+                if not create and not Path(path).is_file():
+                    raise StoreError(
+                        f"no store at {url} (from LEDGERFLOW_DATABASE_URL or the default, "
+                        f"relative to {Path.cwd()}); run this where the store is, or set "
+                        "LEDGERFLOW_DATABASE_URL"
+                    )
+                if create:
+                    # Readable by the owner only: SQLite gives the -wal and -shm files the mode
+                    # of the database file, so creating it 0600 covers all three.
+                    Path(path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                    os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
             connect_args = {"check_same_thread": False, "timeout": 30}
-        self.engine: Engine = create_engine(url, echo=echo, connect_args=connect_args)
+        self.engine: Engine = create_engine(
+            url, echo=echo, connect_args=connect_args, hide_parameters=True, pool_pre_ping=True
+        )
+        event.listen(self.engine, "handle_error", _handle_db_error)
         if url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
+
+    def __repr__(self) -> str:
+        if self.is_sqlite:
+            return f"Store({self.url})"  # a file path: nothing secret in it
+        return f"Store({redact_url(self.url)})"
 
     @property
     def is_sqlite(self) -> bool:
         return self.url.startswith("sqlite")
 
     def migrate(self) -> int:
-        """Create missing tables and run pending upgrade steps; returns the schema version."""
+        """Create missing tables and run pending upgrade steps; returns the schema version.
+
+        On PostgreSQL, processes starting together migrate one after the other (an advisory
+        lock), so many workers can start at once on an empty database.
+        """
+        if self.is_sqlite:
+            return self._migrate()
+        with self.engine.connect() as conn:
+            key = _advisory_key("migrate")
+            conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
+            conn.commit()
+            try:
+                return self._migrate()
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                conn.commit()
+
+    def _migrate(self) -> int:
         SQLModel.metadata.create_all(self.engine)
         with Session(self.engine) as s:
             row = s.get(SchemaVersion, 1)
@@ -165,7 +475,10 @@ class Store:
                 return SCHEMA_VERSION
             while row.version < SCHEMA_VERSION:
                 for stmt in _UPGRADES.get(row.version, ()):
-                    s.exec(text(stmt))  # type: ignore[call-overload]
+                    if callable(stmt):
+                        stmt(s.connection())
+                    else:
+                        s.exec(text(stmt))  # type: ignore[call-overload]
                 row.version += 1
                 s.add(row)
                 s.commit()
@@ -181,7 +494,14 @@ class Store:
     # ---- runs and steps -------------------------------------------------------------------
 
     def ensure_run(
-        self, *, workflow_id: str, run_id: str, workflow_type: str, run_key: str, anchor_mode: str
+        self,
+        *,
+        workflow_id: str,
+        run_id: str,
+        workflow_type: str,
+        run_key: str,
+        anchor_mode: str,
+        spec_version: int = 1,
     ) -> RunRow:
         with self.session() as s:
             row = s.exec(
@@ -197,6 +517,7 @@ class Store:
                 workflow_type=workflow_type,
                 run_key=run_key,
                 anchor_mode=anchor_mode,
+                spec_version=spec_version,
             )
             s.add(row)
             try:
@@ -209,6 +530,7 @@ class Store:
                     workflow_type=workflow_type,
                     run_key=run_key,
                     anchor_mode=anchor_mode,
+                    spec_version=spec_version,
                 )
             return row
 
@@ -346,48 +668,161 @@ class Store:
             return int(count), oldest
 
     def claim_batch(
-        self, limit: int, build: Any, *, chain_id: int, registry: str
+        self,
+        limit: int,
+        build: Any,
+        *,
+        chain_id: int,
+        registry: str,
+        max_seals: int = 256,
+        seal_only_root: Any = None,
     ) -> tuple[AnchorRow, list[StepRow]] | None:
-        """Atomically put up to ``limit`` pending batched steps into a new anchor.
+        """Atomically put up to ``limit`` pending batched steps into a new anchor, together with
+        the pending seals that become anchorable with it.
 
-        ``build(step_hashes) -> (root, proofs)`` computes the Merkle root and each step's proof;
-        the anchor row, the steps' anchor id and their proofs are written in one transaction, so a
-        crash leaves either no batch or a complete pending one (resumed by the anchorer).
+        The steps of one batch share a spec version (that of the oldest pending step):
+        ``build(step_hashes, spec_version) -> (root, proofs)`` computes the version's Merkle root
+        and each step's proof. A pending seal of a batched run joins the batch when every step of
+        its run is in this batch or in a confirmed one (so a seal's transaction never precedes its
+        steps' anchors). When no step is pending but such seals are, and ``seal_only_root`` is
+        given, ``seal_only_root(seals) -> root`` makes a seal-only anchor (``leaf_count`` 0).
+        The anchor row, the steps' anchor id and proofs and the seals' anchor id are written in
+        one transaction, so a crash leaves either no batch or a complete pending one.
         """
         with self.session() as s:
             if self.is_sqlite:
                 # Take the write lock before reading, so two claimers never read the same steps.
                 s.connection().exec_driver_sql("BEGIN IMMEDIATE")
-            q = (
-                select(StepRow)
+            oldest = s.exec(
+                select(StepRow.spec_version)
                 .where(
                     StepRow.anchor_id.is_(None),  # type: ignore[union-attr]
                     StepRow.anchor_mode == "batched",
                 )
                 .order_by(StepRow.id)  # type: ignore[arg-type]
-                .limit(limit)
-            )
-            if not self.is_sqlite:
-                q = q.with_for_update(skip_locked=True)
-            steps = list(s.exec(q))
-            if not steps:
+                .limit(1)
+            ).first()
+            steps: list[StepRow] = []
+            if oldest is not None:
+                q = (
+                    select(StepRow)
+                    .where(
+                        StepRow.anchor_id.is_(None),  # type: ignore[union-attr]
+                        StepRow.anchor_mode == "batched",
+                        StepRow.spec_version == oldest,
+                    )
+                    .order_by(StepRow.id)  # type: ignore[arg-type]
+                    .limit(limit)
+                )
+                if not self.is_sqlite:
+                    q = q.with_for_update(skip_locked=True)
+                steps = list(s.exec(q))
+            if not steps and seal_only_root is None:
                 return None
-            root, proofs = build([st.step_hash for st in steps])
             anchor = AnchorRow(
-                mode="batched",
-                root=root,
-                leaf_count=len(steps),
-                chain_id=chain_id,
-                registry_address=registry,
+                mode="batched", leaf_count=len(steps), chain_id=chain_id, registry_address=registry
             )
             s.add(anchor)
             s.flush()
-            for st, proof in zip(steps, proofs, strict=True):
+            for st in steps:
                 st.anchor_id = anchor.id
-                st.proof = json.dumps(proof)
                 s.add(st)
+            s.flush()
+            seals = self._anchorable_seals(s, anchor.id, max_seals)  # type: ignore[arg-type]
+            if not steps and not seals:
+                s.rollback()
+                return None
+            if steps:
+                root, proofs = build([st.step_hash for st in steps], oldest)
+                for st, proof in zip(steps, proofs, strict=True):
+                    st.proof = json.dumps(proof)
+                    s.add(st)
+            else:
+                root = seal_only_root(seals)
+            anchor.root = root
+            s.add(anchor)
+            for seal in seals:
+                seal.anchor_id = anchor.id
+                seal.status = "claimed"
+                s.add(seal)
             s.commit()
             return anchor, steps
+
+    def _anchorable_seals(self, s: Session, anchor_id: int, limit: int) -> list[SealRow]:
+        pending = list(
+            s.exec(
+                select(SealRow)
+                .where(col(SealRow.status) == "pending", col(SealRow.anchor_mode) == "batched")
+                .order_by(SealRow.id)  # type: ignore[arg-type]
+                .limit(limit * 4)
+            )
+        )
+        out: list[SealRow] = []
+        for seal in pending:
+            stored, waiting = s.exec(
+                select(
+                    func.count(),
+                    func.count().filter(
+                        StepRow.anchor_id.is_(None)  # type: ignore[union-attr]
+                        | (
+                            (StepRow.anchor_id != anchor_id)
+                            & StepRow.anchor_id.in_(  # type: ignore[union-attr]
+                                select(AnchorRow.id).where(col(AnchorRow.status) != "confirmed")
+                            )
+                        )
+                    ),
+                ).where(StepRow.workflow_id == seal.workflow_id, StepRow.run_id == seal.run_id)
+            ).one()
+            if int(stored) == seal.steps and int(waiting) == 0:
+                out.append(seal)
+                if len(out) >= limit:
+                    break
+        return out
+
+    def anchor_seals(self, anchor_id: int) -> list[SealRow]:
+        """The seals that ride in an anchor's transaction, in the order they are sent."""
+        with self.session() as s:
+            q = select(SealRow).where(col(SealRow.anchor_id) == anchor_id)
+            return list(s.exec(q.order_by(SealRow.id)))  # type: ignore[arg-type]
+
+    def pending_seal_count(self) -> int:
+        with self.session() as s:
+            q = select(func.count()).where(
+                col(SealRow.status) == "pending", col(SealRow.anchor_mode) == "batched"
+            )
+            return int(s.exec(q).one())
+
+    def save_seal(self, seal: SealRow) -> SealRow:
+        """Store a run's seal once (idempotent: the same seal again returns the stored one).
+
+        Raises:
+            StoreError: another seal is stored for the run.
+        """
+        with self.session() as s:
+            old = s.exec(
+                select(SealRow).where(
+                    col(SealRow.workflow_id) == seal.workflow_id,
+                    col(SealRow.run_id) == seal.run_id,
+                )
+            ).first()
+            if old is not None:
+                if (old.steps, old.head) != (seal.steps, seal.head):
+                    raise StoreError(
+                        f"run {seal.workflow_id}/{seal.run_id} is already sealed at "
+                        f"{old.steps} steps"
+                    )
+                return old
+            s.add(seal)
+            s.commit()
+            return seal
+
+    def get_seal(self, workflow_id: str, run_id: str) -> SealRow | None:
+        with self.session() as s:
+            return s.exec(
+                select(SealRow).where(
+                    col(SealRow.workflow_id) == workflow_id, col(SealRow.run_id) == run_id
+                )
+            ).first()
 
     def unfinished_anchors(self) -> list[AnchorRow]:
         with self.session() as s:
@@ -396,8 +831,23 @@ class Store:
             )
             return list(s.exec(q.order_by(AnchorRow.id)))  # type: ignore[arg-type]
 
-    def confirm_anchor(self, anchor_id: int, *, tx_hash: str, block_number: int) -> None:
+    def confirm_anchor(
+        self,
+        anchor_id: int,
+        *,
+        tx_hash: str,
+        block_number: int,
+        requeue_seals: Sequence[int] = (),
+    ) -> None:
+        """Mark an anchor (and the seals in its transaction) confirmed; ``requeue_seals`` are
+        seals that transaction turned out not to carry: they wait for a later one."""
         with self.session() as s:
+            if requeue_seals:
+                s.exec(
+                    update(SealRow)  # type: ignore[call-overload]
+                    .where(col(SealRow.id).in_(list(requeue_seals)))
+                    .values(status="pending", anchor_id=None)
+                )
             s.exec(
                 update(AnchorRow)  # type: ignore[call-overload]
                 .where(col(AnchorRow.id) == anchor_id)
@@ -407,6 +857,11 @@ class Store:
                     block_number=block_number,
                     anchored_at=_now(),
                 )
+            )
+            s.exec(
+                update(SealRow)  # type: ignore[call-overload]
+                .where(col(SealRow.anchor_id) == anchor_id)
+                .values(status="confirmed", tx_hash=tx_hash, block_number=block_number)
             )
             s.commit()
 
@@ -464,22 +919,178 @@ class Store:
             s.commit()
             return tx
 
+    def outbox_persist(
+        self,
+        session: Session,
+        rows: Sequence[OutboxTx],
+        *,
+        chain_id: int,
+        sender: str,
+        next_nonce: int,
+    ) -> list[str]:
+        """Insert freshly signed ``rows`` and record ``next_nonce`` as the sender's next nonce,
+        in one transaction on ``session`` (a :meth:`SenderLock.session`), unless one of their
+        keys is closed: then nothing is stored and the closed keys are returned.
+
+        Raises:
+            IntegrityError: a key or a nonce is taken already (nothing is stored).
+        """
+        try:
+            session.add_all(rows)
+            session.flush()
+            closed = self._closed_among(session, [r.key for r in rows])
+            if closed:
+                session.rollback()
+                return sorted(closed)
+            self._set_next_nonce(session, chain_id, sender, next_nonce)
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+        return []
+
+    @staticmethod
+    def _closed_among(session: Session, keys: Sequence[str]) -> set[str]:
+        if not keys:
+            return set()
+        q = select(OutboxClosure.key).where(col(OutboxClosure.key).in_(list(keys)))
+        return set(session.exec(q))
+
+    @staticmethod
+    def _set_next_nonce(session: Session, chain_id: int, sender: str, next_nonce: int) -> None:
+        # The counter only grows: a value below it (a stale cache) leaves it as it is.
+        grown = case(
+            (col(SignerNonce.next_nonce) < next_nonce, next_nonce), else_=SignerNonce.next_nonce
+        )
+        done = session.exec(
+            update(SignerNonce)  # type: ignore[call-overload]
+            .where(col(SignerNonce.chain_id) == chain_id, col(SignerNonce.sender) == sender)
+            .values(next_nonce=grown, updated_at=_now())
+        )
+        if done.rowcount == 0:
+            session.add(SignerNonce(chain_id=chain_id, sender=sender, next_nonce=next_nonce))
+            session.flush()
+
+    def next_nonce(self, session: Session, chain_id: int, sender: str) -> int | None:
+        """The sender's next nonce as the processes sharing its key recorded it (None: never)."""
+        row = session.get(SignerNonce, (chain_id, sender), populate_existing=True)
+        return None if row is None else int(row.next_nonce)
+
+    def set_next_nonce(self, session: Session, chain_id: int, sender: str, value: int) -> None:
+        """Record ``value`` as the sender's next nonce (under its :class:`SenderLock`)."""
+        self._set_next_nonce(session, chain_id, sender, value)
+        session.commit()
+
     def outbox_replace(self, key: str, nonce: int, raw: str, tx_hash: str) -> OutboxTx:
-        """Re-sign a dead transaction (its nonce taken by another) under the same key."""
+        """Re-sign a dead transaction (its nonce taken by another) under the same key: the row
+        moves to a new nonce; the dead variants stay as attempts (kind ``resigned``)."""
         with self.session() as s:
             row = s.exec(select(OutboxTx).where(col(OutboxTx.key) == key)).one()
+            assert row.id is not None
+            if not s.exec(select(OutboxAttempt).where(OutboxAttempt.outbox_id == row.id)).first():
+                s.add(
+                    OutboxAttempt(
+                        outbox_id=row.id, tx_hash=row.tx_hash, raw=row.raw, kind="original"
+                    )
+                )
+            s.add(OutboxAttempt(outbox_id=row.id, tx_hash=tx_hash, raw=raw, kind="resigned"))
             row.nonce, row.raw, row.tx_hash, row.status = nonce, raw, tx_hash, "signed"
+            row.block_number = row.block_hash = None
+            row.updated_at = _now()
             s.add(row)
             s.commit()
             return row
 
-    def outbox_mark(self, key: str, status: str, block_number: int | None) -> None:
+    def outbox_add_variant(self, key: str, raw: str, tx_hash: str, kind: str) -> OutboxTx:
+        """Record another signed variant at the row's nonce (a fee-bumped replacement, or the
+        no-op that voids it) before it is broadcast; it becomes the row's current variant."""
         with self.session() as s:
-            s.exec(
-                update(OutboxTx)  # type: ignore[call-overload]
-                .where(col(OutboxTx.key) == key)
-                .values(status=status, block_number=block_number)
+            row = s.exec(select(OutboxTx).where(col(OutboxTx.key) == key)).one()
+            assert row.id is not None
+            known = {
+                a.tx_hash
+                for a in s.exec(select(OutboxAttempt).where(OutboxAttempt.outbox_id == row.id))
+            }
+            if row.tx_hash not in known:
+                s.add(
+                    OutboxAttempt(
+                        outbox_id=row.id,
+                        tx_hash=row.tx_hash,
+                        raw=row.raw,
+                        kind="original" if not known else "replacement",
+                    )
+                )
+            if tx_hash not in known:
+                s.add(OutboxAttempt(outbox_id=row.id, tx_hash=tx_hash, raw=raw, kind=kind))
+            row.raw, row.tx_hash, row.updated_at = raw, tx_hash, _now()
+            s.add(row)
+            s.commit()
+            return row
+
+    def outbox_variants(self, row: OutboxTx) -> list[OutboxAttempt]:
+        """Every signed variant of ``row`` at its nonce, the current one first."""
+        with self.session() as s:
+            attempts = list(
+                s.exec(
+                    select(OutboxAttempt)
+                    .where(OutboxAttempt.outbox_id == row.id)
+                    .order_by(col(OutboxAttempt.id).desc())
+                )
             )
+        current = [a for a in attempts if a.tx_hash == row.tx_hash]
+        if not current:
+            current = [
+                OutboxAttempt(
+                    outbox_id=row.id or 0, tx_hash=row.tx_hash, raw=row.raw, kind="original"
+                )
+            ]
+        return current + [a for a in attempts if a.tx_hash != row.tx_hash]
+
+    def outbox_mark(
+        self,
+        key: str,
+        status: str,
+        block_number: int | None,
+        *,
+        block_hash: str | None = None,
+        tx_hash: str | None = None,
+        raw: str | None = None,
+    ) -> None:
+        self.outbox_marks([(key, status, block_number, block_hash, tx_hash, raw)])
+
+    def outbox_marks(
+        self, marks: Sequence[tuple[str, str, int | None, str | None, str | None, str | None]]
+    ) -> None:
+        """Set (key, status, block number, block hash, mined tx hash, its raw bytes) of several
+        rows in one transaction; a None hash or raw leaves the row's current variant."""
+        table = OutboxTx.__table__  # type: ignore[attr-defined]
+        now = _now()
+        same: list[dict[str, Any]] = []
+        moved: list[dict[str, Any]] = []
+        for key, status, block, block_hash, tx_hash, raw in marks:
+            params = {"k": key, "st": status, "bn": block, "bh": block_hash, "at": now}
+            if tx_hash is not None and raw is not None:
+                moved.append(params | {"th": tx_hash, "rw": raw})
+            else:
+                same.append(params)
+        values: dict[str, Any] = {
+            "status": bindparam("st"),
+            "block_number": bindparam("bn"),
+            "block_hash": bindparam("bh"),
+            "updated_at": bindparam("at"),
+        }
+        with self.session() as s:
+            conn = s.connection()
+            if same:  # one statement, executed for every row
+                conn.execute(
+                    update(table).where(table.c.key == bindparam("k")).values(values), same
+                )
+            if moved:
+                stmt = update(table).where(table.c.key == bindparam("k"))
+                conn.execute(
+                    stmt.values(values | {"tx_hash": bindparam("th"), "raw": bindparam("rw")}),
+                    moved,
+                )
             s.commit()
 
     def outbox_max_nonce(self, chain_id: int, sender: str) -> int | None:
@@ -557,6 +1168,132 @@ class Store:
             if row is not None:
                 s.delete(row)
                 s.commit()
+
+    def outbox_from_nonce(
+        self, chain_id: int, sender: str, nonce: int, *, below: int | None = None
+    ) -> list[OutboxTx]:
+        """The sender's rows with ``nonce <= row.nonce (< below)``, in nonce order."""
+        with self.session() as s:
+            q = select(OutboxTx).where(
+                col(OutboxTx.chain_id) == chain_id,
+                col(OutboxTx.sender) == sender,
+                col(OutboxTx.nonce) >= nonce,
+            )
+            if below is not None:
+                q = q.where(col(OutboxTx.nonce) < below)
+            return list(s.exec(q.order_by(OutboxTx.nonce)))  # type: ignore[arg-type]
+
+    def outbox_reopen(self, key: str) -> None:
+        """The chain lost the row's transaction: it is ``signed`` again (not final)."""
+        self.outbox_marks([(key, "signed", None, None, None, None)])
+
+    def outbox_close(self, key: str, reason: str = "") -> OutboxTx | None:
+        """Close ``key``: its owner says the effect must not happen (any more), e.g. a
+        workflow compensated the step. Nothing is signed for the key afterwards, and a
+        transaction of it that the chain loses is voided instead of re-sent.
+
+        Returns the key's outbox row as it is once the closure is committed: None means no
+        transaction was ever signed for it and none ever will be; a row means one was (look
+        at its status). A send racing with the closure either committed first (and is
+        returned) or sees the closure and signs nothing.
+        """
+        with self.session() as s:
+            if self.is_sqlite:
+                s.connection().exec_driver_sql("BEGIN IMMEDIATE")
+            else:
+                # Waits for a send persisting right now (it holds ROW EXCLUSIVE on outbox), so
+                # its row is visible below, or it sees the closure first.
+                s.exec(text("LOCK TABLE outbox IN SHARE MODE"))  # type: ignore[call-overload]
+            if s.get(OutboxClosure, key) is None:
+                s.add(OutboxClosure(key=key, reason=reason[:255]))
+                try:
+                    s.flush()
+                except IntegrityError:
+                    s.rollback()
+                    return self.outbox_get(key)
+            row = s.exec(select(OutboxTx).where(col(OutboxTx.key) == key)).first()
+            s.commit()
+            return row
+
+    def outbox_is_closed(self, key: str) -> bool:
+        with self.session() as s:
+            return s.get(OutboxClosure, key) is not None
+
+    # ---- leases ---------------------------------------------------------------------------
+
+    def _db_now(self) -> Any:
+        """The database's clock in seconds since the epoch (one clock for every host)."""
+        if self.is_sqlite:
+            return text("(julianday('now') - 2440587.5) * 86400.0")
+        return text("extract(epoch from clock_timestamp())")
+
+    def lease_acquire(
+        self, name: str, holder: str, ttl: float, *, steal_from: str | None = None
+    ) -> tuple[bool, LeaseRow | None]:
+        """Take or renew lease ``name`` for ``ttl`` seconds of the database's clock.
+
+        Succeeds when nobody holds it, ``holder`` holds it already, its holder's time ran out,
+        or ``steal_from`` names the current holder (known to be dead). Returns (acquired, the
+        lease as it is now).
+        """
+        for _ in range(2):
+            with self.session() as s:
+                if self.is_sqlite:
+                    s.connection().exec_driver_sql("BEGIN IMMEDIATE")
+                now = float(s.exec(select(self._db_now())).one())  # type: ignore[call-overload]
+                q = select(LeaseRow).where(col(LeaseRow.name) == name)
+                if not self.is_sqlite:
+                    q = q.with_for_update()
+                row = s.exec(q).first()
+                host, pid = socket.gethostname(), os.getpid()
+                if row is None:
+                    row = LeaseRow(
+                        name=name,
+                        holder=holder,
+                        host=host,
+                        pid=pid,
+                        epoch=1,
+                        acquired_at=now,
+                        expires_at=now + ttl,
+                    )
+                    s.add(row)
+                    try:
+                        s.commit()
+                    except IntegrityError:
+                        continue  # someone created it meanwhile: decide again
+                    return True, row
+                if row.holder == holder:
+                    row.expires_at = now + ttl
+                elif row.expires_at < now or (steal_from is not None and row.holder == steal_from):
+                    row.holder, row.host, row.pid = holder, host, pid
+                    row.epoch += 1
+                    row.acquired_at, row.expires_at = now, now + ttl
+                else:
+                    s.expunge(row)  # keep its loaded values; closing the session ends the txn
+                    return False, row
+                s.add(row)
+                s.commit()
+                return True, row
+        return False, self.lease_get(name)
+
+    def lease_release(self, name: str, holder: str) -> None:
+        with self.session() as s:
+            s.exec(
+                update(LeaseRow)  # type: ignore[call-overload]
+                .where(col(LeaseRow.name) == name, col(LeaseRow.holder) == holder)
+                .values(expires_at=0.0)
+            )
+            s.commit()
+
+    def lease_get(self, name: str) -> LeaseRow | None:
+        with self.session() as s:
+            return s.get(LeaseRow, name)
+
+    def lease_delete(self, name: str) -> None:
+        """Forget a lease (tests and operators)."""
+        with self.session() as s:
+            s.exec(delete(LeaseRow).where(col(LeaseRow.name) == name))  # type: ignore[call-overload]
+            s.commit()
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

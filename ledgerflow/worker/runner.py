@@ -14,6 +14,7 @@ from temporalio.api.operatorservice.v1 import (
     ListSearchAttributesRequest,
 )
 from temporalio.client import Client
+from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker
 
 from ledgerflow.checkpoint.anchorer import Anchorer
@@ -50,18 +51,31 @@ def activity_functions(runtime: Runtime) -> list[Callable[..., Any]]:
 
 async def ensure_search_attributes(client: Client, namespace: str) -> None:
     """Register ledgerflow's search attributes if the namespace lacks them (dev server)."""
-    resp = await client.operator_service.list_search_attributes(
-        ListSearchAttributesRequest(namespace=namespace)
-    )
-    missing = {k: v for k, v in SEARCH_ATTRIBUTES.items() if k not in resp.custom_attributes}
-    if not missing:
-        return
-    kinds = {"Keyword": IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD}
-    await client.operator_service.add_search_attributes(
-        AddSearchAttributesRequest(
-            namespace=namespace, search_attributes={k: kinds[v] for k, v in missing.items()}
+    try:
+        resp = await client.operator_service.list_search_attributes(
+            ListSearchAttributesRequest(namespace=namespace)
         )
-    )
+        missing = {k: v for k, v in SEARCH_ATTRIBUTES.items() if k not in resp.custom_attributes}
+        if not missing:
+            return
+        kinds = {"Keyword": IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD}
+        await client.operator_service.add_search_attributes(
+            AddSearchAttributesRequest(
+                namespace=namespace, search_attributes={k: kinds[v] for k, v in missing.items()}
+            )
+        )
+    except RPCError as exc:
+        # A secured cluster or Temporal Cloud may not let a worker's credentials administer the
+        # namespace: the attributes are then registered once by an operator (docs/operations.md).
+        if exc.status not in (RPCStatusCode.PERMISSION_DENIED, RPCStatusCode.UNIMPLEMENTED):
+            raise
+        log.warning(
+            "cannot register search attributes; register them once as an operator",
+            namespace=namespace,
+            names=sorted(SEARCH_ATTRIBUTES),
+            status=exc.status.name,
+        )
+        return
     log.info("search attributes registered", names=sorted(missing))
 
 
@@ -110,15 +124,17 @@ async def _run_worker(
 ) -> None:
     runtime = Runtime(settings)
     await asyncio.to_thread(runtime.store.migrate)
+    await runtime.claim_store()  # SQLite: one worker per store, and it says who has it
     client = await connect(
-        settings.temporal_address,
-        settings.namespace,
-        runtime=temporal_runtime,
-        interceptors=tracing.client_interceptors(tracer),
+        settings, runtime=temporal_runtime, interceptors=tracing.client_interceptors(tracer)
     )
-    await ensure_search_attributes(client, settings.namespace)
+    await ensure_search_attributes(client, client.namespace)
     worker = build_worker(client, runtime, task_queue=settings.task_queue)
-    tasks = [asyncio.create_task(worker.run(), name="worker")]
+    tasks = [
+        asyncio.create_task(worker.run(), name="worker"),
+        # lost blocks, nonce gaps and orphaned sends: at start, then periodically
+        asyncio.create_task(runtime.serve(stop), name="chain-check"),
+    ]
     if address is not None:
         sampler = MetricsSampler(runtime, every=settings.metrics_sample_seconds)
         tasks.append(asyncio.create_task(sampler.run(stop), name="metrics sampler"))
@@ -141,7 +157,7 @@ async def _run_worker(
     # A worker whose poller or anchorer ended on its own must not keep looking alive: stop the
     # rest and leave with the failure, so a supervisor (ledgerflow up, systemd, Kubernetes)
     # notices and restarts it.
-    failed = next((t for t in tasks if t in done), None)
+    failed = None if stop.is_set() else next((t for t in tasks if t in done), None)
     stopping.cancel()
     stop.set()
     if worker.is_running:
@@ -149,6 +165,7 @@ async def _run_worker(
     for t in tasks:
         with contextlib.suppress(asyncio.CancelledError):
             await t
+    await runtime.aclose()
     if failed is not None:
         error = failed.exception() if not failed.cancelled() else None
         raise StackError(
