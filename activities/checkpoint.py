@@ -4,17 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 import time
 
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from ledgerflow.checkpoint.models import AnchorInfo, CheckpointAck, CheckpointBatch, anchor_infos
+from ledgerflow.checkpoint.models import (
+    AnchorInfo,
+    CheckpointAck,
+    CheckpointBatch,
+    OpenRun,
+    RunOpened,
+    anchor_infos,
+)
 from ledgerflow.errors import ContractRevert
 from ledgerflow.flow.errors import mapped_errors
 from ledgerflow.flow.registry import Activities
 from ledgerflow.observability import metrics
-from ledgerflow.store import StepRow
+from ledgerflow.store import SealRow, StepRow
+from ledgerflow.types import ErrorType
 
 __all__ = ["CheckpointActivities"]
 
@@ -41,6 +50,9 @@ def _rows(batch: CheckpointBatch) -> list[StepRow]:
             input_preimage=s.input_preimage,
             output_preimage=s.output_preimage,
             anchor_mode=batch.anchor_mode,
+            spec_version=s.spec_version,
+            input_salt=s.input_salt,
+            output_salt=s.output_salt,
         )
         for s in batch.steps
     ]
@@ -49,11 +61,31 @@ def _rows(batch: CheckpointBatch) -> list[StepRow]:
 class CheckpointActivities(Activities):
     """The ledger's own activities: store records, anchor per step, wait for batch anchoring."""
 
+    @activity.defn(name="checkpoint.open_run")
+    @mapped_errors
+    async def open_run(self, req: OpenRun) -> RunOpened:
+        """A version 2 run's salt seed: 32 bytes from the operating system's CSPRNG.
+
+        Runs as a local activity: the seed is recorded in the workflow's history (replay derives
+        the same salts from it) and never written to the store, so erasing a step's preimage
+        and salt (redaction) leaves nothing in the store to re-derive the salt from.
+        """
+        await asyncio.to_thread(
+            self.rt.store.ensure_run,
+            workflow_id=req.workflow_id,
+            run_id=req.run_id,
+            workflow_type=req.workflow_type,
+            run_key=req.run_key,
+            anchor_mode=req.anchor_mode,
+            spec_version=2,
+        )
+        return RunOpened(salt_seed="0x" + secrets.token_bytes(32).hex())
+
     async def _save(self, batch: CheckpointBatch) -> None:
         await asyncio.to_thread(self._save_sync, batch)
 
     def _save_sync(self, batch: CheckpointBatch) -> None:
-        # One thread hop for the whole flush (run row, steps, final status).
+        # One thread hop for the whole flush (run row, steps, seal, final status).
         store = self.rt.store
         run = store.ensure_run(
             workflow_id=batch.workflow_id,
@@ -61,8 +93,21 @@ class CheckpointActivities(Activities):
             workflow_type=batch.workflow_type,
             run_key=batch.run_key,
             anchor_mode=batch.anchor_mode,
+            spec_version=batch.spec_version,
         )
         store.save_steps(_rows(batch))
+        if batch.seal is not None and batch.anchor_mode == "batched":
+            # The anchorer puts it into the transaction that anchors the run's last steps.
+            store.save_seal(
+                SealRow(
+                    workflow_id=batch.workflow_id,
+                    run_id=batch.run_id,
+                    run_key=batch.run_key,
+                    steps=batch.seal.steps,
+                    head=batch.seal.head,
+                    anchor_mode="batched",
+                )
+            )
         if batch.final_status is not None:
             store.finish_run(batch.workflow_id, batch.run_id, batch.final_status)
             if run.status == "running":  # the first time this run's end is recorded
@@ -77,6 +122,12 @@ class CheckpointActivities(Activities):
         store = self.rt.store
         for name, status in store.steps_of_kind(batch.workflow_id, batch.run_id, "compensation"):
             m.compensation(batch.workflow_type, name, status)
+
+    def _sealed(self, batch: CheckpointBatch) -> bool:
+        if batch.seal is None:
+            return True
+        seal = self.rt.store.get_seal(batch.workflow_id, batch.run_id)
+        return seal is not None and seal.status == "confirmed"
 
     async def _anchors(self, batch: CheckpointBatch) -> tuple[bool, list[AnchorInfo]]:
         store = self.rt.store
@@ -106,13 +157,14 @@ class CheckpointActivities(Activities):
                 pending = await asyncio.to_thread(
                     store.unanchored_count, batch.workflow_id, batch.run_id
                 )
-                if pending == 0:
+                if pending == 0 and await asyncio.to_thread(self._sealed, batch):
                     anchored, infos = await self._anchors(batch)
                     break
                 if time.monotonic() > deadline:
                     raise ApplicationError(
-                        "steps are stored but not anchored yet; is the anchorer running?",
-                        type="AnchorPending",
+                        "steps are stored but not anchored (or sealed) yet; is the anchorer "
+                        "running?",
+                        type=ErrorType.ANCHOR_PENDING,
                     )
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(woken, ANCHOR_POLL_SECONDS)
@@ -157,11 +209,55 @@ class CheckpointActivities(Activities):
                 AnchorInfo(mode="per-step", tx_hash=tx_hash, block_number=block, step=s.seq)
             )
             metrics.current().anchored("per-step", 1, [time.monotonic() - stored])
+        if batch.seal is not None:
+            await self._seal_per_step(batch)
         if batch.final_status is not None:
             _, infos = await self._anchors(batch)
         return CheckpointAck(
             step_hashes=[s.step_hash for s in batch.steps], anchored=True, anchors=infos
         )
+
+    async def _seal_per_step(self, batch: CheckpointBatch) -> None:
+        """``sealRun(run, steps, head)``: the registry checks them against its own state."""
+        assert batch.seal is not None
+        registry = self.rt.contract("CheckpointRegistry")
+        signer = await self.rt.signer("orchestrator")
+        run = bytes.fromhex(batch.run_key[2:])
+        call = registry.functions.sealRun(run, batch.seal.steps, bytes.fromhex(batch.seal.head[2:]))
+        try:
+            receipt = await signer.send(
+                f"seal:{batch.run_key}", call, contract="CheckpointRegistry"
+            )
+            tx_hash, block = receipt.tx_hash, receipt.block_number
+        except ContractRevert as exc:
+            # Sealed before by this very flush (a retry after a lost outbox row): find it.
+            found = await self._existing_seal(run, batch.seal.steps, batch.seal.head)
+            if exc.error != "CheckpointRunSealed" or found is None:
+                raise
+            tx_hash, block = found
+        await asyncio.to_thread(
+            self.rt.store.confirm_seal,
+            SealRow(
+                workflow_id=batch.workflow_id,
+                run_id=batch.run_id,
+                run_key=batch.run_key,
+                steps=batch.seal.steps,
+                head=batch.seal.head,
+                anchor_mode="per-step",
+                status="confirmed",
+                tx_hash=tx_hash,
+                block_number=block,
+            ),
+        )
+
+    async def _existing_seal(self, run: bytes, steps: int, head: str) -> tuple[str, int] | None:
+        registry = self.rt.contract("CheckpointRegistry")
+        logs = await registry.events.RunSealed.get_logs(argument_filters={"run": run}, from_block=0)
+        for log in logs:
+            args = log["args"]
+            if int(args["steps"]) == steps and "0x" + bytes(args["head"]).hex() == head:
+                return "0x" + bytes(log["transactionHash"]).hex(), int(log["blockNumber"])
+        return None
 
     async def _existing_checkpoint(
         self, run: bytes, seq: int, step_hash: str

@@ -16,6 +16,7 @@ untrusted data: they reach the model only inside the JSON data block of the user
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import structlog
@@ -24,10 +25,10 @@ from web3.exceptions import ContractLogicError
 
 from ledgerflow.activities.llm import run_with_provider
 from ledgerflow.chain.deploy import bytes32_to_sku, sku_to_bytes32
+from ledgerflow.chain.effects import find_effect, tx_result
 from ledgerflow.chain.reverts import revert_from_exception
-from ledgerflow.chain.signer import Receipt
 from ledgerflow.checkpoint.canonical import hash_obj, to_hex
-from ledgerflow.errors import ContractRevert, LLMInvalidOutput, LLMRefusal
+from ledgerflow.errors import ChainError, ContractRevert, LLMInvalidOutput, LLMRefusal, TxVoided
 from ledgerflow.flow import policies
 from ledgerflow.flow.activity import step_activity
 from ledgerflow.flow.registry import Activities
@@ -38,7 +39,7 @@ from ledgerflow.llm.provider import (
     structured,
 )
 from ledgerflow.observability import metrics
-from ledgerflow.types import StrictModel, TxResult, eip55
+from ledgerflow.types import EscrowStatus, NoEffect, StrictModel, TxResult, eip55
 
 __all__ = [
     "LLM_ACTIVITY_NAME",
@@ -479,15 +480,17 @@ def _b32(hex_str: str) -> bytes:
     return bytes.fromhex(hex_str.removeprefix("0x"))
 
 
-def _tx(receipt: Receipt) -> TxResult:
-    return TxResult(
-        tx_hash=receipt.tx_hash, block_number=receipt.block_number, gas_used=receipt.gas_used
-    )
+async def _earlier(w3: Any, contract: Any, event: str, filters: dict[str, Any]) -> TxResult:
+    """The effect was made before (an earlier attempt or run of this order, its outbox row
+    lost): the transaction that made it, found by its event.
 
-
-def _already() -> TxResult:
-    """The effect happened before (an earlier attempt or run of this order): nothing sent now."""
-    return TxResult(tx_hash="", block_number=0, gas_used=0, already_done=True)
+    Raises:
+        ChainError: the contract says it is done, but no such event is on the chain.
+    """
+    found = await find_effect(w3, contract, event, filters)
+    if found is None:
+        raise ChainError(f"{event} for {filters} is not on the chain although the state says done")
+    return found
 
 
 class ProcurementActivities(Activities):
@@ -583,7 +586,7 @@ class ProcurementActivities(Activities):
         agent = (await self.rt.signer("agent")).address
         call = policy.functions.grantException(_b32(req.order_id), agent, req.supplier, req.amount)
         receipt = await approver.send(f"policy.grant:{req.order_id}", call, contract="AgentPolicy")
-        return _tx(receipt)
+        return tx_result(receipt, policy, "ExceptionGranted")
 
     @step_activity("escrow.open", kind="chain", policy=policies.CHAIN_TX, summary="pay into escrow")
     async def open_escrow(self, req: EscrowRequest) -> TxResult:
@@ -599,10 +602,12 @@ class ProcurementActivities(Activities):
             # anything else under this id is a real conflict.
             order = await escrow.functions.order(_b32(req.order_id)).call()
             if order[0] == agent.address and order[1] == req.supplier and order[2] == req.amount:
-                return _already()
+                return await _earlier(
+                    self.rt.w3, escrow, "EscrowOpened", {"orderId": _b32(req.order_id)}
+                )
             raise
         metrics.current().escrow_receipt(escrow, receipt)
-        return _tx(receipt)
+        return tx_result(receipt, escrow, "EscrowOpened")
 
     @step_activity(
         "escrow.release",
@@ -619,14 +624,31 @@ class ProcurementActivities(Activities):
         policy=policies.CHAIN_TX,
         summary="refund the escrow to the agent",
     )
-    async def refund_escrow(self, req: OrderRef) -> TxResult:
-        """Compensation: refund the order if it is open. Idempotent: never opened, already
-        refunded (or released, which no compensation reaches) are reported as done."""
+    async def refund_escrow(self, req: OrderRef) -> TxResult | NoEffect:
+        """Compensation: pay an open order back to the agent. Idempotent, and safe after a
+        payment that timed out: the open's outbox key is closed first, so an open still in
+        flight either lands before (and is refunded) or never does (voided).
+
+        Returns ``NoEffect`` when the order was never opened, the refund's TxResult otherwise
+        (``already_done`` when an earlier attempt refunded it).
+        """
         escrow = self.rt.contract("Escrow")
+        agent = await self.rt.signer("agent")
+        open_key = f"escrow.open:{req.order_id}"
+        if await agent.close(open_key, "compensated") is not None:
+            # An open was signed: wait for its fate (mined, reverted or voided) before deciding.
+            with contextlib.suppress(TxVoided, ContractRevert):
+                await agent.send(open_key, None, contract="Escrow")
         order = await escrow.functions.order(_b32(req.order_id)).call()
-        status = int(order[4])
-        if status != 1 and not await self._sent_before(f"escrow.refund:{req.order_id}"):
-            return _already()
+        status = EscrowStatus.from_code(int(order[4]))
+        if status == EscrowStatus.NONE:
+            return NoEffect(reason="the order was never opened: nothing to refund")
+        if status == EscrowStatus.REFUNDED and not await self._sent_before(
+            f"escrow.refund:{req.order_id}"
+        ):
+            return await _earlier(
+                self.rt.w3, escrow, "EscrowRefunded", {"orderId": _b32(req.order_id)}
+            )
         return await self._settle_order(req, "refund", done_status=3)
 
     async def _sent_before(self, key: str) -> bool:
@@ -636,6 +658,7 @@ class ProcurementActivities(Activities):
         escrow = self.rt.contract("Escrow")
         agent = await self.rt.signer("agent")
         call = getattr(escrow.functions, action)(_b32(req.order_id))
+        event = {"release": "EscrowReleased", "refund": "EscrowRefunded"}[action]
         try:
             receipt = await agent.send(f"escrow.{action}:{req.order_id}", call, contract="Escrow")
         except ContractRevert as exc:
@@ -643,10 +666,10 @@ class ProcurementActivities(Activities):
                 exc.error == "EscrowNotOpen"
                 and int(exc.error_args.get("status", -1)) == done_status
             ):
-                return _already()
+                return await _earlier(self.rt.w3, escrow, event, {"orderId": _b32(req.order_id)})
             raise
         metrics.current().escrow_receipt(escrow, receipt)
-        return _tx(receipt)
+        return tx_result(receipt, escrow, event)
 
     @step_activity(
         "inventory.restock",
@@ -664,6 +687,6 @@ class ProcurementActivities(Activities):
             )
         except ContractRevert as exc:
             if exc.error == "InventoryOrderAlreadyApplied":
-                return _already()
+                return await _earlier(self.rt.w3, inv, "Restocked", {"orderId": _b32(req.order_id)})
             raise
-        return _tx(receipt)
+        return tx_result(receipt, inv, "Restocked")

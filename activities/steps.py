@@ -23,9 +23,9 @@ import httpx
 import pydantic_core
 from pydantic import BaseModel, ValidationError
 from temporalio.exceptions import ApplicationError
-from web3.logs import DISCARD
 
 from ledgerflow.activities.llm import run_with_provider
+from ledgerflow.chain.effects import tx_result
 from ledgerflow.checkpoint.canonical import keccak, to_hex
 from ledgerflow.errors import ConfigError, ContractRevert, LLMInvalidOutput, LLMRefusal
 from ledgerflow.flow.activity import step_activity
@@ -37,8 +37,6 @@ from ledgerflow.flow.steps import (
     MAX_HTTP_BODY_BYTES,
     READ_CONTRACT,
     ContractCall,
-    ContractCallResult,
-    ContractEvent,
     ContractRead,
     ContractReadResult,
     DecisionSpec,
@@ -48,7 +46,7 @@ from ledgerflow.flow.steps import (
 )
 from ledgerflow.llm.provider import LLMProvider, data_block, offline_meta
 from ledgerflow.observability import metrics
-from ledgerflow.types import ErrorType, StrictModel, eip55
+from ledgerflow.types import ErrorType, NoEffect, StrictModel, TxResult, eip55
 
 __all__ = ["GenericSteps", "decide", "decision_messages"]
 
@@ -223,7 +221,7 @@ class GenericSteps(Activities):
         policy=CALL_CONTRACT.policy,
         summary=CALL_CONTRACT.summary,
     )
-    async def call_contract(self, req: ContractCall) -> ContractCallResult:
+    async def call_contract(self, req: ContractCall) -> TxResult | NoEffect:
         """One state-changing call, exactly once per idempotency key."""
         if not req.idempotency_key:
             raise ConfigError("contract.call needs an idempotency key (run.call sets one)")
@@ -236,41 +234,10 @@ class GenericSteps(Activities):
         except ContractRevert as exc:
             if exc.error not in req.accept_reverts:
                 raise
-            return ContractCallResult(
-                tx_hash="",
-                block_number=0,
-                gas_used=0,
-                contract=req.contract,
-                to=str(contract.address),
-                reverted=exc.error,
-            )
-        events: list[ContractEvent] = []
-        ours = str(contract.address).lower()
-        for entry in list(contract.abi):
-            if entry.get("type") != "event":
-                continue
-            for log in contract.events[entry["name"]]().process_receipt(receipt, errors=DISCARD):
-                if str(log["address"]).lower() != ours:
-                    continue
-                events.append(
-                    ContractEvent(
-                        event=str(log["event"]),
-                        address=str(log["address"]),
-                        log_index=int(log["logIndex"]),
-                        args=_jsonable(dict(log["args"])),
-                    )
-                )
-        events.sort(key=lambda e: e.log_index)
+            return NoEffect(reason=f"{req.contract}.{req.function} reverted {exc.error}")
         if req.contract == "Escrow":
-            metrics.current().escrow_events((e.event, e.args) for e in events)
-        return ContractCallResult(
-            tx_hash=receipt.tx_hash,
-            block_number=receipt.block_number,
-            gas_used=receipt.gas_used,
-            contract=req.contract,
-            to=str(contract.address),
-            events=events,
-        )
+            metrics.current().escrow_receipt(contract, receipt)
+        return tx_result(receipt, contract, None, first_log=True)
 
     @step_activity(
         READ_CONTRACT.name,

@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import re
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from Crypto.Hash import keccak as _keccak
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_serializer
 
 __all__ = [
     "Address",
@@ -30,7 +30,9 @@ __all__ = [
     "Bytes32",
     "ErrorType",
     "EscrowStatus",
+    "NoEffect",
     "StrictModel",
+    "TxEvent",
     "TxResult",
     "eip55",
 ]
@@ -127,6 +129,16 @@ class ErrorType(StrEnum):
     HTTP_UNAVAILABLE = "HTTPUnavailable"
     #: An update or signal that the run does not accept now (nothing is pending, bad payload).
     UPDATE_REJECTED = "UpdateRejected"
+    #: The chain lost the step's transaction and its owner said it must not be redone.
+    TX_VOIDED = "TxVoided"
+    #: The chain's fee is above the configured maximum (retried: the fee may fall).
+    FEE_TOO_HIGH = "FeeTooHigh"
+    #: No JSON-RPC endpoint answered (retried).
+    RPC_UNAVAILABLE = "RPCUnavailable"
+    #: The remote signer could not be reached or refused (retried).
+    SIGNER_UNAVAILABLE = "SignerUnavailable"
+    #: The database failed (retried unless the failure is permanent).
+    STORE_UNAVAILABLE = "StoreUnavailable"
     #: An exception nothing maps (a bug, or an infrastructure error of an unknown kind): retried.
     UNEXPECTED_ERROR = "UnexpectedError"
 
@@ -151,10 +163,45 @@ class EscrowStatus(StrEnum):
         return list(EscrowStatus).index(self)
 
 
+class TxEvent(StrictModel):
+    """The log that proves a transaction's effect (checkpoint spec v2, "TxResult v2")."""
+
+    address: str
+    topics: list[str]
+    log_index: int
+
+
 class TxResult(StrictModel):
-    """A state-changing chain step: the mined transaction (or ``already_done``)."""
+    """A state-changing chain step's output: the transaction that made the effect.
+
+    Version 2 (checkpoint spec, section 5.5) adds ``block_hash``, ``to`` and ``event``, so a
+    verifier can find the receipt and the log that prove the effect. Runs recorded before them
+    hashed the four version 1 members only: a TxResult decoded from such a history leaves the
+    version 2 members unset, and unset they are not serialized, so its canonical encoding (and
+    the step hash recomputed on replay) stays what it was.
+    """
 
     tx_hash: str
     block_number: int
+    block_hash: str | None = None
+    to: str | None = None
     gas_used: int
     already_done: bool = False
+    event: TxEvent | None = None
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_v2(self, handler: Any) -> Any:
+        data = handler(self)
+        if isinstance(data, dict):
+            for name in ("block_hash", "to", "event"):
+                if name not in self.model_fields_set:
+                    data.pop(name, None)
+        return data
+
+
+class NoEffect(StrictModel):
+    """A chain step that had nothing to do (a refund of an order that was never opened): no
+    transaction, so not a TxResult."""
+
+    nothing_to_do: bool = True
+    reason: str

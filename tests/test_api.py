@@ -164,7 +164,7 @@ async def test_signed_webhook_starts_a_run_that_completes_and_replays(
     assert resp.json()["duplicate"] is True
 
     # The run verifies like any other.
-    report = await stack.client.verify(wf_id, allow_unsealed_v1=True)
+    report = await stack.client.verify(wf_id)
     assert report.ok, report.problems
 
 
@@ -601,4 +601,4 @@ async def test_content_review_is_answerable_by_webhook(
     assert resp.status_code == 200, resp.text
     result = (await stack.client.result(wf_id)).model_dump(mode="json")
     assert result["outcome"] == "approved" and result["reviewed_by"] == "editor@example.com"
-    assert (await stack.client.verify(wf_id, allow_unsealed_v1=True)).ok
+    assert (await stack.client.verify(wf_id)).ok

@@ -29,6 +29,7 @@ from tests.conftest import Stack
 from tests.support.chain import ChainAdmin
 from tests.support.openai_stub import OpenAIStub
 from tests.support.probe_workflow import GenericProbeWorkflow, ProbeRequest
+from tests.support.steps import business_steps
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "workflows" / "vendor_payment.py"
@@ -53,8 +54,7 @@ async def _wait_awaiting(stack: Stack, wf_id: str, what: str, timeout: float = 6
 
 
 def _steps(stack: Stack, wf_id: str) -> list[tuple[str, str, str]]:
-    run = stack.runtime.store.get_run(wf_id)
-    return [(s.kind, s.name, s.status) for s in stack.runtime.store.get_steps(wf_id, run.run_id)]
+    return [(s.kind, s.name, s.status) for s in business_steps(stack.runtime.store, wf_id)]
 
 
 # ---- the example ------------------------------------------------------------------------------
@@ -87,7 +87,7 @@ async def test_example_pays_after_a_human_approves(stack: Stack, admin: ChainAdm
         "Escrow.open",
         "Escrow.release",
     ]
-    report = await stack.client.verify(wf_id, allow_unsealed_v1=True)
+    report = await stack.client.verify(wf_id)
     assert report.ok, report.problems
 
 
@@ -130,7 +130,7 @@ async def test_example_compensates_when_the_contract_refuses(
     steps = _steps(stack, wf_id)
     assert ("chain", "Escrow.open", "failed") in steps
     assert ("compensation", "Escrow.refund", "ok") in steps
-    report = await stack.client.verify(wf_id, allow_unsealed_v1=True)
+    report = await stack.client.verify(wf_id)
     assert report.ok, report.problems
 
 

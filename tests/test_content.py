@@ -29,6 +29,7 @@ from ledgerflow.dev.stack import find_temporal
 from ledgerflow.workflows.content import ContentRequest, ReviewDecision
 from tests.conftest import Stack
 from tests.support.openai_stub import completion_body
+from tests.support.steps import business_steps
 from tests.test_invoice import (
     assert_verifies,
     doc_examples,
@@ -78,8 +79,7 @@ async def test_clean_content_is_approved_with_its_hash(stack: Stack, mode: str) 
     names = step_names(stack, res["id"])
     assert names == ["content.canonicalize", "llm.classify_content", "content.outcome"]
     # The outcome step binds the verdict to the content hash.
-    run = stack.runtime.store.get_run(res["id"])
-    last = stack.runtime.store.get_steps(res["id"], run.run_id)[-1]
+    last = business_steps(stack.runtime.store, res["id"])[-1]
     assert json.loads(last.input_preimage)["content_hash"] == res["content_hash"]
     assert json.loads(last.output_preimage)["outcome"] == "approved"
 

@@ -40,6 +40,7 @@ from ledgerflow.workflows.invoice import InvoiceRequest, ResolutionDecision
 from ledgerflow.workflows.procurement import ProcurementRequest
 from tests.conftest import Stack
 from tests.support.openai_stub import OpenAIStub, completion_body
+from tests.support.steps import business_steps
 
 SUPPLIER = "0x976EA74026E726554dB657fA54763abd0C3a0aa9"  # the demo's 12.00 tUSD supplier
 OTHER = "0x14dC79964da2C08b23698B3D3cc7Ca32193d9955"
@@ -125,7 +126,7 @@ async def run_invoice(
 
 
 async def assert_verifies(stack: Stack, wf_id: str, result: dict[str, Any]) -> None:
-    report = await stack.client.verify(wf_id, allow_unsealed_v1=True)
+    report = await stack.client.verify(wf_id)
     assert report.ok, report.problems
     assert report.history_checked
     assert report.steps == result["steps"] and report.head == result["head"]
@@ -153,8 +154,7 @@ def scripted_llm(*bodies: dict[str, Any]) -> Iterator[OpenAIStub]:
 
 
 def step_names(stack: Stack, wf_id: str) -> list[str]:
-    run = stack.runtime.store.get_run(wf_id)
-    return [s.name for s in stack.runtime.store.get_steps(wf_id, run.run_id)]
+    return [s.name for s in business_steps(stack.runtime.store, wf_id)]
 
 
 async def procure(stack: Stack, quantity: int, wf_id: str | None = None) -> Order:
@@ -316,8 +316,7 @@ async def test_a_refusing_model_sends_the_invoice_to_a_human(stack: Stack, order
     assert res["classification"] == "needs_review" and res["model_classification"] is None
     assert res["decided_by"] is None and res["outcome"] == "timed_out"
     assert res["reasons"] == ["no usable classification: LLMRefusal"]
-    run = stack.runtime.store.get_run(res["id"])
-    steps = stack.runtime.store.get_steps(res["id"], run.run_id)
+    steps = business_steps(stack.runtime.store, res["id"])
     assert [(s.name, s.status) for s in steps] == [
         ("escrow.read_order", "ok"),
         ("llm.reconcile_invoice", "failed"),

@@ -25,6 +25,7 @@ from ledgerflow.workflows.procurement import ProcurementRequest, ProcurementStat
 from tests.conftest import Stack
 from tests.support.chain import ChainAdmin
 from tests.support.openai_stub import OpenAIStub, completion_body
+from tests.support.steps import business_steps
 
 UNLISTED_KEY = DEV_KEYS[7]
 BIG_SUPPLIER_KEY = DEV_KEYS[8]
@@ -64,7 +65,7 @@ async def _run(
         await _wait_phase(stack, wf_id, "awaiting-delivery")
         await lf.confirm_delivery(wf_id, reference="pod-1")
     result = (await lf.result(wf_id)).model_dump(mode="json")
-    report = await stack.client.verify(wf_id, allow_unsealed_v1=True)
+    report = await stack.client.verify(wf_id)
     assert report.ok, report.problems
     assert report.steps == result["steps"] and report.head == result["head"]
     assert report.history_checked
@@ -72,8 +73,7 @@ async def _run(
 
 
 def _names(stack: Stack, wf_id: str) -> list[str]:
-    run = stack.runtime.store.get_run(wf_id)
-    return [s.name for s in stack.runtime.store.get_steps(wf_id, run.run_id)]
+    return [s.name for s in business_steps(stack.runtime.store, wf_id)]
 
 
 @pytest.mark.parametrize("mode", ["batched", "per-step"])
@@ -103,7 +103,8 @@ async def test_happy_path_pays_once_restocks_and_verifies(
     ]
     anchors = res["report"].anchors
     if mode == "per-step":
-        assert len(anchors) == len(names) and all(a["step"] is not None for a in anchors)
+        # one per step, the closing run.outcome step included
+        assert len(anchors) == len(names) + 1 and all(a["step"] is not None for a in anchors)
     else:
         assert anchors and all(a["root"] for a in anchors)
 
@@ -166,8 +167,7 @@ async def test_unlisted_supplier_refused_by_contract_and_compensated(
     assert "PolicyCounterpartyNotAllowed" in res["reason"]
     assert res["compensations"] == ["escrow.refund"]
     assert admin.balance(stack.deployment.agent) == before
-    run = stack.runtime.store.get_run(res["id"])
-    steps = stack.runtime.store.get_steps(res["id"], run.run_id)
+    steps = business_steps(stack.runtime.store, res["id"])
     assert [(s.name, s.status) for s in steps[-2:]] == [
         ("escrow.open", "failed"),
         ("escrow.refund", "ok"),
@@ -290,7 +290,7 @@ async def test_reusing_a_workflow_id_is_a_new_order_that_really_pays(
         await stack.client.confirm_delivery(wf_id)
         res = (await stack.client.result(wf_id)).model_dump(mode="json")
         assert res["outcome"] == "completed"
-        assert (await stack.client.verify(wf_id, allow_unsealed_v1=True)).ok
+        assert (await stack.client.verify(wf_id)).ok
         totals.append(res["total"])
         orders.append(res["order_id"])
     assert orders[0] != orders[1]

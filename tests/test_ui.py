@@ -88,5 +88,5 @@ async def test_start_workflow_form_starts_a_run_that_verifies(
     result = (await stack.client.result(wf_id)).model_dump(mode="json")
     assert result["outcome"] == "completed"
     assert result["quantity"] == 25
-    report = await stack.client.verify(wf_id, allow_unsealed_v1=True)
+    report = await stack.client.verify(wf_id)
     assert report.ok, report.problems

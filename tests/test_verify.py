@@ -64,7 +64,7 @@ async def verify_tampered(
         con.close()
     rt = Runtime(settings or stack.settings, store=store)
     try:
-        return await verify_run(rt, wf_id, client=stack.client.temporal, allow_unsealed_v1=True)
+        return await verify_run(rt, wf_id, client=stack.client.temporal)
     finally:
         await close_runtime(rt)
 
@@ -72,9 +72,7 @@ async def verify_tampered(
 async def verify_copy(stack: Stack, store: Any, wf_id: str, *, history: bool) -> VerifyReport:
     rt = Runtime(stack.settings, store=store)
     try:
-        return await verify_run(
-            rt, wf_id, client=stack.client.temporal if history else None, allow_unsealed_v1=True
-        )
+        return await verify_run(rt, wf_id, client=stack.client.temporal if history else None)
     finally:
         await close_runtime(rt)
 
@@ -115,13 +113,8 @@ def _assert_fails_at(report: VerifyReport, seq: int) -> None:
 @pytest.mark.parametrize("mode", ["batched", "per-step"])
 async def test_clean_run_verifies(stack: Stack, runs: dict, mode: str) -> None:
     wf = runs[mode]
-    strict = await verify_run(stack.runtime, wf["id"], client=stack.client.temporal)
-    if strict.spec_version == 1:  # recorded by a version 1 producer: no seal, by v1 rules
-        assert not strict.ok and not strict.sealed
-        assert [(f.step, f.code) for f in strict.findings] == [(wf["steps"], "unsealed")]
-    report = await verify_run(
-        stack.runtime, wf["id"], client=stack.client.temporal, allow_unsealed_v1=True
-    )
+    report = await verify_run(stack.runtime, wf["id"], client=stack.client.temporal)
+    assert report.spec_version == 2 and report.sealed  # new runs: spec v2, sealed
     assert report.ok, report.problems
     assert report.first_bad_step is None and report.problems == []
     assert report.steps == wf["steps"] and report.head == wf["head"]

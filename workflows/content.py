@@ -246,7 +246,10 @@ class ContentProvenanceWorkflow(CheckpointedWorkflow):
                     "on_review_timeout": request.on_review_timeout,
                     "why": why,
                 },
-                {"expired": True},
+                # Spec v2: a failed step's output is the error shape (v1 runs recorded this).
+                {"error": {"type": "ReviewTimeout", "message": "no review before the timeout"}}
+                if run.v2
+                else {"expired": True},
                 ok=False,
             )
             return None

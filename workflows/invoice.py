@@ -296,7 +296,10 @@ class InvoiceReconciliationWorkflow(CheckpointedWorkflow):
                     "timeout_seconds": request.review_timeout_seconds,
                     "classification": classification,
                 },
-                {"expired": True},
+                # Spec v2: a failed step's output is the error shape (v1 runs recorded this).
+                {"error": {"type": "ResolutionTimeout", "message": "no resolution in time"}}
+                if run.v2
+                else {"expired": True},
                 ok=False,
             )
             return None

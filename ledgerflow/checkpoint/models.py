@@ -12,7 +12,16 @@ from ledgerflow.types import AnchorMode, StrictModel
 if TYPE_CHECKING:
     from ledgerflow.store import AnchorRow, StepRow
 
-__all__ = ["AnchorInfo", "CheckpointAck", "CheckpointBatch", "CheckpointStep", "anchor_infos"]
+__all__ = [
+    "AnchorInfo",
+    "CheckpointAck",
+    "CheckpointBatch",
+    "CheckpointStep",
+    "OpenRun",
+    "RunOpened",
+    "SealInfo",
+    "anchor_infos",
+]
 
 
 class CheckpointStep(StrictModel):
@@ -29,6 +38,36 @@ class CheckpointStep(StrictModel):
     head: str
     input_preimage: str
     output_preimage: str
+    #: Spec version 2: the 32-byte salts (0x-hex) of the input and output commitments.
+    spec_version: int = 1
+    input_salt: str | None = None
+    output_salt: str | None = None
+
+
+class SealInfo(StrictModel):
+    """The seal a run's last flush carries: its step count and final head (spec v2)."""
+
+    steps: int
+    head: str
+
+
+class OpenRun(StrictModel):
+    """Argument of ``checkpoint.open_run``: a version 2 run asks for its salt seed."""
+
+    workflow_id: str
+    run_id: str
+    workflow_type: str
+    run_key: str
+    anchor_mode: AnchorMode
+
+
+class RunOpened(StrictModel):
+    """Result of ``checkpoint.open_run``: 32 random bytes (0x-hex) the run's salts derive from.
+
+    Recorded in the workflow's history (so replay derives the same salts); never stored.
+    """
+
+    salt_seed: str
 
 
 class CheckpointBatch(StrictModel):
@@ -40,6 +79,8 @@ class CheckpointBatch(StrictModel):
     steps: list[CheckpointStep]
     final_status: str | None = None  # set on the run's last flush
     wait_for_anchor: bool = False
+    spec_version: int = 1
+    seal: SealInfo | None = None  # spec v2: set on the run's last flush
 
 
 class AnchorInfo(StrictModel):

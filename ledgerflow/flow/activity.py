@@ -33,12 +33,12 @@ from temporalio.exceptions import ApplicationError
 
 from ledgerflow.checkpoint.records import StepKind
 from ledgerflow.errors import (
-    ChainError,
     ConfigError,
     ContractRevert,
+    LedgerflowError,
     LLMInvalidOutput,
     LLMRefusal,
-    StoreError,
+    infrastructure_error,
 )
 from ledgerflow.log import scrub
 from ledgerflow.types import ErrorType
@@ -87,10 +87,10 @@ class StepMeta:
     policy: StepPolicy
     summary: str | None
     fn: Callable[..., Any] | None = field(default=None, repr=False)
-    returns: type | None = None
+    returns: Any = None
 
     @functools.cached_property
-    def result_type(self) -> type:
+    def result_type(self) -> Any:
         """The activity's declared return type (what the workflow decodes its result into)."""
         if self.returns is not None:
             return self.returns
@@ -201,15 +201,16 @@ def to_application_error(exc: Exception) -> ApplicationError:
     ========================= ==================== =========
     ContractRevert            ContractRevert       no
     ConfigError               ConfigError          no
-    ChainError                ChainError           yes
-    StoreError, SQLAlchemy    StoreError           yes
+    other ledgerflow errors   their class name     as their ``retryable`` says (ChainError,
+                                                   StoreError, TxVoided, FeeTooHigh, ...)
+    SQLAlchemy, drivers       StoreUnavailable     yes, unless the failure is permanent
     LLMRefusal                LLMRefusal           no
     LLMInvalidOutput          LLMInvalidOutput     yes
     openai: 429               LLMRateLimited       yes (after Retry-After)
     openai: 401/403           LLMAuthError         no
     openai: 408/409/5xx, I/O  LLMUnavailable       yes
     openai: other 4xx         LLMRequestRejected   no
-    aiohttp / OSError / web3  ChainError           yes
+    aiohttp, httpx, web3      RPCUnavailable or ChainError  yes (web3 validation: no)
     anything else             UnexpectedError      yes
     ========================= ==================== =========
 
@@ -229,46 +230,29 @@ def to_application_error(exc: Exception) -> ApplicationError:
         return ApplicationError(_message(str(exc)), type=ErrorType.LLM_REFUSAL, non_retryable=True)
     if isinstance(exc, LLMInvalidOutput):
         return ApplicationError(_message(str(exc)), type=ErrorType.LLM_INVALID_OUTPUT)
-    if isinstance(exc, StoreError):
-        return ApplicationError(_message(str(exc)), type=ErrorType.STORE_ERROR)
-    if isinstance(exc, ChainError):
-        return ApplicationError(_message(str(exc)), type=ErrorType.CHAIN_ERROR)
-    mapped = _openai_error(exc) or _infrastructure_error(exc)
+    if isinstance(exc, LedgerflowError):
+        return _typed(exc)
+    mapped = _openai_error(exc)
     if mapped is not None:
         return mapped
+    stand_in = infrastructure_error(exc)
+    if stand_in is not None:
+        return _typed(stand_in)
     return ApplicationError(
         _message(f"{type(exc).__name__}: {exc}"), type=ErrorType.UNEXPECTED_ERROR
     )
 
 
-def _infrastructure_error(exc: Exception) -> ApplicationError | None:
-    try:
-        from sqlalchemy.exc import SQLAlchemyError
-    except ImportError:  # pragma: no cover - sqlalchemy is a dependency
-        SQLAlchemyError = ()  # type: ignore[assignment,misc]
-    if isinstance(exc, SQLAlchemyError):
-        # str() of a SQLAlchemy error carries the SQL and its parameters: never let it through.
-        orig = getattr(exc, "orig", None)
-        what = type(orig).__name__ if orig is not None else type(exc).__name__
-        return ApplicationError(f"store unavailable or failed ({what})", type=ErrorType.STORE_ERROR)
-    try:
-        import aiohttp
-    except ImportError:  # pragma: no cover - web3 depends on aiohttp
-        aiohttp = None  # type: ignore[assignment]
-    if (aiohttp is not None and isinstance(exc, aiohttp.ClientError)) or isinstance(
-        exc, OSError | TimeoutError
-    ):
-        return ApplicationError(
-            _message(f"chain RPC unreachable or failed ({type(exc).__name__}: {exc})"),
-            type=ErrorType.CHAIN_ERROR,
+def _typed(exc: LedgerflowError) -> ApplicationError:
+    """A ledgerflow error by its own type name (an ErrorType), retryable as it says."""
+    kind = type(exc).__name__
+    if kind not in ErrorType._value2member_map_:
+        # Subclasses without a wire name of their own travel as their documented parent.
+        kind = next(
+            (k.__name__ for k in type(exc).__mro__ if k.__name__ in ErrorType._value2member_map_),
+            ErrorType.UNEXPECTED_ERROR,
         )
-    from web3.exceptions import Web3Exception
-
-    if isinstance(exc, Web3Exception):
-        return ApplicationError(
-            _message(f"chain RPC error ({type(exc).__name__}: {exc})"), type=ErrorType.CHAIN_ERROR
-        )
-    return None
+    return ApplicationError(_message(str(exc)), type=kind, non_retryable=not exc.retryable)
 
 
 def _openai_error(exc: Exception) -> ApplicationError | None:

@@ -1,8 +1,10 @@
 """The checkpoint ledger inside workflow code.
 
 Every step of a run becomes a step record whose hash and running head are computed here,
-deterministically, from the step's canonical input and output (checkpoint spec v1). Records are
-handed to the store and the chain by the flush activities:
+deterministically, from the step's canonical input and output. New runs are recorded under
+checkpoint spec version 2 (salted commitments, an outcome step and a seal); runs that started
+before it keep version 1 to the end (``workflow.patched``), so their histories replay unchanged.
+Records are handed to the store and the chain by the flush activities:
 
 * ``per-step``: after every step, one ``checkpoint.anchor_steps`` activity stores the preimages
   and sends one registry transaction per step (the registry enforces the head chain).
@@ -33,9 +35,19 @@ with workflow.unsafe.imports_passed_through():
         CheckpointAck,
         CheckpointBatch,
         CheckpointStep,
+        OpenRun,
+        RunOpened,
+        SealInfo,
     )
-    from ledgerflow.checkpoint.records import StepKind, StepRecord, next_head, run_key
-    from ledgerflow.types import AnchorMode
+    from ledgerflow.checkpoint.records import (
+        OUTCOME_STEP_NAME,
+        StepKind,
+        StepRecord,
+        commitment,
+        next_head,
+        run_key,
+    )
+    from ledgerflow.types import AnchorMode, ErrorType
 
 __all__ = ["DEFAULT_ANCHOR_MODE", "Ledger", "failure_output"]
 
@@ -44,6 +56,11 @@ T = TypeVar("T")
 #: Used when neither the run's input nor its starter chose a mode.
 DEFAULT_ANCHOR_MODE: AnchorMode = "batched"
 
+#: The patch that moves new runs to checkpoint spec version 2.
+SPEC_V2_PATCH = "ledgerflow-checkpoint-spec-v2"
+
+OPEN_RUN_ACTIVITY = "checkpoint.open_run"
+OPEN_RUN_START_TO_CLOSE_TIMEOUT = timedelta(seconds=10)
 ANCHOR_STEPS_ACTIVITY = "checkpoint.anchor_steps"
 STORE_STEPS_ACTIVITY = "checkpoint.store_steps"
 ANCHOR_STEPS_START_TO_CLOSE_TIMEOUT = timedelta(minutes=2)
@@ -77,15 +94,19 @@ def failure_output(err: BaseException) -> dict[str, Any]:
 class Ledger:
     """Per-run checkpoint state kept in workflow memory (rebuilt identically on replay)."""
 
-    def __init__(self, mode: AnchorMode | None, *, wait_for_anchor: bool = True) -> None:
+    def __init__(
+        self, mode: AnchorMode | None, *, wait_for_anchor: bool = True, spec: int = 1
+    ) -> None:
         info = workflow.info()
         self.workflow_id = info.workflow_id
         self.run_id = info.run_id
         self.workflow_type = info.workflow_type
         self.mode: AnchorMode = mode or DEFAULT_ANCHOR_MODE
         self.wait_for_anchor = wait_for_anchor
-        self.run_key = to_hex(run_key(self.workflow_id, self.run_id, spec=1))
+        self.spec = spec
+        self.run_key = to_hex(run_key(self.workflow_id, self.run_id, spec=spec))
         self.head = self.run_key
+        self._seed: bytes | None = None
         self.seq = 0
         self.pending: list[CheckpointStep] = []
         self.anchors: list[AnchorInfo] = []
@@ -95,19 +116,51 @@ class Ledger:
     def steps(self) -> int:
         return self.seq
 
+    async def open(self) -> None:
+        """Version 2: get the run's salt seed (one local activity, recorded in history)."""
+        opened = await workflow.execute_local_activity(
+            OPEN_RUN_ACTIVITY,
+            OpenRun(
+                workflow_id=self.workflow_id,
+                run_id=self.run_id,
+                workflow_type=self.workflow_type,
+                run_key=self.run_key,
+                anchor_mode=self.mode,
+            ),
+            result_type=RunOpened,
+            start_to_close_timeout=OPEN_RUN_START_TO_CLOSE_TIMEOUT,
+            retry_policy=CHECKPOINT_RETRY_POLICY,
+        )
+        self._seed = bytes.fromhex(opened.salt_seed[2:])
+
+    def _salt(self, seq: int, part: int) -> bytes:
+        # salt = keccak256(seed || uint64 seq || part): one-way, so disclosing one step's salts
+        # reveals nothing about another step's (checkpoint spec v2, section 4).
+        if self._seed is None:
+            raise ApplicationError(
+                "a version 2 run records steps only after checkpoint.open_run",
+                type=ErrorType.CHECKPOINT_MISMATCH,
+                non_retryable=True,
+            )
+        return keccak(self._seed + seq.to_bytes(8, "big") + bytes([part]))
+
     def record(
         self, kind: StepKind, name: str, input: Any, output: Any, *, ok: bool = True
     ) -> CheckpointStep:
         """Append one step to the chain and return its record."""
         in_bytes = canonical_bytes(input)
         out_bytes = canonical_bytes(output)
+        salts: tuple[bytes | None, bytes | None] = (None, None)
+        if self.spec >= 2:
+            salts = (self._salt(self.seq, 0), self._salt(self.seq, 1))
         record = StepRecord(
+            v=self.spec,  # type: ignore[arg-type]
             run=self.run_key,
             seq=self.seq,
             kind=kind,
             name=name,
-            input=to_hex(keccak(in_bytes)),
-            output=to_hex(keccak(out_bytes)),
+            input=to_hex(commitment(salts[0], in_bytes)),
+            output=to_hex(commitment(salts[1], out_bytes)),
             status="ok" if ok else "failed",
             prev=self.head,
         )
@@ -125,6 +178,9 @@ class Ledger:
             head=to_hex(head),
             input_preimage=in_bytes.decode("utf-8"),
             output_preimage=out_bytes.decode("utf-8"),
+            spec_version=self.spec,
+            input_salt=to_hex(salts[0]) if salts[0] is not None else None,
+            output_salt=to_hex(salts[1]) if salts[1] is not None else None,
         )
         self.pending.append(step)
         self.seq += 1
@@ -158,10 +214,16 @@ class Ledger:
             await self.flush()
 
     async def flush(self, *, final_status: str | None = None) -> CheckpointAck | None:
-        """Hand pending records to the store (and, per-step, to the registry)."""
+        """Hand pending records to the store (and, per-step, to the registry).
+
+        The last flush of a version 2 run carries its seal (step count and final head).
+        """
         wait = final_status is not None and self.wait_for_anchor
         if not self.pending and final_status is None:
             return None
+        seal = None
+        if final_status is not None and self.spec >= 2:
+            seal = SealInfo(steps=self.seq, head=self.head)
         batch = CheckpointBatch(
             workflow_id=self.workflow_id,
             run_id=self.run_id,
@@ -171,6 +233,8 @@ class Ledger:
             steps=list(self.pending),
             final_status=final_status,
             wait_for_anchor=wait,
+            spec_version=self.spec,
+            seal=seal,
         )
         if self.mode == "per-step":
             ack = await workflow.execute_activity(
@@ -192,7 +256,7 @@ class Ledger:
         if ack.step_hashes != sent:
             raise ApplicationError(
                 "checkpoint store acknowledged other step hashes than were sent",
-                type="CheckpointMismatch",
+                type=ErrorType.CHECKPOINT_MISMATCH,
                 non_retryable=True,
             )
         self.pending = self.pending[len(batch.steps) :]
@@ -200,8 +264,19 @@ class Ledger:
         self.anchored = ack.anchored or (self.mode == "per-step" and not self.pending)
         return ack
 
-    async def finish(self, status: str) -> None:
-        """Flush what is left, mark the run finished and (by default) wait for its anchoring."""
+    async def finish(self, status: str, *, outcome: str | None = None, reason: str = "") -> None:
+        """Flush what is left, mark the run finished and (by default) wait for its anchoring.
+
+        A version 2 run first records its outcome step (``run.outcome``), then seals: the seal
+        commits the step count and the final head, so nothing can be dropped or appended later.
+        """
+        if self.spec >= 2:
+            self.record(
+                "outcome",
+                OUTCOME_STEP_NAME,
+                {"workflow_type": self.workflow_type, "status": status},
+                {"outcome": outcome if outcome is not None else status, "reason": reason},
+            )
         await self.flush(final_status=status)
         workflow.upsert_search_attributes(
             [

@@ -16,7 +16,7 @@ from pydantic import Field
 from ledgerflow.flow import policies
 from ledgerflow.flow.activity import StepMeta
 from ledgerflow.llm.provider import DecisionMeta
-from ledgerflow.types import StrictModel
+from ledgerflow.types import NoEffect, StrictModel, TxResult
 
 __all__ = [
     "CALL_CONTRACT",
@@ -27,7 +27,6 @@ __all__ = [
     "Approval",
     "ContractCall",
     "ContractCallResult",
-    "ContractEvent",
     "ContractRead",
     "ContractReadResult",
     "DecisionSpec",
@@ -78,29 +77,8 @@ class ContractCall(StrictModel):
         default_factory=list,
         max_length=16,
         description="custom errors that mean 'nothing to do' (e.g. a refund of an order that "
-        "was never opened): recorded as the result's `reverted`, not raised",
+        "was never opened): the result is a NoEffect naming the error, nothing is raised",
     )
-
-
-class ContractEvent(StrictModel):
-    """One event a call's transaction emitted, decoded with the contract's ABI."""
-
-    event: str
-    address: str
-    log_index: int
-    args: dict[str, Any]
-
-
-class ContractCallResult(StrictModel):
-    """Result of ``contract.call``: the mined transaction and the events it emitted."""
-
-    tx_hash: str
-    block_number: int
-    gas_used: int
-    contract: str
-    to: str
-    events: list[ContractEvent] = Field(default_factory=list)
-    reverted: str | None = Field(None, description="the accepted custom error, if it reverted")
 
 
 class ContractRead(StrictModel):
@@ -155,6 +133,9 @@ class Approval(StrictModel):
 
 #: Step declarations shared by the workflow helpers and the activities.
 DECIDE = StepMeta("llm.decide", "llm", policies.LLM, "decide (LLM)", None, LLMDecision)
+#: A contract call's output: the transaction (checkpoint spec v2 TxResult), or, for a revert the
+#: caller accepted as "nothing to do", a NoEffect naming it.
+ContractCallResult = TxResult | NoEffect
 CALL_CONTRACT = StepMeta(
     "contract.call", "chain", policies.CHAIN_TX, "call a contract", None, ContractCallResult
 )

@@ -47,7 +47,7 @@ from temporalio.exceptions import ActivityError, ApplicationError
 from ledgerflow.checkpoint.canonical import hash_obj, to_hex
 from ledgerflow.checkpoint.records import StepKind
 from ledgerflow.flow.activity import StepMeta, step_meta
-from ledgerflow.flow.ledger import Ledger, failure_output
+from ledgerflow.flow.ledger import SPEC_V2_PATCH, Ledger, failure_output
 from ledgerflow.flow.steps import (
     CALL_CONTRACT,
     DECIDE,
@@ -331,7 +331,12 @@ class Run(Generic[ResultT]):
     async def __aenter__(self) -> Run[ResultT]:
         mode = getattr(self.request, "anchor_mode", None)
         wait = getattr(self.request, "wait_for_anchor", None) is not False
-        self.ledger = Ledger(mode, wait_for_anchor=wait)
+        # New runs are recorded under checkpoint spec v2; runs that started before it replay as
+        # version 1 (their histories hold no marker for this patch).
+        self.v2 = workflow.patched(SPEC_V2_PATCH)
+        self.ledger = Ledger(mode, wait_for_anchor=wait, spec=2 if self.v2 else 1)
+        if self.v2:
+            await self.ledger.open()
         return self
 
     async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
@@ -342,27 +347,29 @@ class Run(Generic[ResultT]):
         elif isinstance(exc, Stop):
             self.outcome, self.reason = exc.outcome, exc.reason
         elif isinstance(exc, _CompensationFailed):
-            await ledger.finish("compensation-failed")
+            await ledger.finish(
+                "compensation-failed", reason=f"{exc.reason}; then {reason_of(exc.failure)}"
+            )
             raise ApplicationError(
                 f"compensation failed after {exc.reason}: {reason_of(exc.failure)}; needs a human",
                 type=ErrorType.COMPENSATION_FAILED,
                 non_retryable=True,
             ) from exc.failure
         elif isinstance(exc, asyncio.CancelledError):
-            await ledger.finish("cancelled")
+            await ledger.finish("cancelled", reason="cancelled")
             return False
         elif isinstance(exc, Compensate) or (isinstance(exc, ActivityError) and self.compensated):
             self.outcome, self.reason = "compensated", reason_of(exc)
         elif isinstance(exc, ActivityError):
             # Nothing was undone because nothing needed undoing: the run failed, loudly, after
             # its record (the failed step included) is flushed and anchored.
-            await ledger.finish("failed")
+            await ledger.finish("failed", reason=reason_of(exc))
             return False
         else:
             return False  # a bug in workflow code: Temporal retries the task, visibly
         state.phase = self.outcome
         state.awaiting = None
-        await ledger.finish(self.outcome)
+        await ledger.finish(self.outcome, reason=self.reason)
         return True
 
     @property

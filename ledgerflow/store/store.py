@@ -816,6 +816,32 @@ class Store:
             s.commit()
             return seal
 
+    def confirm_seal(self, seal: SealRow) -> SealRow:
+        """Record a per-step run's seal as confirmed by its ``sealRun`` transaction (idempotent).
+
+        Raises:
+            StoreError: another seal is stored for the run.
+        """
+        with self.session() as s:
+            old = s.exec(
+                select(SealRow).where(
+                    col(SealRow.workflow_id) == seal.workflow_id,
+                    col(SealRow.run_id) == seal.run_id,
+                )
+            ).first()
+            if old is None:
+                s.add(seal)
+                s.commit()
+                return seal
+            if (old.steps, old.head) != (seal.steps, seal.head):
+                raise StoreError(
+                    f"run {seal.workflow_id}/{seal.run_id} is already sealed at {old.steps} steps"
+                )
+            old.status, old.tx_hash, old.block_number = "confirmed", seal.tx_hash, seal.block_number
+            s.add(old)
+            s.commit()
+            return old
+
     def get_seal(self, workflow_id: str, run_id: str) -> SealRow | None:
         with self.session() as s:
             return s.exec(
