@@ -21,6 +21,7 @@ from ledgerflow.checkpoint.models import (
 from ledgerflow.errors import ContractRevert
 from ledgerflow.flow.errors import mapped_errors
 from ledgerflow.flow.registry import Activities
+from ledgerflow.observability import metrics
 from ledgerflow.store import SealRow, StepRow
 from ledgerflow.types import ErrorType
 
@@ -86,7 +87,7 @@ class CheckpointActivities(Activities):
     def _save_sync(self, batch: CheckpointBatch) -> None:
         # One thread hop for the whole flush (run row, steps, seal, final status).
         store = self.rt.store
-        store.ensure_run(
+        run = store.ensure_run(
             workflow_id=batch.workflow_id,
             run_id=batch.run_id,
             workflow_type=batch.workflow_type,
@@ -109,6 +110,18 @@ class CheckpointActivities(Activities):
             )
         if batch.final_status is not None:
             store.finish_run(batch.workflow_id, batch.run_id, batch.final_status)
+            if run.status == "running":  # the first time this run's end is recorded
+                self._count_end(batch)
+
+    def _count_end(self, batch: CheckpointBatch) -> None:
+        """The run's end in ``ledgerflow_runs_total`` and its compensations (the whole run's, so
+        ones flushed before a wait count too)."""
+        m = metrics.current()
+        assert batch.final_status is not None
+        m.run_ended(batch.workflow_type, batch.final_status)
+        store = self.rt.store
+        for name, status in store.steps_of_kind(batch.workflow_id, batch.run_id, "compensation"):
+            m.compensation(batch.workflow_type, name, status)
 
     def _sealed(self, batch: CheckpointBatch) -> bool:
         if batch.seal is None:
@@ -164,6 +177,7 @@ class CheckpointActivities(Activities):
     async def anchor_steps(self, batch: CheckpointBatch) -> CheckpointAck:
         """Per-step mode: store the records, then one registry transaction per step, in order."""
         await self._save(batch)
+        stored = time.monotonic()
         registry = self.rt.contract("CheckpointRegistry")
         signer = await self.rt.signer("orchestrator")
         run = bytes.fromhex(batch.run_key[2:])
@@ -194,6 +208,7 @@ class CheckpointActivities(Activities):
             infos.append(
                 AnchorInfo(mode="per-step", tx_hash=tx_hash, block_number=block, step=s.seq)
             )
+            metrics.current().anchored("per-step", 1, [time.monotonic() - stored])
         if batch.seal is not None:
             await self._seal_per_step(batch)
         if batch.final_status is not None:

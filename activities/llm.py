@@ -25,6 +25,7 @@ code, request id); the endpoint's free-text error message is left out.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -35,6 +36,7 @@ from temporalio.exceptions import ApplicationError
 from ledgerflow.errors import ConfigError, LLMInvalidOutput, LLMRefusal
 from ledgerflow.flow.activity import MAX_RETRY_AFTER, to_application_error
 from ledgerflow.llm.provider import LLMProvider, make_provider
+from ledgerflow.observability import metrics
 from ledgerflow.settings import get_settings
 from ledgerflow.types import ErrorType
 
@@ -103,13 +105,15 @@ async def run_with_provider(decide: Callable[[LLMProvider], Awaitable[T]]) -> T:
     (The run's identity is bound to log lines by the worker's logging interceptor.)
     """
     provider: LLMProvider | None = None
+    started = time.monotonic()
     try:
         provider = get_provider()
-        return await decide(provider)
+        result = await decide(provider)
     except Exception as exc:
         # Belt and braces: the provider knows its secret; scrub every message with it.
         redact = getattr(provider, "redact", None) or _identity
         app_error = _to_application_error(exc, redact)
+        _record_call(provider, None, (app_error and app_error.type) or "UnexpectedError", started)
         if app_error is None:
             raise
         _logger().warning(
@@ -119,3 +123,18 @@ async def run_with_provider(decide: Callable[[LLMProvider], Awaitable[T]]) -> T:
             next_retry_delay=app_error.next_retry_delay,
         )
         raise app_error from None
+    _record_call(provider, getattr(result, "meta", None), "ok", started)
+    return result
+
+
+def _record_call(provider: Any, meta: Any, result: str, started: float) -> None:
+    """One ``ledgerflow_llm_*`` observation: the call's result class, latency and tokens."""
+    usage = getattr(meta, "usage", None)
+    metrics.current().llm_call(
+        str(getattr(meta, "provider", None) or getattr(provider, "name", None) or "unknown"),
+        str(getattr(meta, "model", None) or getattr(provider, "model", None) or "offline"),
+        result or "error",
+        time.monotonic() - started,
+        prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
+        completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
+    )

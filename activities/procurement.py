@@ -38,6 +38,7 @@ from ledgerflow.llm.provider import (
     data_block,
     structured,
 )
+from ledgerflow.observability import metrics
 from ledgerflow.types import EscrowStatus, NoEffect, StrictModel, TxResult, eip55
 
 __all__ = [
@@ -605,6 +606,7 @@ class ProcurementActivities(Activities):
                     self.rt.w3, escrow, "EscrowOpened", {"orderId": _b32(req.order_id)}
                 )
             raise
+        metrics.current().escrow_receipt(escrow, receipt)
         return tx_result(receipt, escrow, "EscrowOpened")
 
     @step_activity(
@@ -666,6 +668,7 @@ class ProcurementActivities(Activities):
             ):
                 return await _earlier(self.rt.w3, escrow, event, {"orderId": _b32(req.order_id)})
             raise
+        metrics.current().escrow_receipt(escrow, receipt)
         return tx_result(receipt, escrow, event)
 
     @step_activity(

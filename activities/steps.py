@@ -45,6 +45,7 @@ from ledgerflow.flow.steps import (
     LLMDecision,
 )
 from ledgerflow.llm.provider import LLMProvider, data_block, offline_meta
+from ledgerflow.observability import metrics
 from ledgerflow.types import ErrorType, NoEffect, StrictModel, TxResult, eip55
 
 __all__ = ["GenericSteps", "decide", "decision_messages"]
@@ -234,6 +235,8 @@ class GenericSteps(Activities):
             if exc.error not in req.accept_reverts:
                 raise
             return NoEffect(reason=f"{req.contract}.{req.function} reverted {exc.error}")
+        if req.contract == "Escrow":
+            metrics.current().escrow_receipt(contract, receipt)
         return tx_result(receipt, contract, None, first_log=True)
 
     @step_activity(

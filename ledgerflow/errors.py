@@ -5,6 +5,7 @@ Every error raised on purpose by ledgerflow derives from :class:`LedgerflowError
     LedgerflowError
     ├── ConfigError            settings or deployment file missing or inconsistent
     ├── StackError             a service of the embedded stack failed to start (port taken, ...)
+    │   └── EngineUnavailable  Temporal did not answer or refused a call (carries the RPC status)
     ├── ChainError             JSON-RPC or transaction failure
     │   ├── ContractRevert     a contract refused a call (decoded custom error); non-retryable
     │   ├── RPCUnavailable     no configured JSON-RPC endpoint answered
@@ -17,7 +18,16 @@ Every error raised on purpose by ledgerflow derives from :class:`LedgerflowError
     ├── StoreError             the store is missing data it must have
     │   └── StoreUnavailable   the database failed (unreachable, locked, read-only, ...)
     ├── VerificationError      a run does not verify (carries the first bad step)
-    └── WebhookError           a webhook delivery is refused (carries the HTTP status)
+    ├── WebhookError           a webhook delivery is refused (carries the HTTP status)
+    └── RunError               a run cannot be found, started or steered, or did not complete
+        ├── RunNotFound        no such run (or it has ended and no longer takes messages)
+        ├── RunAlreadyStarted  the workflow id is taken by another run
+        ├── RunFailed          the run failed, was cancelled, terminated or timed out
+        └── UpdateRejected     the run refused an update (not waiting for it, invalid, ...)
+
+The SDK raises the ``RunError`` family and ``EngineUnavailable`` in place of Temporal's own
+exceptions (``RPCError``, ``WorkflowFailureError``, ``WorkflowUpdateFailedError``, ...), which stay
+attached as ``__cause__``.
 
 Errors never carry secrets: messages are written from public values only, and errors that
 stand for an infrastructure failure (aiohttp, web3, SQLAlchemy) carry a short message of
@@ -33,17 +43,23 @@ __all__ = [
     "ChainError",
     "ConfigError",
     "ContractRevert",
+    "EngineUnavailable",
     "FeeTooHigh",
     "LLMError",
     "LLMInvalidOutput",
     "LLMRefusal",
     "LedgerflowError",
     "RPCUnavailable",
+    "RunAlreadyStarted",
+    "RunError",
+    "RunFailed",
+    "RunNotFound",
     "SignerUnavailable",
     "StackError",
     "StoreError",
     "StoreUnavailable",
     "TxVoided",
+    "UpdateRejected",
     "VerificationError",
     "WebhookError",
     "infrastructure_error",
@@ -215,3 +231,80 @@ def infrastructure_error(exc: BaseException) -> LedgerflowError | None:
         err.retryable = kind not in ("Web3ValidationError", "Web3TypeError", "Web3ValueError")
         return err
     return None
+
+
+class EngineUnavailable(StackError):
+    """Temporal did not answer, or refused a call for a reason of its own (``status``: the RPC
+    status name, e.g. ``UNAVAILABLE``, ``DEADLINE_EXCEEDED``, ``PERMISSION_DENIED``)."""
+
+    def __init__(self, message: str, *, status: str = "") -> None:
+        self.status = status
+        super().__init__(message)
+
+
+class RunError(LedgerflowError):
+    """A run cannot be found, started or steered, or it did not complete.
+
+    ``workflow_id`` and ``run_id`` name the run (``run_id`` may be None: the latest run).
+    """
+
+    def __init__(self, message: str, *, workflow_id: str = "", run_id: str | None = None) -> None:
+        self.workflow_id = workflow_id
+        self.run_id = run_id
+        super().__init__(message)
+
+
+class RunNotFound(RunError):
+    """No run has that workflow id (and run id), or it has ended and takes no more messages."""
+
+    retryable = False
+
+
+class RunAlreadyStarted(RunError):
+    """A start was refused: the workflow id belongs to another run (running, or closed under a
+    reuse policy that refuses it)."""
+
+    retryable = False
+
+
+class RunFailed(RunError):
+    """The run ended without a result.
+
+    ``status`` is ``failed``, ``cancelled``, ``terminated`` or ``timed_out``; ``failure_type`` is
+    the workflow's error type when it failed with one (e.g. ``CompensationFailed``).
+    """
+
+    retryable = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        workflow_id: str = "",
+        run_id: str | None = None,
+        status: str = "failed",
+        failure_type: str | None = None,
+    ) -> None:
+        self.status = status
+        self.failure_type = failure_type
+        super().__init__(message, workflow_id=workflow_id, run_id=run_id)
+
+
+class UpdateRejected(RunError):
+    """The run refused an update: ``update`` is its name, ``failure_type`` the refusal's type
+    (``UpdateRejected`` when the run was not waiting for it)."""
+
+    retryable = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        workflow_id: str = "",
+        run_id: str | None = None,
+        update: str = "",
+        failure_type: str | None = None,
+    ) -> None:
+        self.update = update
+        self.failure_type = failure_type
+        super().__init__(message, workflow_id=workflow_id, run_id=run_id)

@@ -1,4 +1,15 @@
-"""structlog set-up: a console renderer on a TTY, JSON lines otherwise; secrets never reach a line.
+"""Logging: structlog for ledgerflow's own lines, the same renderer for every stdlib logger, and
+no secret in any line.
+
+``configure_logging`` sets up one pipeline per process. ledgerflow's code logs through structlog
+(bound context, one event per line); the standard library's loggers (temporalio's activity and
+workflow loggers, the Temporal SDK core's lines forwarded by
+:mod:`ledgerflow.observability.telemetry`, uvicorn, asyncio, ``warnings``) are rendered by the
+same processors through :class:`structlog.stdlib.ProcessorFormatter`. With JSON output
+(``LEDGERFLOW_LOG_FORMAT=json``, or ``auto`` when stderr is not a terminal) every line on stderr is
+one JSON object: exceptions are a field (``exception``, the traceback as one string), uncaught
+exceptions in the main thread or in other threads are logged, not printed. Nothing is written to
+stdout, which belongs to what a command prints for its user.
 
 Three layers keep secrets out of logs and errors:
 
@@ -6,8 +17,8 @@ Three layers keep secrets out of logs and errors:
 - :func:`redact_url` strips what in a URL can be a credential: user-info, query values, and
   path segments that look like tokens (``/v3/<api key>``);
 - :func:`register_secret` remembers secret *values* (private keys, RPC URLs, signer URLs); the
-  last processor, and a filter on the standard library's handlers, replace any of them, and any
-  URL, in every rendered line, tracebacks included.
+  last processor, and a filter on other handlers of the standard library's root logger, replace
+  any of them, and any URL, in every rendered line, tracebacks included.
 """
 
 from __future__ import annotations
@@ -17,6 +28,7 @@ import re
 import sys
 import threading
 from collections.abc import MutableMapping
+from types import TracebackType
 from typing import Any, TextIO, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -24,6 +36,7 @@ import structlog
 
 __all__ = [
     "configure_logging",
+    "json_logging",
     "redact",
     "redact_url",
     "register_secret",
@@ -174,29 +187,84 @@ class _CurrentStderr:
         sys.stderr.flush()
 
 
+#: The handler configure_logging installed on the root logger (replaced on a second call).
+_handler: logging.Handler | None = None
+_json = False
+
+
+def json_logging() -> bool:
+    """Whether :func:`configure_logging` chose JSON lines for this process."""
+    return _json
+
+
 def configure_logging(level: str = "INFO", fmt: str = "auto") -> None:
-    """Configure structlog and the stdlib root logger once per process."""
+    """Configure structlog and the stdlib root logger for this process (idempotent).
+
+    Args:
+        level: ledgerflow's level; the standard library's loggers log at WARNING and above
+            (temporalio's INFO lines are per-task noise) unless ``level`` is stricter.
+        fmt: ``json``, ``console``, or ``auto`` (JSON unless stderr is a terminal).
+    """
+    global _handler, _json
     use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
+    _json = use_json
     renderer: Any = (
         structlog.processors.JSONRenderer()
         if use_json
         else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     )
     numeric = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        redact,
+    ]
+    # Exceptions become a field (one string) before the scrub, so tracebacks are scrubbed too.
+    final: list[Any] = [structlog.processors.format_exc_info, scrub_secrets, renderer]
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            redact,
-            structlog.processors.format_exc_info,
-            scrub_secrets,
-            renderer,
-        ],
+        processors=[*shared, *final],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=structlog.PrintLoggerFactory(file=cast(TextIO, _CurrentStderr())),
         cache_logger_on_first_use=True,
     )
-    logging.basicConfig(level=max(numeric, logging.WARNING), stream=sys.stderr, force=True)
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(_ScrubFilter())
+
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *final],
+    )
+    handler = logging.StreamHandler(cast(TextIO, _CurrentStderr()))
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        # Ours from an earlier call, and logging.basicConfig's; a test runner's stay, scrubbed.
+        if old is _handler or type(old) is logging.StreamHandler:
+            root.removeHandler(old)
+        elif not any(isinstance(f, _ScrubFilter) for f in old.filters):
+            old.addFilter(_ScrubFilter())
+    root.addHandler(handler)
+    root.setLevel(max(numeric, logging.WARNING))
+    _handler = handler
+    logging.captureWarnings(True)
+    if use_json:
+        sys.excepthook = _log_uncaught
+        threading.excepthook = _log_thread_uncaught
+
+
+def _log_uncaught(
+    exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None
+) -> None:
+    if issubclass(exc_type, KeyboardInterrupt):
+        sys.__excepthook__(exc_type, exc, tb)
+        return
+    logging.getLogger("ledgerflow").critical("uncaught exception", exc_info=(exc_type, exc, tb))
+
+
+def _log_thread_uncaught(args: threading.ExceptHookArgs) -> None:
+    if args.exc_value is None or issubclass(args.exc_type, SystemExit):
+        return
+    logging.getLogger("ledgerflow").error(
+        "uncaught exception in thread %s",
+        args.thread.name if args.thread is not None else "?",
+        exc_info=(args.exc_type, args.exc_value, args.exc_traceback),
+    )

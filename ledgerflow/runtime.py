@@ -292,3 +292,7 @@ class Runtime:
         every = self.settings.chain_check_seconds
         await asyncio.gather(*(s.watch_chain(stop, every) for s in signers))
         await stop.wait()  # no signer to watch (or every watch ended): stay until asked to stop
+
+    def active_signers(self) -> dict[str, Signer]:
+        """The signers built so far, by role (a role that sent nothing yet has none)."""
+        return dict(self._signers)

@@ -16,7 +16,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -177,7 +177,10 @@ class Settings(BaseSettings):
     )
 
     # Store
-    database_url: str = "sqlite:///.ledgerflow/ledgerflow.db"
+    database_url: str = Field(
+        "sqlite:///.ledgerflow/ledgerflow.db",
+        description="SQLAlchemy URL of the store; by default ledgerflow.db in the state directory",
+    )
 
     # Checkpoints
     anchor_mode: AnchorMode = "batched"
@@ -221,6 +224,34 @@ class Settings(BaseSettings):
     # Logging
     log_level: str = "INFO"
     log_format: Literal["auto", "console", "json"] = "auto"
+    temporal_core_log_level: Literal["ERROR", "WARN", "INFO", "DEBUG"] = Field(
+        "WARN", description="level of the Temporal SDK core's own log lines (forwarded to logging)"
+    )
+
+    # Metrics and traces
+    metrics_host: str = Field("127.0.0.1", description="address the /metrics endpoints bind to")
+    metrics_port: int = Field(
+        9464, ge=0, le=65535, description="the worker's Prometheus endpoint (0: none)"
+    )
+    api_metrics_port: int = Field(
+        9465, ge=0, le=65535, description="the API's Prometheus endpoint (0: none)"
+    )
+    metrics_sample_seconds: float = Field(
+        5.0, gt=0, description="how often the worker samples pending leaves and signer nonces"
+    )
+    otlp_endpoint: str | None = Field(
+        None,
+        description="OTLP/HTTP traces endpoint (e.g. http://collector:4318/v1/traces); "
+        "tracing is off when unset",
+    )
+
+    @model_validator(mode="after")
+    def _store_in_home(self) -> Settings:
+        # The default store lives in the state directory, wherever LEDGERFLOW_HOME points. Set
+        # through __dict__ so the field still counts as not set explicitly.
+        if "database_url" not in self.model_fields_set:
+            self.__dict__["database_url"] = f"sqlite:///{self.home / 'ledgerflow.db'}"
+        return self
 
     @classmethod
     def settings_customise_sources(

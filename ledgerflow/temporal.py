@@ -15,6 +15,10 @@ TLS, client certificates and API keys come only from step 2, exactly as the ``te
 every other Temporal SDK read them. An API key turns TLS on unless TLS is disabled explicitly.
 
 Errors are one line each, say what to change, and never contain the API key.
+
+Clients are built on the process's Temporal runtime (:mod:`ledgerflow.observability.telemetry`),
+which forwards the SDK core's log lines into Python logging and, in the worker and the API,
+serves Prometheus metrics.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import asyncio
 import os
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,9 +35,11 @@ from typing import Any
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.envconfig import ClientConfigProfile
+from temporalio.runtime import Runtime
 from temporalio.service import TLSConfig
 
 from ledgerflow.errors import ConfigError, StackError
+from ledgerflow.observability.telemetry import process_runtime
 from ledgerflow.settings import Settings
 
 __all__ = ["TemporalTarget", "connect", "resolve_target"]
@@ -140,6 +146,8 @@ async def connect(
     namespace: str | None = None,
     *,
     timeout: float = 30.0,
+    runtime: Runtime | None = None,
+    interceptors: Sequence[Any] = (),
 ) -> Client:
     """Connect with the pydantic data converter, retrying while the server is still starting.
 
@@ -149,6 +157,9 @@ async def connect(
             local dev server (tests, benchmarks), which uses no environment configuration.
         namespace: the namespace, only with a plain ``host:port``.
         timeout: how long to keep retrying while nothing answers.
+        runtime: the Temporal runtime (default: the process's, which forwards the SDK core's logs
+            into Python logging).
+        interceptors: client interceptors (tracing); a worker built on the client uses them too.
 
     Raises:
         StackError: no Temporal server answered within ``timeout`` seconds, or it refused the
@@ -169,6 +180,8 @@ async def connect(
             client = await Client.connect(
                 resolved.address,
                 data_converter=pydantic_data_converter,
+                runtime=runtime or process_runtime(),
+                interceptors=list(interceptors),
                 **resolved.connect_kwargs(),
             )
             # The port opens before the namespace is ready; a cheap call proves readiness.

@@ -147,7 +147,7 @@ async def test_signed_webhook_starts_a_run_that_completes_and_replays(
     assert resp.status_code == 202, resp.text
     assert resp.json()["run_id"] == first["run_id"]
     assert resp.json()["duplicate"] is False
-    result = await stack.client.result(wf_id)
+    result = (await stack.client.result(wf_id)).model_dump(mode="json")
     assert result["outcome"] == "completed", result
 
     # A replay after completion (same webhook-id, fresh timestamp) answers the original run.
@@ -206,7 +206,7 @@ async def test_ten_concurrent_deliveries_start_exactly_one_run(
     # Exactly one execution with that id, ever.
     runs = [w async for w in stack.client.temporal.list_workflows(f"WorkflowId = '{wf_id}'")]
     assert len(runs) <= 1  # visibility may lag; never more than one
-    result = await stack.client.result(wf_id)
+    result = (await stack.client.result(wf_id)).model_dump(mode="json")
     assert result["outcome"] == "completed"
     runs = [w async for w in stack.client.temporal.list_workflows(f"WorkflowId = '{wf_id}'")]
     assert len(runs) <= 1
@@ -425,7 +425,7 @@ async def test_update_routes_approve_reject_and_conflicts(
     assert resp.json()["result"] == "rejected"
     assert resp.json()["duplicate"] is False
 
-    result = await stack.client.result(wf_id)
+    result = (await stack.client.result(wf_id)).model_dump(mode="json")
     assert result["outcome"] == "rejected"
     assert "cfo@example.com" in result["reason"]
 
@@ -458,7 +458,7 @@ async def test_update_without_pending_approval_is_409(stack: Stack, api: httpx.A
     )
     assert all(r.status_code == 202 for r in responses), [r.text for r in responses]
     assert sum(not r.json()["duplicate"] for r in responses) == 1
-    result = await stack.client.result(wf_id)
+    result = (await stack.client.result(wf_id)).model_dump(mode="json")
     assert result["outcome"] == "completed"
 
 
@@ -546,7 +546,9 @@ async def test_documented_curl_example_starts_a_run(stack: Stack) -> None:
     match = re.search(r"### Shell.*?```sh\n(.*?)```", doc, re.S)
     assert match, "docs/webhooks.md lost its shell example"
     port = free_port()
-    settings = settings_for(stack, api_port=port)
+    # In this process the Temporal runtime exists already (without metrics): no endpoint here;
+    # the API process's own endpoint is scraped in test_up.
+    settings = settings_for(stack, api_port=port, api_metrics_port=0)
     script = (
         match.group(1)
         .replace("SECRET='whsec_...'", f"SECRET='{SECRET}'")
@@ -572,7 +574,7 @@ async def test_documented_curl_example_starts_a_run(stack: Stack) -> None:
         wf_id = answer["workflow_id"]
         await wait_phase(stack, wf_id, "awaiting-delivery")
         await stack.client.confirm_delivery(wf_id, reference="pod-curl")
-        assert (await stack.client.result(wf_id))["outcome"] == "completed"
+        assert (await stack.client.result(wf_id)).outcome == "completed"
     finally:
         stop.set()
         await asyncio.wait_for(server, 10)
@@ -597,6 +599,6 @@ async def test_content_review_is_answerable_by_webhook(
         api, f"/webhooks/ContentProvenanceWorkflow/{wf_id}/update/review", review
     )
     assert resp.status_code == 200, resp.text
-    result = await stack.client.result(wf_id)
+    result = (await stack.client.result(wf_id)).model_dump(mode="json")
     assert result["outcome"] == "approved" and result["reviewed_by"] == "editor@example.com"
     assert (await stack.client.verify(wf_id)).ok

@@ -76,7 +76,7 @@ async def test_example_pays_after_a_human_approves(stack: Stack, admin: ChainAdm
     handle = stack.client.temporal.get_workflow_handle(wf_id)
     answer = await handle.execute_update("approve", Approval(approver="cfo@example.com"))
     assert answer == "recorded"
-    result = await stack.client.result(wf_id)
+    result = (await stack.client.result(wf_id)).model_dump(mode="json")
     assert result["outcome"] == "completed"
     assert result["amount"] == 1_440 * TUSD and result["approved_by"] == "cfo@example.com"
     assert admin.balance(NORTHWIND) - before == 1_440 * TUSD
@@ -94,7 +94,7 @@ async def test_example_pays_after_a_human_approves(stack: Stack, admin: ChainAdm
 async def test_example_below_the_threshold_needs_no_human(stack: Stack) -> None:
     wf_id = f"vendor-pay-{uuid.uuid4().hex[:8]}"
     await stack.client.start("VendorPaymentWorkflow", {"max_amount": 20 * TUSD}, workflow_id=wf_id)
-    result = await stack.client.result(wf_id)
+    result = (await stack.client.result(wf_id)).model_dump(mode="json")
     assert result["outcome"] == "completed" and result["approved_by"] is None
     assert "approval.approved" not in [n for _, n, _ in _steps(stack, wf_id)]
 
@@ -106,7 +106,7 @@ async def test_example_rejected_by_the_human_pays_nothing(stack: Stack, admin: C
     await _wait_awaiting(stack, wf_id, "approval")
     handle = stack.client.temporal.get_workflow_handle(wf_id)
     await handle.execute_update("approve", Approval(approved=False, approver="cfo"))
-    result = await stack.client.result(wf_id)
+    result = (await stack.client.result(wf_id)).model_dump(mode="json")
     assert result["outcome"] == "rejected" and result["reason"] == "no approval"
     assert admin.balance(NORTHWIND) == before
     assert ("update", "approval.rejected", "ok") in _steps(stack, wf_id)
@@ -124,7 +124,7 @@ async def test_example_compensates_when_the_contract_refuses(
         {"vendor": stranger, "max_amount": 10 * TUSD},
         workflow_id=wf_id,
     )
-    result = await stack.client.result(wf_id)
+    result = (await stack.client.result(wf_id)).model_dump(mode="json")
     assert result["outcome"] == "compensated"
     assert "PolicyCounterpartyNotAllowed" in result["reason"]
     steps = _steps(stack, wf_id)
@@ -144,7 +144,7 @@ async def test_a_hostile_model_cannot_pay_more_than_the_invoice(stack: Stack) ->
         await stack.client.start(
             "VendorPaymentWorkflow", {"max_amount": 10 * TUSD}, workflow_id=wf_id
         )
-        result = await stack.client.result(wf_id)
+        result = (await stack.client.result(wf_id)).model_dump(mode="json")
     finally:
         set_provider(None)
         await provider.aclose()

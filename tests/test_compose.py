@@ -114,8 +114,11 @@ def test_nothing_is_published_beyond_loopback(config: dict[str, Any]) -> None:
         "temporal": ["7233"],
         "temporal-ui": ["8233"],
         "anvil": ["8545"],
-        "api": ["8000"],
+        "api": ["8000", "9465"],  # webhooks, and the API's Prometheus metrics
     }
+    # Each worker replica's metrics are scraped on the compose network, not from the host.
+    for name in ("worker", "api"):
+        assert config["services"][name]["environment"]["LEDGERFLOW_METRICS_HOST"] == "0.0.0.0"
     # PostgreSQL is reachable only on an internal network, by its clients.
     assert config["networks"]["database"]["internal"] is True
     assert set(config["services"]["postgresql"]["networks"]) == {"database"}

@@ -53,7 +53,7 @@ async def run_content(
         handle = stack.client.temporal.get_workflow_handle(wf_id)
         answer = await handle.execute_update("review", review)
         assert answer == ("approved" if review.action == "approve" else "rejected")
-    result = await stack.client.result(wf_id)
+    result = (await stack.client.result(wf_id)).model_dump(mode="json")
     await assert_verifies(stack, wf_id, result)
     return {"id": wf_id, **result}
 
@@ -121,7 +121,7 @@ async def test_review_is_refused_when_nothing_is_pending(stack: Stack) -> None:
     await handle.execute_update("review", ReviewDecision(action="reject"))
     with pytest.raises(Exception):  # noqa: B017  (answered, and then the run completes)
         await handle.execute_update("review", ReviewDecision(action="approve"))
-    res = await stack.client.result(wf_id)
+    res = (await stack.client.result(wf_id)).model_dump(mode="json")
     assert res["outcome"] == "rejected"
     await assert_verifies(stack, wf_id, res)
 
@@ -163,7 +163,7 @@ async def test_started_by_the_temporal_cli_with_plain_json(stack: Stack) -> None
     argv += ["--workflow-id", wf_id, "--input", "{}"]
     done = await asyncio.to_thread(subprocess.run, argv, capture_output=True, text=True, timeout=30)
     assert done.returncode == 0, done.stderr
-    res = await stack.client.result(wf_id)
+    res = (await stack.client.result(wf_id)).model_dump(mode="json")
     assert res["outcome"] == "approved" and res["title"] == "Untitled"
     await assert_verifies(stack, wf_id, res)
 

@@ -120,7 +120,7 @@ async def run_invoice(
         handle = stack.client.temporal.get_workflow_handle(wf_id)
         answer = await handle.execute_update("resolve", resolve)
         assert answer == ("accepted" if resolve.action == "accept" else "rejected")
-    result = await stack.client.result(wf_id)
+    result = (await stack.client.result(wf_id)).model_dump(mode="json")
     await assert_verifies(stack, wf_id, result)
     return {"id": wf_id, **result}
 
@@ -164,7 +164,7 @@ async def procure(stack: Stack, quantity: int, wf_id: str | None = None) -> Orde
         ProcurementRequest(sku="WIDGET-42", quantity=quantity, simulate_delivery_after_seconds=1),
         workflow_id=wf_id,
     )
-    res = await stack.client.result(wf_id)
+    res = (await stack.client.result(wf_id)).model_dump(mode="json")
     assert res["outcome"] == "completed", res
     return Order(wf_id, res["order_id"], res["supplier"], res["quantity"], res["total"])
 
@@ -244,7 +244,7 @@ async def test_resolve_is_refused_when_nothing_is_pending(stack: Stack, order: O
     await handle.execute_update("resolve", ResolutionDecision(action="reject"))
     with pytest.raises(Exception):  # noqa: B017  (answered, and then the run completes)
         await handle.execute_update("resolve", ResolutionDecision(action="accept"))
-    res = await stack.client.result(wf_id)
+    res = (await stack.client.result(wf_id)).model_dump(mode="json")
     assert res["outcome"] == "disputed"
     await assert_verifies(stack, wf_id, res)
 
@@ -334,7 +334,7 @@ async def test_started_by_the_temporal_cli_with_plain_json(stack: Stack) -> None
     argv += ["--workflow-id", wf_id, "--input", body]
     done = await asyncio.to_thread(subprocess.run, argv, capture_output=True, text=True, timeout=30)
     assert done.returncode == 0, done.stderr
-    res = await stack.client.result(wf_id)
+    res = (await stack.client.result(wf_id)).model_dump(mode="json")
     assert res["outcome"] == "timed_out" and res["anchor_mode"] == "batched"
     await assert_verifies(stack, wf_id, res)
 

@@ -44,7 +44,13 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ),
     (
         "vocabulary",
-        ("ledgerflow.types", "ledgerflow.errors", "ledgerflow.settings", "ledgerflow.log"),
+        (
+            "ledgerflow.types",
+            "ledgerflow.errors",
+            "ledgerflow.settings",
+            "ledgerflow.log",
+            "ledgerflow.observability",
+        ),
     ),
 ]
 

@@ -64,7 +64,7 @@ async def _run(
     if deliver:
         await _wait_phase(stack, wf_id, "awaiting-delivery")
         await lf.confirm_delivery(wf_id, reference="pod-1")
-    result = await lf.result(wf_id)
+    result = (await lf.result(wf_id)).model_dump(mode="json")
     report = await stack.client.verify(wf_id)
     assert report.ok, report.problems
     assert report.steps == result["steps"] and report.head == result["head"]
@@ -117,7 +117,7 @@ async def test_over_cap_escalates_and_approval_pays(stack: Stack, admin: ChainAd
     async def approve(wf_id: str) -> None:
         await _wait_phase(stack, wf_id, "awaiting-approval")
         status = await stack.client.status(wf_id)
-        assert status.state and status.state["awaiting"] == "approval"
+        assert status.state is not None and status.awaiting == status.state.awaiting == "approval"
         assert await stack.client.approve(wf_id, approver="cfo@acme", reason="urgent") == "approved"
 
     res = await _run(stack, ProcurementRequest(sku="TURBINE-9"), before_delivery=approve)
@@ -288,7 +288,7 @@ async def test_reusing_a_workflow_id_is_a_new_order_that_really_pays(
             "ProcurementWorkflow", ProcurementRequest(quantity=2), workflow_id=wf_id
         )
         await stack.client.confirm_delivery(wf_id)
-        res = await stack.client.result(wf_id)
+        res = (await stack.client.result(wf_id)).model_dump(mode="json")
         assert res["outcome"] == "completed"
         assert (await stack.client.verify(wf_id)).ok
         totals.append(res["total"])

@@ -45,7 +45,7 @@ async def run_procurement(stack: Stack, mode: str, *, prefix: str = "proof") -> 
         sku="WIDGET-42", quantity=10, anchor_mode=mode, simulate_delivery_after_seconds=1
     )
     handle = await stack.client.start("ProcurementWorkflow", request, workflow_id=wf_id)
-    result = await stack.client.result(handle.id)
+    result = (await stack.client.result(handle.id)).model_dump(mode="json")
     assert result["outcome"] == "completed", result
     assert result["anchored"] is True, result
     return {"id": wf_id, **result}

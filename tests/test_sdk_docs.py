@@ -15,8 +15,12 @@ DOC = Path(__file__).resolve().parents[1] / "docs" / "sdk.md"
 EXAMPLES = re.findall(r"```python\n(.*?)```", DOC.read_text(), flags=re.S)
 
 
-def test_the_doc_has_examples() -> None:
-    assert len(EXAMPLES) >= 3
+def test_the_doc_has_examples_that_assert_their_outcome() -> None:
+    assert len(EXAMPLES) >= 5
+    # Each example checks what it describes (printing alone proves nothing).
+    assert all("assert " in source for source in EXAMPLES)
+    # ... and uses the client the way the page says (the async context manager of connect()).
+    assert all("async with LedgerflowClient.connect() as lf:" in source for source in EXAMPLES)
 
 
 @pytest.mark.parametrize("index", range(len(EXAMPLES)))

@@ -41,6 +41,8 @@ def test_up_with_a_taken_port_is_one_clear_line(taken_port: int, tmp_path) -> No
         "LEDGERFLOW_TEMPORAL_UI_PORT": str(free_port()),
         "LEDGERFLOW_RPC_URL": f"http://127.0.0.1:{free_port()}",
         "LEDGERFLOW_API_PORT": str(free_port()),
+        "LEDGERFLOW_METRICS_PORT": str(free_port()),
+        "LEDGERFLOW_API_METRICS_PORT": str(free_port()),
     }
     proc = subprocess.run(
         [sys.executable, "-m", "ledgerflow.cli", "up", "--no-demo"],

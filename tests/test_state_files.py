@@ -40,6 +40,8 @@ def test_up_creates_private_state_files(tmp_path: Path) -> None:
             "LEDGERFLOW_TEMPORAL_UI_PORT": str(free_port()),
             "LEDGERFLOW_RPC_URL": f"http://127.0.0.1:{free_port()}",
             "LEDGERFLOW_API_PORT": str(free_port()),
+            "LEDGERFLOW_METRICS_PORT": str(free_port()),
+            "LEDGERFLOW_API_METRICS_PORT": str(free_port()),
             "LEDGERFLOW_LOG_LEVEL": "WARNING",
         }
     )

@@ -85,7 +85,7 @@ async def test_start_workflow_form_starts_a_run_that_verifies(
         finally:
             await browser.close()
 
-    result = await stack.client.result(wf_id)
+    result = (await stack.client.result(wf_id)).model_dump(mode="json")
     assert result["outcome"] == "completed"
     assert result["quantity"] == 25
     report = await stack.client.verify(wf_id)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -19,6 +20,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import psutil
 import pytest
 
@@ -91,6 +93,8 @@ class EmbeddedStack:
             "LEDGERFLOW_TEMPORAL_UI_PORT": str(self.ports["ui"]),
             "LEDGERFLOW_RPC_URL": f"http://127.0.0.1:{self.ports['anvil']}",
             "LEDGERFLOW_API_PORT": str(self.ports["api"]),
+            "LEDGERFLOW_METRICS_PORT": str(self.ports["metrics"]),
+            "LEDGERFLOW_API_METRICS_PORT": str(self.ports["api_metrics"]),
             "LEDGERFLOW_DATABASE_URL": f"sqlite:///{self.home}/ledgerflow.db",
             "LEDGERFLOW_LOG_FORMAT": "json",
         }
@@ -130,7 +134,10 @@ def embedded(tmp_path: Path) -> Iterator[EmbeddedStack]:
     s = EmbeddedStack(
         cwd=tmp_path,
         home=tmp_path / "home",
-        ports={name: free_port() for name in ("temporal", "ui", "anvil", "api")},
+        ports={
+            name: free_port()
+            for name in ("temporal", "ui", "anvil", "api", "metrics", "api_metrics")
+        },
     )
     yield s
     # Whatever a failing test left behind: stop the processes the lock file lists.
@@ -204,6 +211,7 @@ def foreign_listener() -> Iterator[Foreign]:
         ("ui", "LEDGERFLOW_TEMPORAL_UI_PORT"),
         ("anvil", "LEDGERFLOW_RPC_URL"),
         ("api", "LEDGERFLOW_API_PORT"),
+        ("metrics", "LEDGERFLOW_METRICS_PORT"),
     ],
 )
 def test_a_port_held_by_a_foreign_process_is_one_line_naming_it(
@@ -283,8 +291,24 @@ def test_up_runs_the_demo_against_its_own_children_and_stops_on_ctrl_c(
     assert "demo: outcome completed — bought " in out
     assert "verify: ok — " in out
     assert f"UI http://localhost:{embedded.ports['ui']}" in out  # the link follows the UI port
+    # The worker's metrics after the demo: Temporal's series and ledgerflow's; the API's own.
+    worker_metrics = f"http://127.0.0.1:{embedded.ports['metrics']}/metrics"
+    api_metrics = f"http://127.0.0.1:{embedded.ports['api_metrics']}/metrics"
+    assert f"metrics: worker {worker_metrics} · API {api_metrics}" in out
+    scraped = httpx.get(worker_metrics, timeout=5).text
+    assert "temporal_workflow_completed{" in scraped
+    assert re.search(
+        r'^ledgerflow_runs_total\{[^}]*outcome="completed"[^}]*'
+        r'workflow_type="ProcurementWorkflow"[^}]*\} 1$',
+        scraped,
+        re.M,
+    ), scraped
+    assert httpx.get(api_metrics, timeout=5).status_code == 200
     run.proc.send_signal(signal.SIGINT)
     assert run.wait(STOP_TIMEOUT + 10) == 0, run.stderr[-3000:]
+    # LEDGERFLOW_LOG_FORMAT=json: every line the worker and the API wrote is one JSON object.
+    for line in run.stderr.splitlines():
+        assert isinstance(json.loads(line), dict), line
     assert run.stdout.strip().splitlines()[-1] == (
         "stopped: API, worker, anvil (state saved), Temporal"
     )

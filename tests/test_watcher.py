@@ -257,7 +257,7 @@ async def test_worker_restart_and_continue_as_new_miss_nothing_repeat_nothing(
 
         await _assert_exactly_once(temporal_client, ids, sku)
         # The procurements ran on the stack's worker (no offers for this SKU: rejected).
-        result = await stack.client.result(ids[0])
+        result = (await stack.client.result(ids[0])).model_dump(mode="json")
         assert result["outcome"] == "rejected" and result["sku"] == sku
 
         # Stopping completes the watcher with its cursor; ensure_watcher resumes from it.

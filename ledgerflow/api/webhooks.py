@@ -28,7 +28,7 @@ import hmac
 import json
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Literal
 
 import structlog
@@ -39,12 +39,19 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, ValidationError
 from temporalio.client import WorkflowExecutionStatus, WorkflowUpdateFailedError
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
-from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from ledgerflow import __version__
-from ledgerflow.errors import ConfigError, WebhookError
+from ledgerflow.errors import (
+    ConfigError,
+    EngineUnavailable,
+    RunAlreadyStarted,
+    RunError,
+    WebhookError,
+)
 from ledgerflow.flow import registry
+from ledgerflow.observability import metrics, tracing
+from ledgerflow.observability.telemetry import configure_runtime, metrics_address
 from ledgerflow.sdk.client import LedgerflowClient, workflow_id_prefix
 from ledgerflow.settings import Settings
 
@@ -273,9 +280,12 @@ def _not_found(workflow_type: str) -> WebhookError:
 class _Webhooks:
     """State and logic behind the webhook routes."""
 
-    def __init__(self, settings: Settings, client: LedgerflowClient | None) -> None:
+    def __init__(
+        self, settings: Settings, client: LedgerflowClient | None, tracer: Any = None
+    ) -> None:
         self.settings = settings
         self._client = client
+        self._tracer = tracer
         self._lock = asyncio.Lock()
         self._key: bytes | None = None
         self._key_error: str | None = None
@@ -321,7 +331,9 @@ class _Webhooks:
         async with self._lock:
             if self._client is None:
                 try:
-                    client = await LedgerflowClient.connect(self.settings)
+                    client = await LedgerflowClient.connect(
+                        self.settings, interceptors=tracing.client_interceptors(self._tracer)
+                    )
                 except Exception as exc:
                     log.warning("api.temporal_unreachable", error=type(exc).__name__)
                     raise WebhookError(
@@ -380,10 +392,15 @@ class _Webhooks:
                 reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
             )
             run_id = handle.result_run_id
-        except WorkflowAlreadyStartedError as exc:
+        except RunAlreadyStarted as exc:
             run_id = exc.run_id or await self._existing_run(client, workflow_id)
-        except RPCError as exc:
-            log.warning("webhook.start_failed", webhook_id=webhook_id, status=exc.status.name)
+        except (EngineUnavailable, RunError) as exc:
+            log.warning(
+                "webhook.start_failed",
+                webhook_id=webhook_id,
+                error=type(exc).__name__,
+                status=getattr(exc, "status", None),
+            )
             raise WebhookError(503, "the workflow engine refused the start; retry later") from None
         if not run_id:  # pragma: no cover - Temporal always answers a run id
             raise WebhookError(503, "the workflow engine did not return a run id; retry later")
@@ -566,9 +583,89 @@ def _documented_models() -> list[type[BaseModel]]:
     return list(models.values())
 
 
-def create_app(settings: Settings, client: LedgerflowClient | None = None) -> FastAPI:
+_ASGIApp = Callable[..., Awaitable[None]]
+
+
+def _classify(path: str) -> tuple[str, str]:
+    """``(kind, workflow_type)`` of a webhook path, for metric labels and span names: the kind is
+    start, signal, update or other, the type a registered public one or ``unknown`` (a label
+    never carries what an unauthenticated caller wrote)."""
+    parts = path.strip("/").split("/")
+    workflow_type = parts[1] if len(parts) > 1 and parts[1] in _inputs() else "unknown"
+    if len(parts) == 2:
+        return "start", workflow_type
+    if len(parts) == 5 and parts[3] in ("signal", "update"):
+        return parts[3], workflow_type
+    return "other", workflow_type
+
+
+class _Observed:
+    """ASGI middleware: per webhook delivery, one span (the parent of the Temporal calls it
+    makes, so the workflow and its activities join its trace) and one observation of
+    ``ledgerflow_webhooks_total`` / ``ledgerflow_webhook_latency_seconds``."""
+
+    def __init__(self, app: _ASGIApp, tracer: Any = None) -> None:
+        self.app = app
+        self.tracer = tracer
+
+    async def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
+        path = scope.get("path", "") if scope.get("type") == "http" else ""
+        if not path.startswith("/webhooks/"):
+            await self.app(scope, receive, send)
+            return
+        kind, workflow_type = _classify(path)
+        status = 500  # unless a response starts: an exception that escapes is a 500
+
+        async def send_observed(message: MutableMapping[str, Any]) -> None:
+            nonlocal status
+            if message.get("type") == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        started = time.monotonic()
+        span_cm = (
+            self.tracer.start_as_current_span(
+                f"webhook.{kind}",
+                kind=_server_kind(),
+                attributes={
+                    "http.request.method": str(scope.get("method", "")),
+                    "url.path": path,
+                    "ledgerflow.workflow_type": workflow_type,
+                },
+            )
+            if self.tracer is not None
+            else contextlib.nullcontext()
+        )
+        with span_cm as span:
+            try:
+                await self.app(scope, receive, send_observed)
+            finally:
+                if span is not None:
+                    span.set_attribute("http.response.status_code", status)
+                    if status >= 500:
+                        from opentelemetry.trace import Status, StatusCode
+
+                        span.set_status(Status(StatusCode.ERROR, f"HTTP {status}"))
+                metrics.current().webhook(kind, workflow_type, status, time.monotonic() - started)
+
+
+def _server_kind() -> Any:
+    from opentelemetry.trace import SpanKind
+
+    return SpanKind.SERVER
+
+
+def create_app(
+    settings: Settings, client: LedgerflowClient | None = None, *, tracer: Any = None
+) -> FastAPI:
     """The API. ``client`` is the SDK client to use (tests); by default one is connected lazily
-    on the first webhook, so the API starts even while Temporal is still coming up."""
+    on the first webhook, so the API starts even while Temporal is still coming up.
+
+    ``tracer`` (an OpenTelemetry tracer; default: the process's, None when tracing is off) opens
+    a span per webhook delivery; a lazily connected client then carries its context into
+    Temporal.
+    """
+    tracer = tracer if tracer is not None else tracing.tracer()
     app = FastAPI(
         title="ledgerflow",
         version=__version__,
@@ -580,7 +677,8 @@ def create_app(settings: Settings, client: LedgerflowClient | None = None) -> Fa
             "run it started before."
         ),
     )
-    hooks = _Webhooks(settings, client)
+    hooks = _Webhooks(settings, client, tracer)
+    app.add_middleware(_Observed, tracer=tracer)
 
     @app.exception_handler(WebhookError)
     async def _refused(request: Request, exc: WebhookError) -> JSONResponse:
@@ -707,18 +805,32 @@ def _steer_route(
 
 
 async def serve_api(settings: Settings, stop: asyncio.Event) -> None:
-    """Serve the API until ``stop`` is set."""
+    """Serve the API until ``stop`` is set.
+
+    The process serves its Prometheus metrics at ``http://<metrics_host>:<api_metrics_port>
+    /metrics`` (ledgerflow's webhook series and the Temporal client's) and, with
+    ``otlp_endpoint`` set, exports a trace per webhook.
+    """
+    address = metrics_address(settings.metrics_host, settings.api_metrics_port)
+    configure_runtime(core_level=settings.temporal_core_log_level, metrics_address=address)
+    tracer = tracing.configure_tracing(settings.otlp_endpoint, "ledgerflow-api")
     config = uvicorn.Config(
-        create_app(settings),
+        create_app(settings, tracer=tracer),
         host=settings.api_host,
         port=settings.api_port,
         log_level="warning",
+        # uvicorn's own handlers would print plain text: its loggers go through the root
+        # logger's, so they are rendered like every other line (JSON lines in JSON mode).
+        log_config=None,
         lifespan="on",
     )
     server = uvicorn.Server(config)
     # The caller owns SIGINT/SIGTERM (it sets ``stop``); uvicorn must not take them over.
     server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
     task = asyncio.create_task(server.serve())
-    await stop.wait()
-    server.should_exit = True
-    await task
+    try:
+        await stop.wait()
+        server.should_exit = True
+        await task
+    finally:
+        tracing.shutdown()

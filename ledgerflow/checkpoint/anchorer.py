@@ -19,6 +19,7 @@ holder dies, resuming the batches it left.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import structlog
@@ -28,6 +29,7 @@ from ledgerflow.checkpoint.canonical import keccak
 from ledgerflow.checkpoint.merkle import build_standard_tree, build_tree
 from ledgerflow.checkpoint.records import leaf_hash, leaf_hash_v2
 from ledgerflow.errors import ContractRevert
+from ledgerflow.observability import metrics
 from ledgerflow.runtime import Runtime
 from ledgerflow.store import AnchorRow, SealRow
 from ledgerflow.store.lease import Lease
@@ -149,8 +151,8 @@ class Anchorer:
         )
         if claimed is None:
             return None
-        anchor, _steps = claimed
-        await self._send(anchor)
+        anchor, steps = claimed
+        await self._send(anchor, stored_at=[s.created_at for s in steps])
         return anchor
 
     async def resume(self) -> int:
@@ -160,7 +162,9 @@ class Anchorer:
             await self._send(row)
         return len(rows)
 
-    async def _send(self, anchor: AnchorRow) -> None:
+    async def _send(self, anchor: AnchorRow, stored_at: Sequence[datetime] = ()) -> None:
+        """Send (or resume) one batch; ``stored_at`` are its steps' store times (for the anchor
+        lag metric; a batch resumed after a crash has none)."""
         assert anchor.root is not None and anchor.id is not None
         registry = self.rt.contract("CheckpointRegistry")
         signer = await self.rt.signer("orchestrator")
@@ -192,6 +196,7 @@ class Anchorer:
         )
         self.anchored_roots += 1
         self.rt.anchor_events.notify()
+        metrics.current().anchored("batched", anchor.leaf_count, _ages(stored_at))
         log.info(
             "root anchored",
             root=anchor.root,
@@ -229,3 +234,9 @@ class Anchorer:
         for entry in logs:
             return "0x" + bytes(entry["transactionHash"]).hex(), int(entry["blockNumber"])
         return "", block
+
+
+def _ages(times: Sequence[datetime]) -> list[float]:
+    """Seconds since each of ``times`` (naive datetimes are UTC, as the store writes them)."""
+    now = datetime.now(UTC)
+    return [(now - (t if t.tzinfo else t.replace(tzinfo=UTC))).total_seconds() for t in times]

@@ -50,6 +50,24 @@ def _until_signal(serve: Callable[[asyncio.Event], Awaitable[None]]) -> None:
     asyncio.run(_main())
 
 
+def _serve(serve: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+    """A long-running service (worker, API): with JSON logs, its fatal error is a JSON line too,
+    so a log pipeline never sees plain text from it."""
+    from ledgerflow.log import json_logging
+
+    try:
+        _until_signal(serve)
+    except LedgerflowError as exc:
+        if not json_logging():
+            raise
+        import structlog
+
+        structlog.get_logger("ledgerflow.cli").error(
+            "service stopped", error=type(exc).__name__, detail=str(exc)
+        )
+        raise typer.Exit(2) from None
+
+
 def _emit(data: Any, as_json: bool) -> None:
     if as_json:
         sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
@@ -79,7 +97,7 @@ def worker(
     from ledgerflow.worker.runner import run_worker
 
     settings = _settings()
-    _until_signal(lambda stop: run_worker(settings, stop, anchorer=anchorer))
+    _serve(lambda stop: run_worker(settings, stop, anchorer=anchorer))
 
 
 @app.command()
@@ -88,7 +106,7 @@ def api() -> None:
     from ledgerflow.api.webhooks import serve_api
 
     settings = _settings()
-    _until_signal(lambda stop: serve_api(settings, stop))
+    _serve(lambda stop: serve_api(settings, stop))
 
 
 @app.command()
@@ -202,19 +220,20 @@ async def _wait_with_progress(lf: Any, workflow_id: str, *, show: bool) -> dict[
                 st = await lf.status(workflow_id)
             except Exception:  # progress is best effort; the result decides
                 st = None
-            if st is not None and st.state:
-                now = (st.state.get("phase"), st.steps, st.anchor_state)
+            if st is not None and st.state is not None:
+                now = (st.phase, st.steps, st.anchor_state)
                 if now != last:
                     last = now
-                    waiting = (
-                        f", waiting for {st.state['awaiting']}" if st.state.get("awaiting") else ""
-                    )
+                    waiting = f", waiting for {st.awaiting}" if st.awaiting else ""
                     err.print(
                         f"  {now[0]}: {now[1]} step(s) checkpointed, anchors {now[2] or 'pending'}"
                         f"{waiting}"
                     )
         await asyncio.wait([result_task], timeout=0.5)
-    result: dict[str, Any] = result_task.result()
+    value = result_task.result()
+    result: dict[str, Any] = (
+        value.model_dump(mode="json") if hasattr(value, "model_dump") else dict(value)
+    )
     if show:
         err.print(
             f"  done: {result.get('outcome')} after {result.get('steps')} steps, "
@@ -235,7 +254,7 @@ def status(
 
     async def _main() -> dict[str, Any]:
         lf = await LedgerflowClient.connect(settings)
-        return (await lf.status(workflow_id)).model_dump()
+        return (await lf.status(workflow_id)).model_dump(mode="json")
 
     _emit(_run(_main()), as_json)
 

@@ -12,6 +12,10 @@
 - the API (``ledgerflow api``): started when that process listens on the API port and answers
   ``/health``.
 
+The worker serves its Prometheus metrics on ``http://127.0.0.1:9464/metrics``
+(``LEDGERFLOW_METRICS_PORT``) and the API its own on ``:9465`` (``LEDGERFLOW_API_METRICS_PORT``);
+both ports must be free, like the others, before anything starts.
+
 Then it runs one demo procurement in-process as a client, prints its id, the UI link and the
 verification result, and serves until Ctrl-C or SIGTERM.
 
@@ -50,6 +54,7 @@ from rich.markup import escape
 from ledgerflow.dev.lock import UpLock, stop_leftovers
 from ledgerflow.dev.stack import ManagedProcess, anvil_process, require_free, temporal_process
 from ledgerflow.errors import StackError
+from ledgerflow.observability.telemetry import metrics_address
 from ledgerflow.settings import Settings
 
 __all__ = [
@@ -228,7 +233,7 @@ async def run_demo(settings: Settings, ui_url: str) -> bool:
     from ledgerflow.sdk.schedules import ensure_watcher, shortfall_starts_in_receipt
     from ledgerflow.workflows.watcher import WatcherInput
 
-    async with await LedgerflowClient.connect(settings) as lf:
+    async with LedgerflowClient.connect(settings) as lf:
         watcher = await ensure_watcher(lf, input=WatcherInput(procurement=DEMO_PROCUREMENT))
         console.print(f"watcher: following ShortfallDetected events ({escape(str(watcher))})")
         receipt = await asyncio.to_thread(simulate_sales, settings)
@@ -256,7 +261,9 @@ async def run_demo(settings: Settings, ui_url: str) -> bool:
         link = f"{ui_url}/namespaces/{settings.namespace}/workflows/{handle.id}"
         console.print(f"demo: watch it in the Temporal UI: {escape(link)}")
         result = await lf.result(handle.id)
-        console.print(outcome_line(result))
+        console.print(
+            outcome_line(result.model_dump() if hasattr(result, "model_dump") else result)
+        )
         report = await lf.verify(handle.id)
         mark = "[green]ok[/green]" if report.ok else "[red]FAILED[/red]"
         console.print(
@@ -334,6 +341,18 @@ class Up:
         require_free(s.temporal_ui_port, "the Temporal UI", "set LEDGERFLOW_TEMPORAL_UI_PORT")
         require_free(_port(s.rpc_url, 8545), "anvil", "set LEDGERFLOW_RPC_URL")
         require_free(s.api_port, "the API", "set LEDGERFLOW_API_PORT")
+        if s.metrics_port:
+            require_free(
+                s.metrics_port,
+                "the worker's metrics endpoint",
+                "set LEDGERFLOW_METRICS_PORT (0 for none)",
+            )
+        if s.api_metrics_port:
+            require_free(
+                s.api_metrics_port,
+                "the API's metrics endpoint",
+                "set LEDGERFLOW_API_METRICS_PORT (0 for none)",
+            )
 
     def _run_loop(self) -> int:
         loop = self._loop = asyncio.new_event_loop()
@@ -480,6 +499,13 @@ class Up:
             f"worker: pid {worker.pid}, polling task queue {escape(s.task_queue)} (with the "
             f"anchorer) · API: http://{s.api_host}:{s.api_port}/docs, pid {api.pid}"
         )
+        endpoints = [
+            f"{who} http://{escape(addr)}/metrics"
+            for who, port in (("worker", s.metrics_port), ("API", s.api_metrics_port))
+            if (addr := metrics_address(s.metrics_host, port))
+        ]
+        if endpoints:
+            console.print("metrics: " + " · ".join(endpoints))
 
     async def _worker_ready(self, worker: ManagedProcess) -> None:
         """Ready when the worker process we started polls the task queue on our Temporal."""

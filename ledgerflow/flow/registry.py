@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ValidationError
+from temporalio import workflow
 
 from ledgerflow.errors import ConfigError
 
@@ -106,6 +107,10 @@ def register(cls: W | None = None, *, public: bool = True) -> Any:
     """
 
     def apply(klass: W) -> W:
+        if workflow.unsafe.in_sandbox():
+            # The sandbox re-imports workflow modules for every run: its copies of the classes
+            # must not replace the registration the worker, the API and the SDK use.
+            return klass
         defn = getattr(klass, "__temporal_workflow_definition", None)
         if defn is None or not defn.name:
             raise TypeError(f"{klass.__qualname__}: apply @register above @workflow.defn")

@@ -623,6 +623,20 @@ class Store:
             )
             return list(s.exec(q))
 
+    def steps_of_kind(self, workflow_id: str, run_id: str, kind: str) -> list[tuple[str, str]]:
+        """``(name, status)`` of a run's steps of one kind, in order (no preimages read)."""
+        with self.session() as s:
+            q = (
+                select(StepRow.name, StepRow.status)
+                .where(
+                    col(StepRow.workflow_id) == workflow_id,
+                    col(StepRow.run_id) == run_id,
+                    col(StepRow.kind) == kind,
+                )
+                .order_by(col(StepRow.seq))
+            )
+            return [(str(name), str(status)) for name, status in s.exec(q)]
+
     def get_anchors(self, ids: Iterable[int]) -> dict[int, AnchorRow]:
         ids = list(set(ids))
         if not ids:

@@ -21,12 +21,20 @@ from ledgerflow.checkpoint.anchorer import Anchorer
 from ledgerflow.errors import StackError
 from ledgerflow.flow import registry
 from ledgerflow.flow.search import SEARCH_ATTRIBUTES
+from ledgerflow.observability import tracing
+from ledgerflow.observability.telemetry import configure_runtime, metrics_address
 from ledgerflow.runtime import Runtime
 from ledgerflow.settings import Settings
 from ledgerflow.temporal import connect
 from ledgerflow.worker.interceptors import LoggingInterceptor
+from ledgerflow.worker.sampler import MetricsSampler
 
-__all__ = ["build_worker", "ensure_search_attributes", "run_worker", "workflow_classes"]
+__all__ = [
+    "build_worker",
+    "ensure_search_attributes",
+    "run_worker",
+    "workflow_classes",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -93,11 +101,36 @@ def build_worker(
 
 
 async def run_worker(settings: Settings, stop: asyncio.Event, *, anchorer: bool = True) -> None:
-    """Run the worker (and the anchorer) until ``stop`` is set."""
+    """Run the worker (and the anchorer) until ``stop`` is set.
+
+    The process serves Prometheus metrics at ``http://<metrics_host>:<metrics_port>/metrics``
+    (Temporal's SDK series and ledgerflow's) and, with ``otlp_endpoint`` set, exports traces.
+    """
+    address = metrics_address(settings.metrics_host, settings.metrics_port)
+    temporal_runtime = configure_runtime(
+        core_level=settings.temporal_core_log_level, metrics_address=address
+    )
+    tracer = tracing.configure_tracing(settings.otlp_endpoint, "ledgerflow-worker")
+    try:
+        await _run_worker(settings, stop, anchorer, temporal_runtime, tracer, address)
+    finally:
+        tracing.shutdown()
+
+
+async def _run_worker(
+    settings: Settings,
+    stop: asyncio.Event,
+    anchorer: bool,
+    temporal_runtime: Any,
+    tracer: Any,
+    address: str | None,
+) -> None:
     runtime = Runtime(settings)
     await asyncio.to_thread(runtime.store.migrate)
     await runtime.claim_store()  # SQLite: one worker per store, and it says who has it
-    client = await connect(settings)
+    client = await connect(
+        settings, runtime=temporal_runtime, interceptors=tracing.client_interceptors(tracer)
+    )
     await ensure_search_attributes(client, client.namespace)
     worker = build_worker(client, runtime, task_queue=settings.task_queue)
     tasks = [
@@ -105,6 +138,9 @@ async def run_worker(settings: Settings, stop: asyncio.Event, *, anchorer: bool 
         # lost blocks, nonce gaps and orphaned sends: at start, then periodically
         asyncio.create_task(runtime.serve(stop), name="chain-check"),
     ]
+    if address is not None:
+        sampler = MetricsSampler(runtime, every=settings.metrics_sample_seconds)
+        tasks.append(asyncio.create_task(sampler.run(stop), name="metrics sampler"))
     if anchorer:
         batcher = Anchorer(
             runtime,
@@ -112,7 +148,13 @@ async def run_worker(settings: Settings, stop: asyncio.Event, *, anchorer: bool 
             max_wait=settings.anchor_max_wait_seconds,
         )
         tasks.append(asyncio.create_task(batcher.run(stop), name="anchorer"))
-    log.info("worker started", task_queue=settings.task_queue, anchorer=anchorer)
+    log.info(
+        "worker started",
+        task_queue=settings.task_queue,
+        anchorer=anchorer,
+        metrics=f"http://{address}/metrics" if address else None,
+        tracing=settings.otlp_endpoint is not None,
+    )
     stopping = asyncio.create_task(stop.wait(), name="stop")
     done, _ = await asyncio.wait([stopping, *tasks], return_when=asyncio.FIRST_COMPLETED)
     # A worker whose poller or anchorer ended on its own must not keep looking alive: stop the

@@ -41,6 +41,8 @@ class IsolatedChain:
             "LEDGERFLOW_ANCHOR_MAX_WAIT_SECONDS": "0.2",
             "LEDGERFLOW_LOG_LEVEL": "WARNING",
             "LEDGERFLOW_LOG_FORMAT": "json",
+            # Many of these run on one machine (and next to `make run`): no metrics endpoint.
+            "LEDGERFLOW_METRICS_PORT": "0",
         }
 
 
