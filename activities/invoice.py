@@ -29,7 +29,7 @@ from ledgerflow.flow import policies
 from ledgerflow.flow.activity import step_activity
 from ledgerflow.flow.registry import Activities
 from ledgerflow.llm.provider import DecisionMeta, LLMProvider, data_block, structured
-from ledgerflow.types import EscrowStatus, StrictModel
+from ledgerflow.types import Amount, EscrowStatus, Quantity, StrictInput, StrictModel, Text
 
 __all__ = [
     "MAX_LINE_DESCRIPTION_CHARS",
@@ -81,12 +81,16 @@ def _cut(text: str, limit: int) -> str:
 # ---- models ---------------------------------------------------------------------------------
 
 
-class InvoiceLine(StrictModel):
+class InvoiceLine(StrictInput):
     """One invoice line. Amounts are integer token units (tUSD: 6 decimals)."""
 
-    description: str = Field("", description="supplier-written text; untrusted")
-    quantity: int = Field(1, gt=0)
-    unit_price: int = Field(0, ge=0, description="price of one unit, in token units")
+    description: Text = Field(
+        "",
+        description="supplier-written text; untrusted; cut to "
+        f"{MAX_LINE_DESCRIPTION_CHARS} characters",
+    )
+    quantity: Quantity = 1
+    unit_price: Amount = Field(0, description="price of one unit, in token units")
 
     @field_validator("description", mode="before")
     @classmethod

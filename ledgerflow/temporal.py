@@ -29,10 +29,10 @@ from pathlib import Path
 from typing import Any
 
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.envconfig import ClientConfigProfile
 from temporalio.service import TLSConfig
 
+from ledgerflow.converter import data_converter
 from ledgerflow.errors import ConfigError, StackError
 from ledgerflow.settings import Settings
 
@@ -141,7 +141,8 @@ async def connect(
     *,
     timeout: float = 30.0,
 ) -> Client:
-    """Connect with the pydantic data converter, retrying while the server is still starting.
+    """Connect with ledgerflow's data converter (:mod:`ledgerflow.converter`), retrying while
+    the server is still starting.
 
     Args:
         target: the :class:`~ledgerflow.settings.Settings` of this process (every product code
@@ -168,7 +169,7 @@ async def connect(
         try:
             client = await Client.connect(
                 resolved.address,
-                data_converter=pydantic_data_converter,
+                data_converter=data_converter,
                 **resolved.connect_kwargs(),
             )
             # The port opens before the namespace is ready; a cheap call proves readiness.

@@ -40,11 +40,18 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "ledgerflow.store",
             "ledgerflow.runtime",
             "ledgerflow.temporal",
+            "ledgerflow.converter",
         ),
     ),
     (
         "vocabulary",
-        ("ledgerflow.types", "ledgerflow.errors", "ledgerflow.settings", "ledgerflow.log"),
+        (
+            "ledgerflow.types",
+            "ledgerflow.errors",
+            "ledgerflow.settings",
+            "ledgerflow.log",
+            "ledgerflow.jsonsafe",
+        ),
     ),
 ]
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field
 from temporalio import workflow
 from temporalio.exceptions import ActivityError
 
@@ -40,7 +40,17 @@ with workflow.unsafe.imports_passed_through():
         signal_handler,
         update_handler,
     )
-    from ledgerflow.types import AnchorMode, StrictModel
+    from ledgerflow.types import (
+        MAX_LEAD_TIME_DAYS,
+        MAX_WAIT_SECONDS,
+        AnchorMode,
+        Quantity,
+        Sku,
+        StrictInput,
+        StrictModel,
+        Text,
+        WaitSeconds,
+    )
 
 __all__ = [
     "ApprovalDecision",
@@ -57,19 +67,26 @@ __all__ = [
 Outcome = Literal["completed", "compensated", "rejected"]
 
 
-class ProcurementRequest(StrictModel):
-    """Input of ProcurementWorkflow. Every field has a default, so ``{}`` is a valid start."""
+class ProcurementRequest(StrictInput):
+    """Input of ProcurementWorkflow. Every field has a default, so ``{}`` is a valid start.
 
-    sku: str = Field(
-        "WIDGET-42", min_length=1, description="inventory SKU (at most 32 bytes of UTF-8)"
+    Strict and bounded (docs/procurement.md): integers are JSON integers, every duration is at
+    most a year, the SKU fits a ``bytes32``.
+    """
+
+    sku: Sku = "WIDGET-42"
+    quantity: Quantity | None = Field(None, description="units to buy; default: the shortfall")
+    max_lead_time_days: int = Field(14, gt=0, le=MAX_LEAD_TIME_DAYS)
+    approval_timeout_seconds: WaitSeconds = Field(
+        86_400, description="how long an over-cap purchase waits for `approve` / `reject`"
     )
-    quantity: int | None = Field(None, gt=0, description="units to buy; default: the shortfall")
-    max_lead_time_days: int = Field(14, gt=0)
-    approval_timeout_seconds: int = Field(86_400, gt=0)
-    delivery_deadline_seconds: int = Field(7 * 86_400, gt=0)
+    delivery_deadline_seconds: WaitSeconds = Field(
+        7 * 86_400, description="how long after paying the delivery may take (escrow deadline)"
+    )
     simulate_delivery_after_seconds: int | None = Field(
         None,
         ge=0,
+        le=MAX_WAIT_SECONDS,
         description="demo only: a simulated supplier confirms delivery after this many seconds",
     )
     anchor_mode: AnchorMode | None = Field(
@@ -78,28 +95,23 @@ class ProcurementRequest(StrictModel):
     wait_for_anchor: bool | None = Field(
         None, description="complete only after the last step is anchored; null = default (true)"
     )
-    trigger: str | None = Field(None, description="what started the run (webhook id, event, ...)")
-
-    @field_validator("sku")
-    @classmethod
-    def _sku_fits_bytes32(cls, sku: str) -> str:
-        if len(sku.encode("utf-8")) > 32:
-            raise ValueError("a SKU is at most 32 bytes of UTF-8 (it is a bytes32 on chain)")
-        return sku
+    trigger: Text | None = Field(
+        None, max_length=300, description="what started the run (webhook id, event, ...)"
+    )
 
 
-class ApprovalDecision(StrictModel):
+class ApprovalDecision(StrictInput):
     """Answer to an over-cap escalation (Update ``approve`` / ``reject``)."""
 
-    approver: str = Field("operator", max_length=128)
-    reason: str = Field("", max_length=1000)
+    approver: Text = Field("operator", min_length=1, max_length=128)
+    reason: Text = Field("", max_length=1000)
 
 
-class DeliveryConfirmation(StrictModel):
+class DeliveryConfirmation(StrictInput):
     """Signal ``confirm_delivery`` from the supplier (or its webhook)."""
 
-    reference: str = Field("", max_length=256)
-    quantity: int | None = Field(None, gt=0)
+    reference: Text = Field("", max_length=256)
+    quantity: Quantity | None = None
 
 
 class ProcurementState(RunState):
