@@ -28,6 +28,7 @@ with workflow.unsafe.imports_passed_through():
         RestockRequest,
         SkuRequest,
         choose_supplier_activity,
+        decision_problem,
         procurement_order_id,
     )
     from ledgerflow.flow import (
@@ -196,6 +197,10 @@ class ProcurementWorkflow(CheckpointedWorkflow):
             decision = await run.step(choose_supplier_activity, decision_request)
         except ActivityError as err:
             raise run.stop("rejected", f"no usable decision: {reason_of(err)}") from None
+        # Checked again here, whatever the activity said: never more than needed, a real offer.
+        problem = decision_problem(decision_request, decision)
+        if problem is not None:
+            raise run.stop("rejected", f"no usable decision: {problem}")
         supplier, total = decision.supplier, decision.total
         run.fields.update(
             supplier=supplier,
