@@ -26,6 +26,7 @@ with workflow.unsafe.imports_passed_through():
         InvoiceClass,
         InvoiceFacts,
         InvoiceLine,
+        OrderClaim,
         ProcurementRef,
         ReconcileRequest,
         apply_invoice_rules,
@@ -58,6 +59,8 @@ __all__ = [
 # ---- input, messages, state and result --------------------------------------------------------
 
 InvoiceOutcome = Literal["reconciled", "disputed", "timed_out"]
+#: The patch that added the one-invoice-per-order claim (runs before it replay without it).
+ONE_INVOICE = "ledgerflow-invoice-one-per-order"
 
 
 class InvoiceRequest(StrictInput):
@@ -213,6 +216,17 @@ class InvoiceReconciliationWorkflow(CheckpointedWorkflow):
             else:
                 outcome = "disputed"
                 reason = f"rejected by {resolution.resolver}: {resolution.reason}".strip(" :")
+        if outcome == "reconciled" and order_id is not None and workflow.patched(ONE_INVOICE):
+            # One order, one invoice: the first invoice to reconcile an order claims it.
+            st.phase = "claiming-order"
+            claim = OrderClaim(order_id=order_id, invoice_number=request.invoice_number)
+            claimed = await run.step(InvoiceActivities.claim_order, claim)
+            if not claimed.claimed:
+                outcome = "disputed"
+                reason = (
+                    f"order {order_id} was already reconciled by invoice "
+                    f"{claimed.invoice_number} (workflow {claimed.workflow_id})"
+                )
 
         result: dict[str, Any] = {
             "outcome": outcome,
