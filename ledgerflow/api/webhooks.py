@@ -55,6 +55,7 @@ from ledgerflow.errors import ConfigError, WebhookError
 from ledgerflow.flow import registry
 from ledgerflow.sdk.client import LedgerflowClient, workflow_id_prefix
 from ledgerflow.settings import Settings
+from ledgerflow.store import Store
 
 __all__ = [
     "TOLERANCE_SECONDS",
@@ -295,6 +296,8 @@ class _Webhooks:
         self.settings = settings
         self._client = client
         self._lock = asyncio.Lock()
+        self._store_lock = asyncio.Lock()
+        self._store: Store | None = None
         self._key: bytes | None = None
         self._key_error: str | None = None
         if settings.webhook_secret is not None:
@@ -359,16 +362,28 @@ class _Webhooks:
                 self._client = client
         return self._client
 
-    # -- POST /webhooks/{workflow_type} --
+    # -- binding deliveries to their route and run --
 
-    async def bind(
-        self, client: LedgerflowClient, webhook_id: str, route: str, workflow_id: str
-    ) -> tuple[Any, bool]:
+    async def store(self) -> Store:
+        """The store, without needing the workflow engine (a refusal is recorded even while
+        Temporal is down)."""
+        if self._client is not None:
+            return self._client.runtime.store
+        async with self._store_lock:
+            if self._store is None:
+                store = Store(self.settings.database_url)
+                try:
+                    await asyncio.to_thread(store.migrate)
+                except Exception as exc:
+                    log.warning("api.store_migrate_failed", error=type(exc).__name__)
+                self._store = store
+        return self._store
+
+    async def bind(self, webhook_id: str, route: str, workflow_id: str) -> tuple[Any, bool]:
         """Bind the delivery to its route and run (``Store.delivery_bind``); 409 if the
         webhook-id was used for another route or run before."""
-        row, mine = await asyncio.to_thread(
-            client.runtime.store.delivery_bind, webhook_id, route, workflow_id
-        )
+        store = await self.store()
+        row, mine = await asyncio.to_thread(store.delivery_bind, webhook_id, route, workflow_id)
         if row.workflow_type != route or row.workflow_id != workflow_id:
             raise WebhookError(
                 409, f"webhook-id {webhook_id!r} was already delivered to another route or run"
@@ -377,19 +392,15 @@ class _Webhooks:
 
     async def finish(
         self,
-        client: LedgerflowClient,
         webhook_id: str,
         status: str,
         *,
         detail: str | None = None,
         run_id: str | None = None,
     ) -> None:
+        store = await self.store()
         await asyncio.to_thread(
-            client.runtime.store.delivery_finish,
-            webhook_id,
-            status,
-            detail=detail,
-            run_id=run_id,
+            store.delivery_finish, webhook_id, status, detail=detail, run_id=run_id
         )
 
     async def refuse_unbound(
@@ -399,14 +410,13 @@ class _Webhooks:
         that its webhook-id cannot be replayed to another route or run either. Best effort:
         without a store the refusal is simply answered."""
         try:
-            client = await self.client()
-            _row, mine = await self.bind(client, webhook_id, route, workflow_id)
+            _row, mine = await self.bind(webhook_id, route, workflow_id)
+            if mine:
+                await self.finish(webhook_id, _refused_status(refusal.status), detail=str(refusal))
         except WebhookError:
             return
-        if mine:
-            await self.finish(
-                client, webhook_id, _refused_status(refusal.status), detail=str(refusal)
-            )
+        except Exception as exc:  # the store is down: the refusal itself still holds
+            log.warning("webhook.refusal_not_recorded", error=type(exc).__name__)
 
     # -- POST /webhooks/{workflow_type} --
 
@@ -429,7 +439,7 @@ class _Webhooks:
             raise
 
         client = await self.client()
-        prior, mine = await self.bind(client, webhook_id, workflow_type, workflow_id)
+        prior, mine = await self.bind(webhook_id, workflow_type, workflow_id)
         if not mine and prior.run_id is not None:
             log.info(
                 "webhook.replay",
@@ -454,11 +464,12 @@ class _Webhooks:
             run_id = exc.run_id or await self._existing_run(client, workflow_id)
         except RPCError as exc:
             log.warning("webhook.start_failed", webhook_id=webhook_id, status=exc.status.name)
-            await self.finish(client, webhook_id, "failed", detail=f"start: {exc.status.name}")
+            await self.finish(webhook_id, "failed", detail=f"start: {exc.status.name}")
             raise WebhookError(503, "the workflow engine refused the start; retry later") from None
         if not run_id:  # pragma: no cover - Temporal always answers a run id
             raise WebhookError(503, "the workflow engine did not return a run id; retry later")
-        run_id = await asyncio.to_thread(client.runtime.store.delivery_set_run, webhook_id, run_id)
+        store = await self.store()
+        run_id = await asyncio.to_thread(store.delivery_set_run, webhook_id, run_id)
         log.info(
             "webhook.accepted",
             webhook_id=webhook_id,
@@ -508,7 +519,7 @@ class _Webhooks:
             raise
 
         client = await self.client()
-        prior, mine = await self.bind(client, webhook_id, route, workflow_id)
+        prior, mine = await self.bind(webhook_id, route, workflow_id)
         duplicate = not mine
         try:
             desc = await self._describe(client, workflow_type, workflow_id)
@@ -528,13 +539,11 @@ class _Webhooks:
                 )
         except WebhookError as refusal:
             if mine:
-                await self.finish(
-                    client, webhook_id, _refused_status(refusal.status), detail=str(refusal)
-                )
+                await self.finish(webhook_id, _refused_status(refusal.status), detail=str(refusal))
             raise
         except BaseException:
             if mine:
-                await self.finish(client, webhook_id, "failed", detail="internal error")
+                await self.finish(webhook_id, "failed", detail="internal error")
             raise
         log.info(
             f"webhook.{kind}",
@@ -560,7 +569,7 @@ class _Webhooks:
                 await handle.signal(name, arg)
             except RPCError as exc:
                 raise self._rpc_error(exc, handle.id, "signal") from None
-            await self.finish(client, webhook_id, "accepted", run_id=run_id)
+            await self.finish(webhook_id, "accepted", run_id=run_id)
         return SteerAccepted(
             workflow_id=handle.id, run_id=run_id, kind="signal", name=name, duplicate=not mine
         )
@@ -599,7 +608,7 @@ class _Webhooks:
                 "(is a worker running?); retry with the same webhook-id",
             ) from None
         if mine:
-            await self.finish(client, webhook_id, "accepted", run_id=run_id)
+            await self.finish(webhook_id, "accepted", run_id=run_id)
         return SteerAccepted(
             workflow_id=handle.id,
             run_id=run_id,
