@@ -455,7 +455,8 @@ class Store:
         connect_args: dict[str, Any] = {}
         if url.startswith("sqlite"):
             path = url.split("///", 1)[-1].split("?", 1)[0]
-            if path and path != ":memory:" and "://" not in path:
+            # A URI filename (``sqlite:///file:...?uri=true``) names its own file: leave it be.
+            if path and path != ":memory:" and "://" not in path and not path.startswith("file:"):
                 if not create and not Path(path).is_file():
                     raise StoreError(
                         f"no store at {url} (from LEDGERFLOW_DATABASE_URL or the default, "
