@@ -123,6 +123,7 @@ class Problem(BaseModel):
 
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": Problem, "description": "malformed Content-Length"},
     401: {"model": Problem, "description": "missing, malformed, stale or wrong signature"},
     404: {"model": Problem, "description": "unknown workflow type, message or run"},
     408: {"model": Problem, "description": "body not received within the read timeout"},
@@ -137,14 +138,20 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     },
     503: {"model": Problem, "description": "webhooks disabled, or the workflow engine is down"},
 }
+#: Updates can also time out waiting for the run's answer.
+_UPDATE_ERRORS: dict[int | str, dict[str, Any]] = {
+    **_ERRORS,
+    504: {"model": Problem, "description": "the run did not answer the update in time; retry"},
+}
 
 _SIGNATURE_HEADERS = [
     {
         "name": "webhook-id",
         "in": "header",
         "required": True,
-        "schema": {"type": "string", "maxLength": 255},
-        "description": "unique id of the message; retries of one message reuse it",
+        "schema": {"type": "string", "pattern": "^[\\x21-\\x7e]{1,255}$"},
+        "description": "unique id of the message (1 to 255 printable ASCII characters, no "
+        "space); retries of one message reuse it",
     },
     {
         "name": "webhook-timestamp",
@@ -735,7 +742,7 @@ def create_app(settings: Settings, client: LedgerflowClient | None = None) -> Fa
                     methods=["POST"],
                     status_code=202 if kind == "signal" else 200,
                     response_model=SteerAccepted,
-                    responses=_ERRORS,
+                    responses=_UPDATE_ERRORS if kind == "update" else _ERRORS,
                     openapi_extra=_body_doc(model),
                     summary=f"{kind.capitalize()} `{name}` to a running {workflow_type}",
                     description=f"The body is a `{model.__name__}`.",
