@@ -10,8 +10,10 @@ classification bounded by rules, and the activities of InvoiceReconciliationWork
   check (:func:`apply_invoice_rules`) is applied **after** the model, whatever the model said: the
   model may be stricter than the facts, never laxer.
 * ``escrow.read_order`` is a read (``eth_call``): it changes nothing, so it needs no idempotency
-  key. ``procurement.find_order`` finds the order a ProcurementWorkflow run really paid into, from
-  its checkpointed ``escrow.open`` step.
+  key. ``invoice.claim_order`` records in the store that this invoice reconciled its order: the
+  first invoice to claim an order wins, so one order is reconciled by one invoice (a second one
+  ends ``disputed``, naming the first). ``procurement.find_order`` finds the order a
+  ProcurementWorkflow run really paid into, from its checkpointed ``escrow.open`` step.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import json
 from typing import Literal
 
 from pydantic import Field, field_validator
+from temporalio import activity
 
 from ledgerflow.activities.llm import _logger, run_with_provider
 from ledgerflow.activities.procurement import OrderRef
@@ -29,7 +32,7 @@ from ledgerflow.flow import policies
 from ledgerflow.flow.activity import step_activity
 from ledgerflow.flow.registry import Activities
 from ledgerflow.llm.provider import DecisionMeta, LLMProvider, data_block, structured
-from ledgerflow.types import EscrowStatus, StrictModel
+from ledgerflow.types import Amount, EscrowStatus, Quantity, StrictInput, StrictModel, Text
 
 __all__ = [
     "MAX_LINE_DESCRIPTION_CHARS",
@@ -42,6 +45,8 @@ __all__ = [
     "InvoiceDecision",
     "InvoiceFacts",
     "InvoiceLine",
+    "OrderClaim",
+    "OrderClaimResult",
     "OrderLookup",
     "ProcurementRef",
     "ReconcileRequest",
@@ -81,12 +86,16 @@ def _cut(text: str, limit: int) -> str:
 # ---- models ---------------------------------------------------------------------------------
 
 
-class InvoiceLine(StrictModel):
+class InvoiceLine(StrictInput):
     """One invoice line. Amounts are integer token units (tUSD: 6 decimals)."""
 
-    description: str = Field("", description="supplier-written text; untrusted")
-    quantity: int = Field(1, gt=0)
-    unit_price: int = Field(0, ge=0, description="price of one unit, in token units")
+    description: Text = Field(
+        "",
+        description="supplier-written text; untrusted; cut to "
+        f"{MAX_LINE_DESCRIPTION_CHARS} characters",
+    )
+    quantity: Quantity = 1
+    unit_price: Amount = Field(0, description="price of one unit, in token units")
 
     @field_validator("description", mode="before")
     @classmethod
@@ -112,6 +121,25 @@ class EscrowOrderInfo(StrictModel):
 
 
 class ProcurementRef(StrictModel):
+    workflow_id: str
+
+
+class OrderClaim(StrictModel):
+    """Argument of ``invoice.claim_order``: the order this run's invoice reconciles."""
+
+    order_id: str
+    invoice_number: str
+
+
+class OrderClaimResult(StrictModel):
+    """Whether this run's invoice is the one that reconciles the order (the first one does).
+
+    When it is not, ``invoice_number`` and ``workflow_id`` name the invoice that did.
+    """
+
+    order_id: str
+    claimed: bool
+    invoice_number: str
     workflow_id: str
 
 
@@ -415,6 +443,27 @@ class InvoiceActivities(Activities):
             amount=int(amount),
             deadline=int(deadline),
             opened_by_our_agent=exists and str(buyer).lower() == str(agent).lower(),
+        )
+
+    @step_activity(
+        "invoice.claim_order",
+        kind="activity",
+        policy=policies.ACTIVITY,
+        summary="record that this invoice reconciles the order",
+    )
+    async def claim_order(self, req: OrderClaim) -> OrderClaimResult:
+        """Claim ``req.order_id`` for this run's invoice; idempotent (a retry, or a replay of
+        this run, finds its own claim)."""
+        info = activity.info()
+        workflow_id, run_id = info.workflow_id or "", info.workflow_run_id or ""
+        row = await asyncio.to_thread(
+            self.rt.store.reconcile_claim, req.order_id, req.invoice_number, workflow_id, run_id
+        )
+        return OrderClaimResult(
+            order_id=req.order_id,
+            claimed=(row.workflow_id, row.run_id) == (workflow_id, run_id),
+            invoice_number=row.invoice_number,
+            workflow_id=row.workflow_id,
         )
 
     @step_activity(

@@ -39,7 +39,14 @@ from ledgerflow.llm.provider import (
     structured,
 )
 from ledgerflow.observability import metrics
-from ledgerflow.types import EscrowStatus, NoEffect, StrictModel, TxResult, eip55
+from ledgerflow.types import (
+    MAX_LEAD_TIME_DAYS,
+    EscrowStatus,
+    NoEffect,
+    StrictModel,
+    TxResult,
+    eip55,
+)
 
 __all__ = [
     "LLM_ACTIVITY_NAME",
@@ -65,6 +72,7 @@ __all__ = [
     "choose_supplier",
     "choose_supplier_activity",
     "decide_supplier",
+    "decision_problem",
     "offline_supplier_decision",
     "procurement_order_id",
     "validate_decision",
@@ -84,6 +92,8 @@ RESPONSE_SCHEMA_NAME = "supplier_decision"
 #: Longer offer descriptions are cut to this many characters (they are untrusted and only
 #: inflate the prompt).
 MAX_DESCRIPTION_CHARS = 2000
+#: Most offers one decision weighs (the prompt stays bounded).
+MAX_OFFERS = 200
 
 
 # ---- models -----------------------------------------------------------------------------------
@@ -144,12 +154,16 @@ class OfferList(StrictModel):
 
 
 class DecisionRequest(StrictModel):
-    """What to buy and the offers to choose from (the activity's single argument)."""
+    """What to buy and the offers to choose from (the activity's single argument).
+
+    ``quantity_needed`` is the most the decision may buy: the requested quantity, or the
+    shortfall read from the chain.
+    """
 
     sku: str = Field(min_length=1, max_length=128)
     quantity_needed: int = Field(gt=0)
-    max_lead_time_days: int = Field(ge=0)
-    offers: list[Offer] = Field(min_length=1)
+    max_lead_time_days: int = Field(ge=0, le=MAX_LEAD_TIME_DAYS)
+    offers: list[Offer] = Field(min_length=1, max_length=MAX_OFFERS)
     per_tx_cap: int | None = Field(
         default=None, ge=0, description="informational; the on-chain policy enforces it"
     )
@@ -170,7 +184,9 @@ class SupplierDecision(StrictModel):
     # docstring and the field descriptions below are part of what the model reads.
 
     offer_id: int = Field(description="offer_id of the chosen offer, copied from the data")
-    quantity: int = Field(description="number of units to order (an integer)")
+    quantity: int = Field(
+        description="number of units to order (an integer, at most quantity_needed)"
+    )
     unit_price: int = Field(
         description="unit_price of the chosen offer, copied exactly (integer token units)"
     )
@@ -302,10 +318,13 @@ def build_messages(request: DecisionRequest) -> list[dict[str, str]]:
 
 
 def validate_decision(request: DecisionRequest, decision: SupplierDecision) -> tuple[str, int]:
-    """Check that ``decision`` is one of the choices ``request`` offers.
+    """Check that ``decision`` is one of the choices ``request`` offers, and buys no more than
+    is needed.
 
     The allow-list, the per-transaction cap and budgets are deliberately not checked: the on-chain
-    policy decides those, and a decision over the cap goes to a human.
+    policy decides those, and a decision over the cap goes to a human. Quantity is checked here
+    because the cap cannot: a hostile model that stays under the cap could otherwise buy many
+    times what was needed, with no human involved.
 
     Args:
         request: the request the decision answers.
@@ -316,15 +335,16 @@ def validate_decision(request: DecisionRequest, decision: SupplierDecision) -> t
 
     Raises:
         LLMInvalidOutput: the offer does not exist, the price differs from the offer's, the
-            quantity is not positive, exceeds the offer's maximum or falls short of the need
-            while the offer could cover it, or the offer's lead time exceeds the maximum.
+            quantity is not positive, exceeds ``quantity_needed`` or the offer's maximum, or
+            falls short of the need while the offer could cover it, or the offer's lead time
+            exceeds the maximum.
     """
     offer = next((o for o in request.offers if o.offer_id == decision.offer_id), None)
     if offer is None:
         known = sorted(o.offer_id for o in request.offers)
         raise LLMInvalidOutput(
             f"decision names offer_id {decision.offer_id}, which is not in the request "
-            f"(offers: {known})"
+            f"(offers: {known[:20]})"
         )
     if decision.unit_price != offer.unit_price:
         raise LLMInvalidOutput(
@@ -333,12 +353,17 @@ def validate_decision(request: DecisionRequest, decision: SupplierDecision) -> t
         )
     if decision.quantity <= 0:
         raise LLMInvalidOutput(f"decision quantity {decision.quantity} is not positive")
+    needed = request.quantity_needed
+    if decision.quantity > needed:
+        raise LLMInvalidOutput(
+            f"decision quantity {decision.quantity} exceeds quantity_needed {needed}: "
+            "never buy more than is needed"
+        )
     if decision.quantity > offer.max_quantity:
         raise LLMInvalidOutput(
             f"decision quantity {decision.quantity} exceeds offer {offer.offer_id}'s "
             f"max_quantity {offer.max_quantity}"
         )
-    needed = request.quantity_needed
     if decision.quantity < needed and offer.max_quantity >= needed:
         raise LLMInvalidOutput(
             f"decision quantity {decision.quantity} is below quantity_needed "
@@ -350,6 +375,25 @@ def validate_decision(request: DecisionRequest, decision: SupplierDecision) -> t
             f"max_lead_time_days {request.max_lead_time_days}"
         )
     return offer.supplier, decision.quantity * offer.unit_price
+
+
+def decision_problem(request: DecisionRequest, result: DecisionResult) -> str | None:
+    """What is wrong with a decision result the workflow received, or ``None``.
+
+    The workflow's own check, independent of the activity that produced ``result``: the
+    decision is valid for ``request`` (:func:`validate_decision`: a real offer at its price,
+    never more than ``quantity_needed``), and the supplier and total are the offer's and
+    ``quantity * unit_price``. Pure and deterministic, so workflow code may call it.
+    """
+    try:
+        supplier, total = validate_decision(request, result.decision)
+    except LLMInvalidOutput as exc:
+        return str(exc)
+    if result.supplier != supplier:
+        return f"decision supplier {result.supplier} is not offer {result.decision.offer_id}'s"
+    if result.total != total:
+        return f"decision total {result.total} is not quantity times unit_price ({total})"
+    return None
 
 
 def offline_supplier_decision(request: DecisionRequest) -> SupplierDecision:

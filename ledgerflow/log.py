@@ -120,12 +120,29 @@ def register_secret(value: str | None) -> None:
     candidates = {value}
     if value.lower().startswith("0x") and len(value) > 10:
         candidates.add(value[2:])
+    candidates.update(_url_secrets(value))
     with _secrets_lock:
         before = len(_secrets)
         _secrets.update(c for c in candidates if len(c) >= 8)
         if len(_secrets) != before:
             ordered = sorted(_secrets, key=len, reverse=True)
             _secret_pattern = re.compile("|".join(re.escape(s) for s in ordered), re.IGNORECASE)
+
+
+def _url_secrets(value: str) -> set[str]:
+    """The parts of a URL that can be credentials on their own: the password (and user), every
+    query value and the token-like path segments, so that one quoted apart from its URL (an
+    error message that echoes a path or a query value) is masked too."""
+    if "://" not in value:
+        return set()
+    try:
+        parts = urlsplit(value)
+        found = {parts.password or "", parts.username or ""} if parts.password else set()
+        found.update(v for _, v in parse_qsl(parts.query, keep_blank_values=True))
+    except ValueError:
+        return set()
+    found.update(seg for seg in parts.path.split("/") if _token_like(seg))
+    return {f for f in found if len(f) >= 8}
 
 
 def scrub(text: str) -> str:

@@ -193,6 +193,12 @@ class Settings(BaseSettings):
     llm_model: str = "gpt-4o-mini"
     llm_timeout_seconds: float = 30.0
     llm_max_tokens: int = 800
+    llm_max_response_bytes: int = Field(
+        1024 * 1024,
+        ge=1024,
+        le=64 * 1024 * 1024,
+        description="larger HTTP bodies from the LLM endpoint are refused before they are parsed",
+    )
     openai_api_key: SecretStr | None = Field(
         None, validation_alias=AliasChoices("LEDGERFLOW_OPENAI_API_KEY", "OPENAI_API_KEY")
     )
@@ -204,7 +210,10 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     webhook_secret: SecretStr | None = None
-    webhook_max_body_bytes: int = 256 * 1024
+    webhook_max_body_bytes: int = Field(256 * 1024, ge=1024, le=16 * 1024 * 1024)
+    webhook_read_timeout_seconds: float = Field(
+        10.0, gt=0, le=300, description="a request body not received within this time is 408"
+    )
 
     # Generic HTTP steps
     http_allowed_hosts: list[str] = Field(

@@ -33,11 +33,11 @@ from pathlib import Path
 from typing import Any
 
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.envconfig import ClientConfigProfile
 from temporalio.runtime import Runtime
 from temporalio.service import TLSConfig
 
+from ledgerflow.converter import data_converter
 from ledgerflow.errors import ConfigError, StackError
 from ledgerflow.observability.telemetry import process_runtime
 from ledgerflow.settings import Settings
@@ -149,7 +149,8 @@ async def connect(
     runtime: Runtime | None = None,
     interceptors: Sequence[Any] = (),
 ) -> Client:
-    """Connect with the pydantic data converter, retrying while the server is still starting.
+    """Connect with ledgerflow's data converter (:mod:`ledgerflow.converter`), retrying while
+    the server is still starting.
 
     Args:
         target: the :class:`~ledgerflow.settings.Settings` of this process (every product code
@@ -179,7 +180,7 @@ async def connect(
         try:
             client = await Client.connect(
                 resolved.address,
-                data_converter=pydantic_data_converter,
+                data_converter=data_converter,
                 runtime=runtime or process_runtime(),
                 interceptors=list(interceptors),
                 **resolved.connect_kwargs(),

@@ -3,7 +3,12 @@
 Declared once and imported everywhere (workflows, activities, the API, the SDK, the tests):
 
 * :class:`StrictModel`, the base of every model that crosses a process boundary (workflow and
-  activity arguments and results, webhook bodies);
+  activity arguments and results, webhook bodies), and :class:`StrictInput`, the base of what
+  callers fill (workflow inputs, signal and update arguments): strict types, no coercion;
+* the bounded input types (:data:`Sku`, :data:`Quantity`, :data:`Amount`,
+  :data:`WaitSeconds`, :data:`Text`) and their limits (:data:`MAX_QUANTITY`, ...), chosen so
+  that every value fits everywhere it flows: Python's ``timedelta``, Temporal timers, ``uint64``
+  deadlines and ``uint256`` amounts on chain, ``bytes32`` SKUs;
 * :data:`Address` (an EVM address, normalised to its EIP-55 checksum form by one validator,
   :func:`eip55`) and :data:`Bytes32` (a 0x-hex 32-byte value such as a hash or an order id);
 * :class:`ErrorType`, the names of the errors that reach Temporal: raised as
@@ -25,16 +30,26 @@ from Crypto.Hash import keccak as _keccak
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_serializer
 
 __all__ = [
+    "MAX_AMOUNT",
+    "MAX_LEAD_TIME_DAYS",
+    "MAX_QUANTITY",
+    "MAX_WAIT_SECONDS",
     "Address",
+    "Amount",
     "AnchorMode",
     "Bytes32",
     "ErrorType",
     "EscrowStatus",
     "EvolvingModel",
     "NoEffect",
+    "Quantity",
+    "Sku",
+    "StrictInput",
     "StrictModel",
+    "Text",
     "TxEvent",
     "TxResult",
+    "WaitSeconds",
     "eip55",
 ]
 
@@ -45,6 +60,76 @@ class StrictModel(BaseModel):
     """Base of every model that crosses a process boundary: unknown fields are refused."""
 
     model_config = ConfigDict(extra="forbid")
+
+
+class StrictInput(StrictModel):
+    """Base of every model a caller fills: workflow inputs and signal and update arguments.
+
+    Unknown fields are refused and nothing is coerced: an integer field takes a JSON integer
+    only (not ``"10"``, ``true``, ``10.0`` or ``1e1``), a string field a string. The worker's
+    data converter decodes these models strictly and refuses duplicate keys, so a run started
+    from the Temporal UI or another SDK is held to the same rules as one started through
+    ledgerflow (``ledgerflow.temporal``).
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+# ---- bounded input types ----------------------------------------------------------------------
+
+#: Most units one order may buy (an ``uint256`` on chain; bounded so that quantity times price
+#: and every sum of invoice lines stay small integers).
+MAX_QUANTITY = 1_000_000_000
+#: Largest amount in token units (10^18 tUSD at 6 decimals): far inside ``uint256`` even when
+#: multiplied by :data:`MAX_QUANTITY` and summed over an invoice's lines.
+MAX_AMOUNT = 10**24
+#: Longest wait for a person or a partner (approval, review, delivery): one year. Fits
+#: ``timedelta``, Temporal timers and the ``uint64`` escrow deadline with room to spare.
+MAX_WAIT_SECONDS = 366 * 86_400
+#: Longest acceptable supplier lead time.
+MAX_LEAD_TIME_DAYS = 3650
+
+
+def _well_formed(value: str) -> str:
+    # A lone surrogate (possible from Python callers; JSON parsing refuses it) cannot be encoded
+    # as UTF-8: it would fail later, in the payload, the canonical encoding or the database.
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("text must be valid Unicode (no lone surrogates)") from None
+    return value
+
+
+#: Control characters other than tab, LF and CR.
+_NO_CONTROL = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$"
+
+
+#: A string a caller writes: valid Unicode, no control characters but tab, CR and LF. Bound its
+#: length where it is used: ``reason: Text = Field("", max_length=1000)``.
+Text = Annotated[
+    str,
+    Field(pattern=_NO_CONTROL),
+    AfterValidator(_well_formed),
+]
+
+
+#: An inventory SKU: 1 to 32 printable ASCII characters (a ``bytes32`` on chain), no space at
+#: either end.
+Sku = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=32,
+        pattern=r"^[!-~]([ -~]*[!-~])?$",
+        description="inventory SKU: 1 to 32 printable ASCII characters (a bytes32 on chain)",
+    ),
+]
+#: A number of units: 1 to :data:`MAX_QUANTITY`.
+Quantity = Annotated[int, Field(gt=0, le=MAX_QUANTITY)]
+#: An amount in token units: 0 to :data:`MAX_AMOUNT`.
+Amount = Annotated[int, Field(ge=0, le=MAX_AMOUNT, description="token units")]
+#: A wait for a person or a partner, in seconds: 1 to :data:`MAX_WAIT_SECONDS`.
+WaitSeconds = Annotated[int, Field(gt=0, le=MAX_WAIT_SECONDS)]
 
 
 _ADDRESS_RE = re.compile(r"^0x[0-9a-fA-F]{40}$")
@@ -130,6 +215,9 @@ class ErrorType(StrEnum):
     HTTP_UNAVAILABLE = "HTTPUnavailable"
     #: An update or signal that the run does not accept now (nothing is pending, bad payload).
     UPDATE_REJECTED = "UpdateRejected"
+    #: A workflow input, signal or update argument that fails its model (wrong type, out of
+    #: range, unknown field, duplicate key, malformed JSON): not retried, the run fails at once.
+    INVALID_INPUT = "InvalidInput"
     #: The chain lost the step's transaction and its owner said it must not be redone.
     TX_VOIDED = "TxVoided"
     #: The chain's fee is above the configured maximum (retried: the fee may fall).

@@ -361,7 +361,9 @@ async def test_invalid_body_is_422_with_a_helpful_message(
     assert resp.status_code == 422, resp.text
     assert expect in resp.json()["detail"]
     assert not await run_exists(stack, webhook_workflow_id(WF, msg_id))
-    assert delivery_rows(stack, msg_id) == []
+    # Recorded as refused (no run): the signed delivery cannot be replayed to another route.
+    [row] = delivery_rows(stack, msg_id)
+    assert (row.status, row.run_id, row.workflow_type) == ("refused", None, WF)
 
 
 async def test_unknown_workflow_type_is_404(api: httpx.AsyncClient) -> None:
@@ -447,7 +449,10 @@ async def test_update_without_pending_approval_is_409(stack: Stack, api: httpx.A
     resp = await post_signed(api, f"/webhooks/{WF}/{wf_id}/update/approve", {}, msg_id=msg_id)
     assert resp.status_code == 409, resp.text
     assert "no approval is pending" in resp.json()["detail"]
-    assert delivery_rows(stack, msg_id) == []  # refused deliveries are not recorded
+    # Refused deliveries are recorded as refused, bound to this route and run.
+    [row] = delivery_rows(stack, msg_id)
+    assert (row.status, row.workflow_id) == ("refused", wf_id)
+    assert "no approval is pending" in (row.detail or "")
 
     # Concurrent duplicate signals: all acknowledged, the run completes once.
     path = f"/webhooks/{WF}/{wf_id}/signal/confirm_delivery"

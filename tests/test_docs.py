@@ -315,7 +315,7 @@ def test_compose_services_and_their_settings() -> None:
     assert set(services) == set(COMPOSE_SERVICES)
     for name, service in services.items():
         env = service.get("environment") or {}
-        unknown = {k for k in env if k.startswith("LEDGERFLOW_")} - SETTING_VARS
+        unknown = {k for k in env if k.startswith("LEDGERFLOW_")} - SETTING_VARS - FILE_VARS
         assert not unknown, (name, unknown)
         for dep, cond in (service.get("depends_on") or {}).items():
             assert dep in services, (name, dep)

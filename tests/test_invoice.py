@@ -169,9 +169,10 @@ async def procure(stack: Stack, quantity: int, wf_id: str | None = None) -> Orde
     return Order(wf_id, res["order_id"], res["supplier"], res["quantity"], res["total"])
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 async def order(stack: Stack) -> Order:
-    """One paid ProcurementWorkflow order (10 x WIDGET-42) that the invoices here bill."""
+    """A paid ProcurementWorkflow order (10 x WIDGET-42) that the test's invoices bill (one per
+    test: an order is reconciled by one invoice only)."""
     o = await procure(stack, 10)
     assert (o.supplier, o.total) == (SUPPLIER, 10 * UNIT)
     return o
@@ -206,6 +207,7 @@ async def test_matching_invoice_reconciles_and_verifies(
     assert step_names(stack, res["id"]) == [
         "escrow.read_order",
         "llm.reconcile_invoice",
+        "invoice.claim_order",
         "invoice.outcome",
     ]
 
@@ -231,7 +233,11 @@ async def test_mismatch_accepted_by_a_human_reconciles(stack: Stack, order: Orde
     assert res["classification"] == "mismatch"
     assert any("differs from the order's supplier" in r for r in res["reasons"])
     assert res["outcome"] == "reconciled" and res["resolution"] == "accept"
-    assert step_names(stack, res["id"])[-2:] == ["resolve.accept", "invoice.outcome"]
+    assert step_names(stack, res["id"])[-3:] == [
+        "resolve.accept",
+        "invoice.claim_order",
+        "invoice.outcome",
+    ]
 
 
 async def test_resolve_is_refused_when_nothing_is_pending(stack: Stack, order: Order) -> None:

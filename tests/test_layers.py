@@ -40,6 +40,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "ledgerflow.store",
             "ledgerflow.runtime",
             "ledgerflow.temporal",
+            "ledgerflow.converter",
         ),
     ),
     (
@@ -50,6 +51,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "ledgerflow.settings",
             "ledgerflow.log",
             "ledgerflow.observability",
+            "ledgerflow.jsonsafe",
         ),
     ),
 ]

@@ -261,8 +261,10 @@ async def test_valid_answer_gives_result_with_usage_hashes_and_model(
     assert result.supplier == BOB
     assert result.total == 110 * USDC
     meta = result.meta
-    assert (meta.provider, meta.model, meta.offline) == (
+    # The model asked for is recorded; what the endpoint says it is, apart (it could lie).
+    assert (meta.provider, meta.model, meta.reported_model, meta.offline) == (
         "openai",
+        "gpt-test-mini",
         "gpt-test-mini-2026-01-01",
         False,
     )

@@ -17,10 +17,10 @@ from typing import Any
 
 import pytest
 from temporalio.client import WorkflowHistory
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
 from ledgerflow.activities.checkpoint import CheckpointActivities
+from ledgerflow.converter import data_converter
 from ledgerflow.worker.runner import workflow_classes
 from ledgerflow.workflows.procurement import ProcurementRequest
 from tests.conftest import Stack
@@ -32,9 +32,7 @@ HISTORIES = Path(__file__).parent / "histories"
 def _replayer() -> Replayer:
     from ledgerflow_bench.workflow import BenchWorkflow
 
-    return Replayer(
-        workflows=[*workflow_classes(), BenchWorkflow], data_converter=pydantic_data_converter
-    )
+    return Replayer(workflows=[*workflow_classes(), BenchWorkflow], data_converter=data_converter)
 
 
 @pytest.mark.parametrize("path", sorted(HISTORIES.glob("*.json")), ids=lambda p: p.stem)

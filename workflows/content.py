@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import ConfigDict, Field
 from temporalio import workflow
 from temporalio.exceptions import ActivityError
 
@@ -38,7 +38,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from ledgerflow.flow.ledger import failure_output
     from ledgerflow.flow.workflow import ledger_details
-    from ledgerflow.types import AnchorMode, StrictModel
+    from ledgerflow.types import AnchorMode, StrictInput, StrictModel, Text, WaitSeconds
 
 __all__ = [
     "ContentProvenanceWorkflow",
@@ -55,11 +55,16 @@ ContentOutcome = Literal["approved", "rejected"]
 
 
 class ContentRequest(ContentDocument):
-    """Input of ContentProvenanceWorkflow. Every field has a default, so ``{}`` starts it."""
+    """Input of ContentProvenanceWorkflow. Every field has a default, so ``{}`` starts it.
+
+    Strict (no coercion, unknown fields refused) and bounded (docs/workflows.md).
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     require_review: bool = Field(False, description="ask a human even when nothing is flagged")
-    review_timeout_seconds: int = Field(
-        86_400, gt=0, description="how long flagged content waits for the `review` update"
+    review_timeout_seconds: WaitSeconds = Field(
+        86_400, description="how long flagged content waits for the `review` update"
     )
     on_review_timeout: Literal["approve", "reject"] = Field(
         "reject", description="what an unanswered review means"
@@ -70,7 +75,9 @@ class ContentRequest(ContentDocument):
     wait_for_anchor: bool | None = Field(
         None, description="complete only after the last step is anchored; null = default (true)"
     )
-    trigger: str | None = Field(None, description="what started the run (webhook id, event, ...)")
+    trigger: Text | None = Field(
+        None, max_length=300, description="what started the run (webhook id, event, ...)"
+    )
 
     def document(self) -> ContentDocument:
         return ContentDocument(
@@ -78,12 +85,12 @@ class ContentRequest(ContentDocument):
         )
 
 
-class ReviewDecision(StrictModel):
+class ReviewDecision(StrictInput):
     """Update ``review``: a human's verdict on flagged content."""
 
     action: Literal["approve", "reject"] = Field(description="approve or reject the content")
-    reviewer: str = Field("operator", max_length=128)
-    reason: str = Field("", max_length=1000)
+    reviewer: Text = Field("operator", min_length=1, max_length=128)
+    reason: Text = Field("", max_length=1000)
 
 
 class ContentState(RunState):

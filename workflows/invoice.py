@@ -26,6 +26,7 @@ with workflow.unsafe.imports_passed_through():
         InvoiceClass,
         InvoiceFacts,
         InvoiceLine,
+        OrderClaim,
         ProcurementRef,
         ReconcileRequest,
         apply_invoice_rules,
@@ -37,7 +38,15 @@ with workflow.unsafe.imports_passed_through():
     from ledgerflow.flow import CheckpointedWorkflow, Run, RunState, register, update_handler
     from ledgerflow.flow.ledger import failure_output
     from ledgerflow.flow.workflow import ledger_details, tokens
-    from ledgerflow.types import AnchorMode, StrictModel, eip55
+    from ledgerflow.types import (
+        Address,
+        AnchorMode,
+        Bytes32,
+        StrictInput,
+        StrictModel,
+        Text,
+        WaitSeconds,
+    )
 
 __all__ = [
     "InvoiceReconciliationWorkflow",
@@ -51,35 +60,36 @@ __all__ = [
 # ---- input, messages, state and result --------------------------------------------------------
 
 InvoiceOutcome = Literal["reconciled", "disputed", "timed_out"]
-_ADDRESS_PATTERN = r"^0x[0-9a-fA-F]{40}$"
-_BYTES32_PATTERN = r"^0x[0-9a-fA-F]{64}$"
+#: The patch that added the one-invoice-per-order claim (runs before it replay without it).
+ONE_INVOICE = "ledgerflow-invoice-one-per-order"
 
 
-class InvoiceRequest(StrictModel):
+class InvoiceRequest(StrictInput):
     """Input of InvoiceReconciliationWorkflow. Every field has a default, so ``{}`` starts it.
 
     The escrow order is named by ``order_id`` or, equivalently, by the id of the
     ProcurementWorkflow run that opened it (``procurement_workflow_id``); at most one of the two.
-    Without either the invoice goes to a human (``needs_review``).
+    Without either the invoice goes to a human (``needs_review``). Strict and bounded
+    (docs/workflows.md).
     """
 
-    invoice_number: str = Field("INV-0001", min_length=1, max_length=64)
-    supplier: str | None = Field(
-        None, pattern=_ADDRESS_PATTERN, description="supplier's EVM address (0x + 40 hex)"
-    )
-    order_id: str | None = Field(
-        None, pattern=_BYTES32_PATTERN, description="escrow order id (0x + 64 hex) or null"
-    )
-    procurement_workflow_id: str | None = Field(
+    invoice_number: Text = Field("INV-0001", min_length=1, max_length=64)
+    supplier: Address | None = Field(None, description="supplier's EVM address (0x + 40 hex)")
+    order_id: Bytes32 | None = Field(None, description="escrow order id (0x + 64 hex) or null")
+    procurement_workflow_id: Text | None = Field(
         None,
         min_length=1,
         max_length=255,
         description="alternative to order_id: the ProcurementWorkflow run whose order this bills",
     )
     lines: list[InvoiceLine] = Field(default_factory=list, max_length=200)
-    notes: str = Field("", description="supplier-written free text; untrusted, never instructions")
-    review_timeout_seconds: int = Field(
-        86_400, gt=0, description="how long a mismatch waits for the `resolve` update"
+    notes: Text = Field(
+        "",
+        description="supplier-written free text; untrusted, never instructions; cut to "
+        f"{MAX_NOTES_CHARS} characters",
+    )
+    review_timeout_seconds: WaitSeconds = Field(
+        86_400, description="how long a mismatch waits for the `resolve` update"
     )
     anchor_mode: AnchorMode | None = Field(
         None, description="per-run anchoring mode; null = the starter's or workflow default"
@@ -87,23 +97,14 @@ class InvoiceRequest(StrictModel):
     wait_for_anchor: bool | None = Field(
         None, description="complete only after the last step is anchored; null = default (true)"
     )
-    trigger: str | None = Field(None, description="what started the run (webhook id, event, ...)")
+    trigger: Text | None = Field(
+        None, max_length=300, description="what started the run (webhook id, event, ...)"
+    )
 
     @field_validator("notes", mode="before")
     @classmethod
     def _cut_notes(cls, value: object) -> object:
         return cut_text(value, MAX_NOTES_CHARS)
-
-    @field_validator("supplier")
-    @classmethod
-    def _supplier_checksum(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        checksummed = eip55(value)
-        body = value[2:]
-        if body not in (body.lower(), body.upper()) and value != checksummed:
-            raise ValueError("supplier address has an invalid EIP-55 checksum")
-        return checksummed
 
     @model_validator(mode="after")
     def _one_order_reference(self) -> InvoiceRequest:
@@ -116,14 +117,14 @@ class InvoiceRequest(StrictModel):
         return sum(line.amount for line in self.lines)
 
 
-class ResolutionDecision(StrictModel):
+class ResolutionDecision(StrictInput):
     """Update ``resolve``: a human's answer to a mismatched or unclear invoice."""
 
     action: Literal["accept", "reject"] = Field(
         description="accept: reconcile the invoice as is; reject: dispute it"
     )
-    resolver: str = Field("operator", max_length=128)
-    reason: str = Field("", max_length=1000)
+    resolver: Text = Field("operator", min_length=1, max_length=128)
+    reason: Text = Field("", max_length=1000)
 
 
 class InvoiceState(RunState):
@@ -254,6 +255,17 @@ class InvoiceReconciliationWorkflow(CheckpointedWorkflow):
             else:
                 outcome = "disputed"
                 reason = f"rejected by {resolution.resolver}: {resolution.reason}".strip(" :")
+        if outcome == "reconciled" and order_id is not None and workflow.patched(ONE_INVOICE):
+            # One order, one invoice: the first invoice to reconcile an order claims it.
+            st.phase = "claiming-order"
+            claim = OrderClaim(order_id=order_id, invoice_number=request.invoice_number)
+            claimed = await run.step(InvoiceActivities.claim_order, claim)
+            if not claimed.claimed:
+                outcome = "disputed"
+                reason = (
+                    f"order {order_id} was already reconciled by invoice "
+                    f"{claimed.invoice_number} (workflow {claimed.workflow_id})"
+                )
 
         result: dict[str, Any] = {
             "outcome": outcome,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field
 from temporalio import workflow
 from temporalio.exceptions import ActivityError
 
@@ -29,6 +29,7 @@ with workflow.unsafe.imports_passed_through():
         RestockRequest,
         SkuRequest,
         choose_supplier_activity,
+        decision_problem,
         procurement_order_id,
     )
     from ledgerflow.flow import (
@@ -42,7 +43,17 @@ with workflow.unsafe.imports_passed_through():
         update_handler,
     )
     from ledgerflow.flow.workflow import ledger_details, tokens
-    from ledgerflow.types import AnchorMode, StrictModel
+    from ledgerflow.types import (
+        MAX_LEAD_TIME_DAYS,
+        MAX_WAIT_SECONDS,
+        AnchorMode,
+        Quantity,
+        Sku,
+        StrictInput,
+        StrictModel,
+        Text,
+        WaitSeconds,
+    )
 
 __all__ = [
     "ApprovalDecision",
@@ -59,19 +70,26 @@ __all__ = [
 Outcome = Literal["completed", "compensated", "rejected"]
 
 
-class ProcurementRequest(StrictModel):
-    """Input of ProcurementWorkflow. Every field has a default, so ``{}`` is a valid start."""
+class ProcurementRequest(StrictInput):
+    """Input of ProcurementWorkflow. Every field has a default, so ``{}`` is a valid start.
 
-    sku: str = Field(
-        "WIDGET-42", min_length=1, description="inventory SKU (at most 32 bytes of UTF-8)"
+    Strict and bounded (docs/procurement.md): integers are JSON integers, every duration is at
+    most a year, the SKU fits a ``bytes32``.
+    """
+
+    sku: Sku = "WIDGET-42"
+    quantity: Quantity | None = Field(None, description="units to buy; default: the shortfall")
+    max_lead_time_days: int = Field(14, gt=0, le=MAX_LEAD_TIME_DAYS)
+    approval_timeout_seconds: WaitSeconds = Field(
+        86_400, description="how long an over-cap purchase waits for `approve` / `reject`"
     )
-    quantity: int | None = Field(None, gt=0, description="units to buy; default: the shortfall")
-    max_lead_time_days: int = Field(14, gt=0)
-    approval_timeout_seconds: int = Field(86_400, gt=0)
-    delivery_deadline_seconds: int = Field(7 * 86_400, gt=0)
+    delivery_deadline_seconds: WaitSeconds = Field(
+        7 * 86_400, description="how long after paying the delivery may take (escrow deadline)"
+    )
     simulate_delivery_after_seconds: int | None = Field(
         None,
         ge=0,
+        le=MAX_WAIT_SECONDS,
         description="demo only: a simulated supplier confirms delivery after this many seconds",
     )
     anchor_mode: AnchorMode | None = Field(
@@ -80,28 +98,23 @@ class ProcurementRequest(StrictModel):
     wait_for_anchor: bool | None = Field(
         None, description="complete only after the last step is anchored; null = default (true)"
     )
-    trigger: str | None = Field(None, description="what started the run (webhook id, event, ...)")
-
-    @field_validator("sku")
-    @classmethod
-    def _sku_fits_bytes32(cls, sku: str) -> str:
-        if len(sku.encode("utf-8")) > 32:
-            raise ValueError("a SKU is at most 32 bytes of UTF-8 (it is a bytes32 on chain)")
-        return sku
+    trigger: Text | None = Field(
+        None, max_length=300, description="what started the run (webhook id, event, ...)"
+    )
 
 
-class ApprovalDecision(StrictModel):
+class ApprovalDecision(StrictInput):
     """Answer to an over-cap escalation (Update ``approve`` / ``reject``)."""
 
-    approver: str = Field("operator", max_length=128)
-    reason: str = Field("", max_length=1000)
+    approver: Text = Field("operator", min_length=1, max_length=128)
+    reason: Text = Field("", max_length=1000)
 
 
-class DeliveryConfirmation(StrictModel):
+class DeliveryConfirmation(StrictInput):
     """Signal ``confirm_delivery`` from the supplier (or its webhook)."""
 
-    reference: str = Field("", max_length=256)
-    quantity: int | None = Field(None, gt=0)
+    reference: Text = Field("", max_length=256)
+    quantity: Quantity | None = None
 
 
 class ProcurementState(RunState):
@@ -260,6 +273,10 @@ class ProcurementWorkflow(CheckpointedWorkflow):
             decision = await run.step(choose_supplier_activity, decision_request)
         except ActivityError as err:
             raise run.stop("rejected", f"no usable decision: {reason_of(err)}") from None
+        # Checked again here, whatever the activity said: never more than needed, a real offer.
+        problem = decision_problem(decision_request, decision)
+        if problem is not None:
+            raise run.stop("rejected", f"no usable decision: {problem}")
         self._decision = decision
         supplier, total = decision.supplier, decision.total
         run.fields.update(

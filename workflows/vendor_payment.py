@@ -5,14 +5,14 @@ from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
     from ledgerflow.flow import Approval, CheckpointedWorkflow, RunResult, register, update_handler
-    from ledgerflow.types import Address, StrictModel
+    from ledgerflow.types import Address, StrictInput, StrictModel
 
 
-class VendorPayment(StrictModel):
+class VendorPayment(StrictInput):
     vendor: Address = "0x976EA74026E726554dB657fA54763abd0C3a0aa9"
     invoice: str = Field("Invoice 7: 120 x WIDGET-42 at 12 tUSD = 1,440 tUSD", max_length=4000)
     max_amount: int = Field(1_440_000_000, gt=0, le=10**12, description="token units")
-    approval_above: int = Field(1_000_000_000, ge=0, description="token units")
+    approval_above: int = Field(1_000_000_000, ge=0, le=10**12, description="token units")
     approval_timeout_seconds: int = Field(3600, gt=0, le=7 * 86_400)
 
 

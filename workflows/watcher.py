@@ -39,7 +39,7 @@ with workflow.unsafe.imports_passed_through():
     from ledgerflow.activities.procurement import Shortfall
     from ledgerflow.flow import register
     from ledgerflow.flow.ledger import failure_output
-    from ledgerflow.types import StrictModel
+    from ledgerflow.types import Sku, StrictInput, StrictModel, Text, WaitSeconds
     from ledgerflow.workflows.procurement import ProcurementRequest
 
 __all__ = [
@@ -84,7 +84,7 @@ class WatcherStats(StrictModel):
     started: int = 0  # procurements newly started (not found existing)
 
 
-class WatcherInput(StrictModel):
+class WatcherInput(StrictInput):
     """Input of ChainEventWatcherWorkflow. ``{}`` is a valid start (follow from the next block)."""
 
     from_block: int | None = Field(
@@ -93,17 +93,23 @@ class WatcherInput(StrictModel):
     confirmations: int | None = Field(
         None, ge=0, description="blocks a log must be buried under; null = worker setting"
     )
-    poll_interval_seconds: float = Field(2.0, gt=0, description="pause between polls")
-    max_blocks_per_poll: int = Field(2000, ge=1)
-    polls_per_run: int = Field(200, ge=1, description="continue-as-new after this many polls")
-    max_history_events: int = Field(
-        10_000, ge=100, description="continue-as-new once history is this long"
+    poll_interval_seconds: float = Field(2.0, gt=0, le=3600, description="pause between polls")
+    max_blocks_per_poll: int = Field(2000, ge=1, le=100_000)
+    polls_per_run: int = Field(
+        200, ge=1, le=10_000, description="continue-as-new after this many polls"
     )
-    skus: list[str] = Field(default_factory=list, description="only these SKUs; empty = all")
+    max_history_events: int = Field(
+        10_000, ge=100, le=40_000, description="continue-as-new once history is this long"
+    )
+    skus: list[Sku] = Field(
+        default_factory=list, max_length=1000, description="only these SKUs; empty = all"
+    )
     procurement: dict[str, Any] = Field(
         default_factory=dict, description="extra ProcurementRequest fields for started runs"
     )
-    task_queue: str | None = Field(None, description="procurements' task queue; null = worker's")
+    task_queue: Text | None = Field(
+        None, max_length=255, description="procurements' task queue; null = worker's"
+    )
     stats: WatcherStats = Field(default_factory=WatcherStats)
 
     @field_validator("procurement")
@@ -125,14 +131,16 @@ class WatcherState(StrictModel):
     stats: WatcherStats = Field(default_factory=WatcherStats)
 
 
-class SweepRequest(StrictModel):
+class SweepRequest(StrictInput):
     """Input of InventorySweepWorkflow. ``{}`` sweeps every SKU configured on the ledger."""
 
-    skus: list[str] = Field(
-        default_factory=list, description="SKUs to check; empty = every configured SKU"
+    skus: list[Sku] = Field(
+        default_factory=list,
+        max_length=1000,
+        description="SKUs to check; empty = every configured SKU",
     )
-    window_seconds: int = Field(
-        3600, ge=1, description="one procurement per SKU per window of this length"
+    window_seconds: WaitSeconds = Field(
+        3600, description="one procurement per SKU per window of this length"
     )
     skip_if_running: bool = Field(
         True, description="skip a SKU that already has a running ProcurementWorkflow"
@@ -140,7 +148,9 @@ class SweepRequest(StrictModel):
     procurement: dict[str, Any] = Field(
         default_factory=dict, description="extra ProcurementRequest fields for started runs"
     )
-    task_queue: str | None = Field(None, description="procurements' task queue; null = worker's")
+    task_queue: Text | None = Field(
+        None, max_length=255, description="procurements' task queue; null = worker's"
+    )
 
     @field_validator("procurement")
     @classmethod

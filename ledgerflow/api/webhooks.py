@@ -5,8 +5,16 @@ Every webhook route is authenticated per the Standard Webhooks spec: headers ``w
 ``v1,<base64 HMAC-SHA256 of "{id}.{timestamp}." + raw body>`` under the secret
 ``LEDGERFLOW_WEBHOOK_SECRET`` (``whsec_<base64>``). The raw bytes are verified before anything is
 parsed. Deliveries are at least once, so the receiver deduplicates: the workflow id of a start is
-derived from the ``webhook-id`` and every accepted delivery is recorded in the store
-(``WebhookDelivery``), so a replay answers the original run instead of starting a new one.
+derived from the ``webhook-id`` and every delivery is recorded in the store (``WebhookDelivery``),
+so a replay answers the original run instead of starting a new one.
+
+A signed delivery is bound to its target: on first use its ``webhook-id`` is recorded with the
+route and the run it was sent to, refused deliveries included, and it is refused (409) on any
+other route or run. The signature covers the id, the timestamp and the body but not the URL, so
+without this a delivery captured on its way to one run (even one refused there because the run
+had finished) could be replayed, verbatim, against another. Bodies are read with a size limit
+and a read timeout, and parsed with depth limits and without duplicate keys
+(:mod:`ledgerflow.jsonsafe`); every model is strict.
 
 Routes:
 
@@ -25,7 +33,6 @@ import binascii
 import contextlib
 import hashlib
 import hmac
-import json
 import re
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -41,7 +48,8 @@ from temporalio.client import WorkflowExecutionStatus, WorkflowUpdateFailedError
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.service import RPCError, RPCStatusCode
 
-from ledgerflow import __version__
+from ledgerflow import __version__, jsonsafe
+from ledgerflow.converter import MAX_INPUT_DEPTH, validation_message
 from ledgerflow.errors import (
     ConfigError,
     EngineUnavailable,
@@ -54,6 +62,7 @@ from ledgerflow.observability import metrics, tracing
 from ledgerflow.observability.telemetry import configure_runtime, metrics_address
 from ledgerflow.sdk.client import LedgerflowClient, workflow_id_prefix
 from ledgerflow.settings import Settings
+from ledgerflow.store import Store
 
 __all__ = [
     "TOLERANCE_SECONDS",
@@ -121,12 +130,25 @@ class Problem(BaseModel):
 
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": Problem, "description": "malformed Content-Length"},
     401: {"model": Problem, "description": "missing, malformed, stale or wrong signature"},
     404: {"model": Problem, "description": "unknown workflow type, message or run"},
-    409: {"model": Problem, "description": "webhook-id reused for another route, or conflict"},
+    408: {"model": Problem, "description": "body not received within the read timeout"},
+    409: {
+        "model": Problem,
+        "description": "webhook-id already used for another route or run, or the run refused it",
+    },
     413: {"model": Problem, "description": "body larger than LEDGERFLOW_WEBHOOK_MAX_BODY_BYTES"},
-    422: {"model": Problem, "description": "body is not JSON or fails the model"},
+    422: {
+        "model": Problem,
+        "description": "body is not JSON (or too deep, or names a key twice) or fails the model",
+    },
     503: {"model": Problem, "description": "webhooks disabled, or the workflow engine is down"},
+}
+#: Updates can also time out waiting for the run's answer.
+_UPDATE_ERRORS: dict[int | str, dict[str, Any]] = {
+    **_ERRORS,
+    504: {"model": Problem, "description": "the run did not answer the update in time; retry"},
 }
 
 _SIGNATURE_HEADERS = [
@@ -134,8 +156,9 @@ _SIGNATURE_HEADERS = [
         "name": "webhook-id",
         "in": "header",
         "required": True,
-        "schema": {"type": "string", "maxLength": 255},
-        "description": "unique id of the message; retries of one message reuse it",
+        "schema": {"type": "string", "pattern": "^[\\x21-\\x7e]{1,255}$"},
+        "description": "unique id of the message (1 to 255 printable ASCII characters, no "
+        "space); retries of one message reuse it",
     },
     {
         "name": "webhook-timestamp",
@@ -259,17 +282,20 @@ def webhook_workflow_id(workflow_type: str, webhook_id: str) -> str:
 
 
 def _validation_message(what: str, exc: ValidationError) -> str:
-    details = "; ".join(
-        f"{'.'.join(str(p) for p in e['loc']) or '(input)'}: {e['msg']}" for e in exc.errors()
-    )
-    return f"invalid body for {what}: {details}"
+    return f"invalid body for {what}: {validation_message(exc)}"
 
 
-def _parse_json(body: bytes) -> Any:
+def _parse_json(body: bytes, limit: int) -> Any:
     try:
-        return json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise WebhookError(422, f"body is not valid JSON: {exc}") from None
+        return jsonsafe.loads(body, max_bytes=limit, max_depth=MAX_INPUT_DEPTH, what="body")
+    except jsonsafe.UnsafeJSON as exc:
+        raise WebhookError(422, str(exc)) from None
+
+
+def _refused_status(status: int) -> str:
+    """How a refusal is recorded: ``refused`` when the delivery itself was refused, ``failed``
+    when ledgerflow could not act on it (a sender's retry takes it up again either way)."""
+    return "refused" if 400 <= status < 500 else "failed"
 
 
 def _not_found(workflow_type: str) -> WebhookError:
@@ -287,6 +313,8 @@ class _Webhooks:
         self._client = client
         self._tracer = tracer
         self._lock = asyncio.Lock()
+        self._store_lock = asyncio.Lock()
+        self._store: Store | None = None
         self._key: bytes | None = None
         self._key_error: str | None = None
         if settings.webhook_secret is not None:
@@ -314,10 +342,17 @@ class _Webhooks:
             if int(declared) > limit:
                 raise too_large
         body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > limit:
-                raise too_large
+        timeout = self.settings.webhook_read_timeout_seconds
+        try:
+            # A sender that trickles its body (slow-loris) holds a connection and a task: the
+            # whole body must arrive within the timeout.
+            async with asyncio.timeout(timeout):
+                async for chunk in request.stream():
+                    body += chunk
+                    if len(body) > limit:
+                        raise too_large
+        except TimeoutError:
+            raise WebhookError(408, f"body not received within {timeout:g} s") from None
         return bytes(body)
 
     async def authenticate(self, request: Request) -> tuple[str, bytes]:
@@ -346,6 +381,62 @@ class _Webhooks:
                 self._client = client
         return self._client
 
+    # -- binding deliveries to their route and run --
+
+    async def store(self) -> Store:
+        """The store, without needing the workflow engine (a refusal is recorded even while
+        Temporal is down)."""
+        if self._client is not None:
+            return self._client.runtime.store
+        async with self._store_lock:
+            if self._store is None:
+                store = Store(self.settings.database_url)
+                try:
+                    await asyncio.to_thread(store.migrate)
+                except Exception as exc:
+                    log.warning("api.store_migrate_failed", error=type(exc).__name__)
+                self._store = store
+        return self._store
+
+    async def bind(self, webhook_id: str, route: str, workflow_id: str) -> tuple[Any, bool]:
+        """Bind the delivery to its route and run (``Store.delivery_bind``); 409 if the
+        webhook-id was used for another route or run before."""
+        store = await self.store()
+        row, mine = await asyncio.to_thread(store.delivery_bind, webhook_id, route, workflow_id)
+        if row.workflow_type != route or row.workflow_id != workflow_id:
+            raise WebhookError(
+                409, f"webhook-id {webhook_id!r} was already delivered to another route or run"
+            )
+        return row, mine
+
+    async def finish(
+        self,
+        webhook_id: str,
+        status: str,
+        *,
+        detail: str | None = None,
+        run_id: str | None = None,
+    ) -> None:
+        store = await self.store()
+        await asyncio.to_thread(
+            store.delivery_finish, webhook_id, status, detail=detail, run_id=run_id
+        )
+
+    async def refuse_unbound(
+        self, webhook_id: str, route: str, workflow_id: str, refusal: WebhookError
+    ) -> None:
+        """Record a delivery refused before it was bound (its body or route was refused), so
+        that its webhook-id cannot be replayed to another route or run either. Best effort:
+        without a store the refusal is simply answered."""
+        try:
+            _row, mine = await self.bind(webhook_id, route, workflow_id)
+            if mine:
+                await self.finish(webhook_id, _refused_status(refusal.status), detail=str(refusal))
+        except WebhookError:
+            return
+        except Exception as exc:  # the store is down: the refusal itself still holds
+            log.warning("webhook.refusal_not_recorded", error=type(exc).__name__)
+
     # -- POST /webhooks/{workflow_type} --
 
     async def start(self, request: Request, workflow_type: str) -> WebhookAccepted:
@@ -353,33 +444,29 @@ class _Webhooks:
         model = _inputs().get(workflow_type)
         if model is None:
             raise _not_found(workflow_type)
-        data = _parse_json(body)
-        if isinstance(data, dict) and "trigger" in model.model_fields:
-            data = {**data, "trigger": f"webhook:{webhook_id}"}
+        workflow_id = webhook_workflow_id(workflow_type, webhook_id)
         try:
-            arg = registry.parse_input(workflow_type, data)
-        except ConfigError as exc:
-            raise WebhookError(422, str(exc)) from None
+            data = _parse_json(body, self.settings.webhook_max_body_bytes)
+            if isinstance(data, dict) and "trigger" in model.model_fields:
+                data = {**data, "trigger": f"webhook:{webhook_id}"}
+            try:
+                arg = registry.parse_input(workflow_type, data)
+            except ConfigError as exc:
+                raise WebhookError(422, str(exc)) from None
+        except WebhookError as refusal:
+            await self.refuse_unbound(webhook_id, workflow_type, workflow_id, refusal)
+            raise
 
         client = await self.client()
-        store = client.runtime.store
-        workflow_id = webhook_workflow_id(workflow_type, webhook_id)
-        prior = await asyncio.to_thread(
-            store.delivery_claim, webhook_id, workflow_type, workflow_id, None
-        )
-        if prior is not None:
-            if prior.workflow_type != workflow_type or prior.workflow_id != workflow_id:
-                raise WebhookError(
-                    409, f"webhook-id {webhook_id!r} was already delivered to another route"
-                )
-            if prior.run_id is not None:
-                log.info(
-                    "webhook.replay",
-                    webhook_id=webhook_id,
-                    workflow_id=workflow_id,
-                    run_id=prior.run_id,
-                )
-                return WebhookAccepted(workflow_id=workflow_id, run_id=prior.run_id)
+        prior, mine = await self.bind(webhook_id, workflow_type, workflow_id)
+        if not mine and prior.run_id is not None:
+            log.info(
+                "webhook.replay",
+                webhook_id=webhook_id,
+                workflow_id=workflow_id,
+                run_id=prior.run_id,
+            )
+            return WebhookAccepted(workflow_id=workflow_id, run_id=prior.run_id)
 
         # One start call: a running run is returned (USE_EXISTING), a closed one refuses the
         # start (REJECT_DUPLICATE) and is looked up, so a replay never starts a second run.
@@ -401,9 +488,11 @@ class _Webhooks:
                 error=type(exc).__name__,
                 status=getattr(exc, "status", None),
             )
+            await self.finish(webhook_id, "failed", detail=f"start: {type(exc).__name__}")
             raise WebhookError(503, "the workflow engine refused the start; retry later") from None
         if not run_id:  # pragma: no cover - Temporal always answers a run id
             raise WebhookError(503, "the workflow engine did not return a run id; retry later")
+        store = await self.store()
         run_id = await asyncio.to_thread(store.delivery_set_run, webhook_id, run_id)
         log.info(
             "webhook.accepted",
@@ -434,70 +523,97 @@ class _Webhooks:
         webhook_id, body = await self.authenticate(request)
         if workflow_type not in _inputs():
             raise _not_found(workflow_type)
-        names = _steering(workflow_type, kind)
-        model = names.get(name)
-        if model is None:
-            known = ", ".join(sorted(names)) or "(none)"
-            raise WebhookError(404, f"{workflow_type} has no {kind} {name!r}; known: {known}")
+        route = f"{workflow_type}/{kind}/{name}"
         try:
-            arg = model.model_validate_json(body)
-        except ValidationError as exc:
-            if any(e["type"] == "json_invalid" for e in exc.errors()):
-                _parse_json(body)  # raises with json's own message
-            raise WebhookError(422, _validation_message(f"{kind} {name}", exc)) from None
+            names = _steering(workflow_type, kind)
+            model = names.get(name)
+            if model is None:
+                known = ", ".join(sorted(names)) or "(none)"
+                raise WebhookError(404, f"{workflow_type} has no {kind} {name!r}; known: {known}")
+            data = _parse_json(body, self.settings.webhook_max_body_bytes)
+            try:
+                arg = model.model_validate(data)
+            except ValidationError as exc:
+                raise WebhookError(422, _validation_message(f"{kind} {name}", exc)) from None
+            if not _WEBHOOK_ID.fullmatch(workflow_id):
+                raise WebhookError(404, f"no run with workflow id {workflow_id!r}")
+        except WebhookError as refusal:
+            if _WEBHOOK_ID.fullmatch(workflow_id):
+                await self.refuse_unbound(webhook_id, route, workflow_id, refusal)
+            raise
 
         client = await self.client()
-        store = client.runtime.store
-        desc = await self._describe(client, workflow_type, workflow_id)
-        running = desc.status == WorkflowExecutionStatus.RUNNING
-        route = f"{workflow_type}/{kind}/{name}"
-        prior = await asyncio.to_thread(store.delivery_get, webhook_id)
-        if prior is not None and (prior.workflow_type != route or prior.workflow_id != workflow_id):
-            raise WebhookError(
-                409, f"webhook-id {webhook_id!r} was already delivered to another route"
-            )
-        if prior is None:
-            if not running:
+        prior, mine = await self.bind(webhook_id, route, workflow_id)
+        duplicate = not mine
+        try:
+            desc = await self._describe(client, workflow_type, workflow_id)
+            running = desc.status == WorkflowExecutionStatus.RUNNING
+            if mine and not running:
                 status = desc.status.name.lower() if desc.status else "closed"
                 raise WebhookError(
                     409, f"run {workflow_id!r} is {status}; it no longer accepts a {kind}"
                 )
-            prior = await asyncio.to_thread(
-                store.delivery_claim, webhook_id, route, workflow_id, desc.run_id
-            )
-            if prior is not None and (
-                prior.workflow_type != route or prior.workflow_id != workflow_id
-            ):
-                raise WebhookError(
-                    409, f"webhook-id {webhook_id!r} was already delivered to another route"
+            run_id = prior.run_id or desc.run_id
+            handle = client.temporal.get_workflow_handle(workflow_id, run_id=run_id)
+            if kind == "signal":
+                accepted = await self._signal(client, handle, webhook_id, arg, name, mine, run_id)
+            else:
+                accepted = await self._update(
+                    client, handle, webhook_id, arg, name, mine, running, run_id
                 )
-        duplicate = prior is not None
-        run_id = (prior.run_id if prior is not None else None) or desc.run_id
-        handle = client.temporal.get_workflow_handle(workflow_id, run_id=run_id)
+        except WebhookError as refusal:
+            if mine:
+                await self.finish(webhook_id, _refused_status(refusal.status), detail=str(refusal))
+            raise
+        except BaseException:
+            if mine:
+                await self.finish(webhook_id, "failed", detail="internal error")
+            raise
+        log.info(
+            f"webhook.{kind}",
+            webhook_id=webhook_id,
+            workflow_id=workflow_id,
+            name=name,
+            duplicate=duplicate,
+        )
+        return accepted
 
-        if kind == "signal":
-            if not duplicate:
-                try:
-                    await handle.signal(name, arg)
-                except RPCError as exc:
-                    await asyncio.to_thread(store.delivery_release, webhook_id)
-                    raise self._rpc_error(exc, workflow_id, kind) from None
-            log.info(
-                "webhook.signal",
-                webhook_id=webhook_id,
-                workflow_id=workflow_id,
-                name=name,
-                duplicate=duplicate,
-            )
-            return SteerAccepted(
-                workflow_id=workflow_id, run_id=run_id, kind=kind, name=name, duplicate=duplicate
-            )
+    async def _signal(
+        self,
+        client: LedgerflowClient,
+        handle: Any,
+        webhook_id: str,
+        arg: BaseModel,
+        name: str,
+        mine: bool,
+        run_id: str,
+    ) -> SteerAccepted:
+        if mine:
+            try:
+                await handle.signal(name, arg)
+            except RPCError as exc:
+                raise self._rpc_error(exc, handle.id, "signal") from None
+            await self.finish(webhook_id, "accepted", run_id=run_id)
+        return SteerAccepted(
+            workflow_id=handle.id, run_id=run_id, kind="signal", name=name, duplicate=not mine
+        )
 
+    async def _update(
+        self,
+        client: LedgerflowClient,
+        handle: Any,
+        webhook_id: str,
+        arg: BaseModel,
+        name: str,
+        mine: bool,
+        running: bool,
+        run_id: str,
+    ) -> SteerAccepted:
         # Updates carry an id derived from the webhook-id: Temporal itself deduplicates them, so a
         # replay (or a concurrent duplicate) gets the first answer.
-        if duplicate and not running:
+        if not mine and not running:
             return SteerAccepted(
-                workflow_id=workflow_id, run_id=run_id, kind=kind, name=name, duplicate=True
+                workflow_id=handle.id, run_id=run_id, kind="update", name=name, duplicate=True
             )
         update_id = f"webhook-{hashlib.sha256(webhook_id.encode()).hexdigest()[:32]}"
         try:
@@ -505,40 +621,29 @@ class _Webhooks:
                 handle.execute_update(name, arg, id=update_id), UPDATE_TIMEOUT_SECONDS
             )
         except WorkflowUpdateFailedError as exc:
-            if not duplicate:
-                await asyncio.to_thread(store.delivery_release, webhook_id)
             cause = getattr(exc.cause, "message", None) or str(exc.cause)
             raise WebhookError(409, f"update {name} was rejected: {cause}") from None
         except RPCError as exc:
-            if not duplicate:
-                await asyncio.to_thread(store.delivery_release, webhook_id)
-            raise self._rpc_error(exc, workflow_id, kind) from None
+            raise self._rpc_error(exc, handle.id, "update") from None
         except TimeoutError:
             raise WebhookError(
                 504,
                 f"update {name} got no answer within {UPDATE_TIMEOUT_SECONDS:.0f} s "
                 "(is a worker running?); retry with the same webhook-id",
             ) from None
-        log.info(
-            "webhook.update",
-            webhook_id=webhook_id,
-            workflow_id=workflow_id,
-            name=name,
-            duplicate=duplicate,
-        )
+        if mine:
+            await self.finish(webhook_id, "accepted", run_id=run_id)
         return SteerAccepted(
-            workflow_id=workflow_id,
+            workflow_id=handle.id,
             run_id=run_id,
-            kind=kind,
+            kind="update",
             name=name,
             result=None if result is None else str(result),
-            duplicate=duplicate,
+            duplicate=not mine,
         )
 
     @staticmethod
     async def _describe(client: LedgerflowClient, workflow_type: str, workflow_id: str) -> Any:
-        if not _WEBHOOK_ID.fullmatch(workflow_id):
-            raise WebhookError(404, f"no run with workflow id {workflow_id!r}")
         try:
             desc = await client.temporal.get_workflow_handle(workflow_id).describe()
         except RPCError as exc:
@@ -665,6 +770,7 @@ def create_app(
     a span per webhook delivery; a lazily connected client then carries its context into
     Temporal.
     """
+    jsonsafe.restore_recursion_limit()
     tracer = tracer if tracer is not None else tracing.tracer()
     app = FastAPI(
         title="ledgerflow",
@@ -734,7 +840,7 @@ def create_app(
                     methods=["POST"],
                     status_code=202 if kind == "signal" else 200,
                     response_model=SteerAccepted,
-                    responses=_ERRORS,
+                    responses=_UPDATE_ERRORS if kind == "update" else _ERRORS,
                     openapi_extra=_body_doc(model),
                     summary=f"{kind.capitalize()} `{name}` to a running {workflow_type}",
                     description=f"The body is a `{model.__name__}`.",

@@ -23,6 +23,7 @@ from eth_typing import ChecksumAddress
 from eth_utils import keccak, to_checksum_address
 from hexbytes import HexBytes
 
+from ledgerflow import jsonsafe
 from ledgerflow.errors import ConfigError, SignerUnavailable, bounded
 from ledgerflow.log import redact_url, register_secret
 
@@ -175,8 +176,8 @@ class RemoteSigner:
         if resp.status_code != 200:
             raise SignerUnavailable(f"{what} answered HTTP {resp.status_code}")
         try:
-            answer = resp.json()
-        except ValueError:
+            answer = jsonsafe.loads(resp.content, max_bytes=1024 * 1024, what="answer")
+        except jsonsafe.UnsafeJSON:
             raise SignerUnavailable(f"{what} did not answer JSON-RPC") from None
         if not isinstance(answer, dict):
             raise SignerUnavailable(f"{what} did not answer JSON-RPC")

@@ -34,12 +34,16 @@ from web3 import AsyncWeb3
 from web3.providers.async_base import AsyncJSONBaseProvider
 from web3.types import RPCEndpoint, RPCResponse
 
+from ledgerflow import jsonsafe
 from ledgerflow.errors import ChainError, ConfigError, RPCUnavailable, bounded
 from ledgerflow.log import redact_url, register_secret
 
 __all__ = ["FailoverProvider", "connect_async", "describe_transport_error"]
 
 log = structlog.get_logger(__name__)
+
+#: The largest JSON-RPC answer read (eth_getLogs over a wide range can be large).
+MAX_ANSWER_BYTES = 128 * 1024 * 1024
 
 
 def describe_transport_error(exc: BaseException) -> str:
@@ -136,10 +140,15 @@ class FailoverProvider(AsyncJSONBaseProvider):
         async with self._session(ep).post(ep.url, data=body) as resp:
             if resp.status >= 500 or resp.status == 429:
                 raise _BadAnswer(f"HTTP {resp.status}")
+            if (resp.content_length or 0) > MAX_ANSWER_BYTES:
+                raise _BadAnswer(f"answer larger than {MAX_ANSWER_BYTES} bytes")
             raw = await resp.read()
         try:
-            return json.loads(raw)
-        except ValueError:
+            # Untrusted bytes: a deeply nested answer must not crash the worker (jsonsafe).
+            return jsonsafe.loads(
+                raw, max_bytes=MAX_ANSWER_BYTES, max_depth=None, duplicates="last", what="answer"
+            )
+        except jsonsafe.UnsafeJSON:
             raise _BadAnswer(f"not JSON-RPC (HTTP {resp.status})") from None
 
     async def _check_chain(self, ep: _Endpoint) -> None:

@@ -13,6 +13,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from ledgerflow import jsonsafe
 from ledgerflow.errors import ConfigError, LedgerflowError
 from ledgerflow.log import configure_logging
 from ledgerflow.settings import Settings, get_settings
@@ -577,6 +578,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     # readable by its owner only: the store, the Temporal database, anvil's state, the deployment
     # file, logs, exported bundles and proofs (they hold preimages).
     os.umask(os.umask(0o077) | 0o077)
+    # py_ecc (through web3) raises the recursion limit to 100,000 on import, which lets deep
+    # recursion overflow the C stack (a segfault) instead of raising RecursionError.
+    jsonsafe.restore_recursion_limit()
     try:
         app(args=list(argv) if argv is not None else None)
     except LedgerflowError as exc:

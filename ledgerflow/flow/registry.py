@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from pydantic import BaseModel, ValidationError
 from temporalio import workflow
 
+from ledgerflow import jsonsafe
+from ledgerflow.converter import MAX_INPUT_BYTES, MAX_INPUT_DEPTH, validation_message
 from ledgerflow.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -213,6 +215,10 @@ def get(name: str) -> Registration:
 def parse_input(workflow_type: str, data: Any) -> BaseModel:
     """Validate ``data`` (a dict, a model or JSON text) as the input of ``workflow_type``.
 
+    The same rules as the worker's data converter (:mod:`ledgerflow.converter`): JSON text is
+    read with size and depth limits and without duplicate keys, and a strict model coerces
+    nothing.
+
     Raises:
         ConfigError: unknown workflow type, or input that fails the workflow's model (the message
             says which field and why).
@@ -224,13 +230,14 @@ def parse_input(workflow_type: str, data: Any) -> BaseModel:
         if isinstance(data, BaseModel):
             data = data.model_dump(mode="json")
         if isinstance(data, str | bytes):
-            return model.model_validate_json(data)
+            data = jsonsafe.loads(
+                data, max_bytes=MAX_INPUT_BYTES, max_depth=MAX_INPUT_DEPTH, what="input"
+            )
         return model.model_validate(data)
+    except jsonsafe.UnsafeJSON as exc:
+        raise ConfigError(f"invalid input for {workflow_type}: {exc}") from None
     except ValidationError as exc:
-        details = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or '(input)'}: {e['msg']}" for e in exc.errors()
-        )
-        raise ConfigError(f"invalid input for {workflow_type}: {details}") from None
+        raise ConfigError(f"invalid input for {workflow_type}: {validation_message(exc)}") from None
 
 
 def workflow_classes() -> list[type]:

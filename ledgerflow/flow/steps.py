@@ -16,7 +16,7 @@ from pydantic import Field
 from ledgerflow.flow import policies
 from ledgerflow.flow.activity import StepMeta
 from ledgerflow.llm.provider import DecisionMeta
-from ledgerflow.types import NoEffect, StrictModel, TxResult
+from ledgerflow.types import NoEffect, StrictInput, StrictModel, Text, TxResult
 
 __all__ = [
     "CALL_CONTRACT",
@@ -123,12 +123,12 @@ class HttpResponse(StrictModel):
     json_body: Any = None
 
 
-class Approval(StrictModel):
+class Approval(StrictInput):
     """A human's answer to a generic approval (Update handed to ``run.approval``)."""
 
     approved: bool = True
-    approver: str = Field("operator", min_length=1, max_length=128)
-    reason: str = Field("", max_length=1000)
+    approver: Text = Field("operator", min_length=1, max_length=128)
+    reason: Text = Field("", max_length=1000)
 
 
 #: Step declarations shared by the workflow helpers and the activities.

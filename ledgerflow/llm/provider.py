@@ -14,6 +14,15 @@ Untrusted text (offer descriptions, invoices, content) reaches a model only insi
 block of the user message (:func:`data_block`), never among the instructions; whatever a model
 answers is re-validated before anything uses it. No exception or log line carries the API key.
 
+The endpoint itself is untrusted too: the SDK parses the HTTP body with the standard library's
+JSON parser, which a deeply nested body can crash (a segfault, see :mod:`ledgerflow.jsonsafe`).
+So the SDK's HTTP client goes through :class:`_GuardedTransport`, which reads the body with a
+size limit, asks for and accepts only an uncompressed body (no decompression bomb), and refuses
+one that is too deep or names a key twice, as ``LLMInvalidOutput``, before the SDK sees it. The
+model's answer is read the same way (a duplicate key would let ``{"quantity": 10, "quantity":
+416}`` mean 416). The step records the model ledgerflow asked for; the name the endpoint reports
+is kept apart (``reported_model``), so an endpoint cannot pass itself off as another model.
+
 This module does no I/O at import time and does not import ``openai`` until an
 :class:`OpenAIProvider` is built.
 """
@@ -28,9 +37,10 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, cast, runtime
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError
 
+from ledgerflow import jsonsafe
 from ledgerflow.checkpoint.canonical import canonical_bytes, hash_obj, keccak, to_hex
 from ledgerflow.errors import ConfigError, LLMError, LLMInvalidOutput, LLMRefusal
-from ledgerflow.types import StrictModel
+from ledgerflow.types import EvolvingModel, StrictModel
 
 if TYPE_CHECKING:
     from openai import AsyncOpenAI
@@ -56,6 +66,12 @@ __all__ = [
 OFFLINE_PROVIDER = "offline"
 #: How much of an unusable answer is quoted in an error (the rest only bloats history).
 _QUOTE_CHARS = 200
+#: Default cap on an LLM endpoint's HTTP body (``LEDGERFLOW_LLM_MAX_RESPONSE_BYTES``).
+DEFAULT_MAX_RESPONSE_BYTES = 1024 * 1024
+#: Deepest nesting accepted in the endpoint's body and in the model's answer.
+MAX_RESPONSE_DEPTH = 64
+#: Longest model name recorded as reported by the endpoint.
+_MAX_MODEL_CHARS = 128
 
 
 class TokenUsage(StrictModel):
@@ -66,13 +82,17 @@ class TokenUsage(StrictModel):
     total_tokens: int = Field(default=0, ge=0)
 
 
-class DecisionMeta(StrictModel):
+class DecisionMeta(EvolvingModel):
     """Provenance of a decision, kept in the step record.
 
     ``prompt_hash`` is the 0x-hex keccak-256 of the canonical encoding (LCE-1) of the prompt
     messages (for the offline provider: of the request); ``response_hash`` is the keccak-256 of the
     raw response text, UTF-8 (for the offline provider: of the canonical decision).
+    ``reported_model`` was added later: left unset (an offline decision, or a value from an older
+    history), it is not serialized, so earlier records hash as they were recorded.
     """
+
+    __added_fields__ = frozenset({"reported_model"})
 
     provider: str
     model: str
@@ -80,6 +100,12 @@ class DecisionMeta(StrictModel):
     prompt_hash: str
     response_hash: str
     usage: TokenUsage
+    reported_model: str | None = Field(
+        default=None,
+        max_length=_MAX_MODEL_CHARS,
+        description="the model name the endpoint reported (not trusted; `model` is what was "
+        "asked for)",
+    )
 
 
 def _make_strict(node: Any) -> Any:
@@ -166,6 +192,73 @@ class OfflineProvider:
         return None
 
 
+def _reported_model(value: Any) -> str | None:
+    if not isinstance(value, str) or not value:
+        return None
+    clean = "".join(ch for ch in value if ch.isprintable())
+    return clean[:_MAX_MODEL_CHARS] or None
+
+
+def _guarded_http_client(max_bytes: int) -> Any:
+    """The SDK's default async HTTP client, with :class:`_GuardedTransport` under it."""
+    import httpx2
+    from openai import DefaultAsyncHttpxClient, OpenAIError
+
+    class _RefusedBody(LLMInvalidOutput, OpenAIError):
+        """A body refused before the SDK parsed it. Also an ``openai.OpenAIError``, so the SDK
+        passes it through unchanged instead of wrapping it as a connection error."""
+
+    class _GuardedTransport(httpx2.AsyncBaseTransport):
+        """Reads the whole body (at most ``max_bytes``, uncompressed) and refuses over-deep
+        JSON before the SDK's ``json.loads`` sees it."""
+
+        def __init__(self) -> None:
+            self._inner = httpx2.AsyncHTTPTransport()
+
+        async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+            request.headers["Accept-Encoding"] = "identity"
+            response = await self._inner.handle_async_request(request)
+            try:
+                encoding = response.headers.get("content-encoding", "identity").lower()
+                if encoding not in ("", "identity"):
+                    raise _RefusedBody(
+                        f"LLM endpoint sent a {encoding!r}-encoded body; only identity is accepted"
+                    )
+                declared = response.headers.get("content-length", "")
+                if declared.isdigit() and int(declared) > max_bytes:
+                    raise _RefusedBody(f"LLM endpoint's body is larger than {max_bytes} bytes")
+                body = bytearray()
+                async for chunk in response.stream:  # type: ignore[union-attr]
+                    body += chunk
+                    if len(body) > max_bytes:
+                        raise _RefusedBody(f"LLM endpoint's body is larger than {max_bytes} bytes")
+            finally:
+                await response.aclose()
+            if "json" in response.headers.get("content-type", "").lower():
+                try:
+                    jsonsafe.loads(
+                        bytes(body),
+                        max_bytes=max_bytes,
+                        max_depth=MAX_RESPONSE_DEPTH,
+                        what="LLM endpoint's body",
+                    )
+                except jsonsafe.UnsafeJSON as exc:
+                    raise _RefusedBody(str(exc)) from None
+            headers = [(k, v) for k, v in response.headers.items() if k.lower() != "content-length"]
+            return httpx2.Response(
+                response.status_code,
+                headers=headers,
+                content=bytes(body),
+                request=request,
+                extensions=response.extensions,
+            )
+
+        async def aclose(self) -> None:
+            await self._inner.aclose()
+
+    return DefaultAsyncHttpxClient(transport=_GuardedTransport())
+
+
 def _redact(text: str, secret: str) -> str:
     return text.replace(secret, "[REDACTED]") if secret else text
 
@@ -240,6 +333,7 @@ class OpenAIProvider:
             ``max_completion_tokens`` for OpenAI's default endpoint (its reasoning models reject
             ``max_tokens``) and ``max_tokens`` for a custom ``base_url`` (Ollama and LM Studio
             only know that one).
+        max_response_bytes: larger HTTP bodies are refused (``LLMInvalidOutput``) unread.
     """
 
     name = "openai"
@@ -254,6 +348,7 @@ class OpenAIProvider:
         max_tokens: int,
         *,
         max_tokens_field: Literal["max_tokens", "max_completion_tokens"] | None = None,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
     ) -> None:
         from openai import AsyncOpenAI
 
@@ -268,8 +363,13 @@ class OpenAIProvider:
         self.max_tokens_field = max_tokens_field or (
             "max_completion_tokens" if base_url is None else "max_tokens"
         )
+        self.max_response_bytes = max_response_bytes
         self._client: AsyncOpenAI = AsyncOpenAI(
-            api_key=secret, base_url=base_url, max_retries=0, timeout=timeout
+            api_key=secret,
+            base_url=base_url,
+            max_retries=0,
+            timeout=timeout,
+            http_client=_guarded_http_client(max_response_bytes),
         )
 
     def __repr__(self) -> str:
@@ -343,6 +443,15 @@ class OpenAIProvider:
             raise type(exc)(_redact(str(exc), secret)) from None
 
         try:
+            jsonsafe.loads(
+                content,
+                max_bytes=self.max_response_bytes,
+                max_depth=MAX_RESPONSE_DEPTH,
+                what="model answer",
+            )
+        except jsonsafe.UnsafeJSON as exc:
+            raise LLMInvalidOutput(_redact(f"{exc}: {_quote(content)}", secret)) from None
+        try:
             answer = model_cls.model_validate_json(content, strict=True)
         except ValidationError as exc:
             if any(e["type"] == "json_invalid" for e in exc.errors()):
@@ -352,10 +461,10 @@ class OpenAIProvider:
                 msg = f"model answer violates the {schema_name} schema: {detail}"
             raise LLMInvalidOutput(_redact(msg, secret)) from None
 
-        reported = getattr(completion, "model", None)
         meta = DecisionMeta(
             provider=self.name,
-            model=reported if isinstance(reported, str) and reported else self.model,
+            model=self.model,
+            reported_model=_reported_model(getattr(completion, "model", None)),
             offline=False,
             prompt_hash=prompt_hash,
             response_hash=to_hex(keccak(content.encode("utf-8"))),
@@ -460,4 +569,5 @@ def make_provider(settings: Settings) -> LLMProvider:
         model=settings.llm_model,
         timeout=settings.llm_timeout_seconds,
         max_tokens=settings.llm_max_tokens,
+        max_response_bytes=settings.llm_max_response_bytes,
     )

@@ -43,9 +43,11 @@ from ledgerflow.errors import StoreError, StoreUnavailable, bounded
 from ledgerflow.log import redact_url
 
 __all__ = [
+    "DELIVERY_RETRYABLE",
     "FINAL_STATUSES",
     "SCHEMA_VERSION",
     "AnchorRow",
+    "InvoiceReconciliation",
     "LeaseRow",
     "OutboxAttempt",
     "OutboxClosure",
@@ -59,7 +61,7 @@ __all__ = [
     "WebhookDelivery",
 ]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 def _now() -> datetime:
@@ -238,7 +240,15 @@ class LeaseRow(SQLModel, table=True):
 
 
 class WebhookDelivery(SQLModel, table=True):
-    """A webhook delivery accepted once; replays map back to the same run."""
+    """A signed webhook delivery, bound on first use to its route and target run.
+
+    ``workflow_type`` holds the route (``ProcurementWorkflow`` for a start,
+    ``ProcurementWorkflow/signal/confirm_delivery`` for a signal), ``workflow_id`` the run it
+    steers. ``status``: ``pending`` (being acted on), ``accepted``, ``refused`` (the run or the
+    body refused it; ``detail`` says why) or ``failed`` (the workflow engine was unavailable; a
+    retry of the same delivery to the same route takes it up again). A webhook-id is never
+    accepted for another route or run, whatever its status.
+    """
 
     __tablename__ = "webhook_deliveries"
     id: int | None = Field(default=None, primary_key=True)
@@ -246,6 +256,24 @@ class WebhookDelivery(SQLModel, table=True):
     workflow_type: str = Field(max_length=128)
     workflow_id: str = Field(max_length=255)
     run_id: str | None = Field(default=None, max_length=64)
+    status: str = Field(default="pending", max_length=16)
+    detail: str | None = Field(default=None, max_length=300)
+    created_at: datetime = Field(default_factory=_now)
+
+
+#: Delivery statuses a retry of the same delivery to the same route may take up again.
+DELIVERY_RETRYABLE = ("failed", "refused")
+
+
+class InvoiceReconciliation(SQLModel, table=True):
+    """The one invoice that reconciled an escrow order (an order is paid for once)."""
+
+    __tablename__ = "invoice_reconciliations"
+    id: int | None = Field(default=None, primary_key=True)
+    order_id: str = Field(unique=True, max_length=66)
+    invoice_number: str = Field(max_length=64)
+    workflow_id: str = Field(max_length=255)
+    run_id: str = Field(max_length=64)
     created_at: datetime = Field(default_factory=_now)
 
 
@@ -283,6 +311,15 @@ _UPGRADES: dict[int, Sequence[str | Callable[[Connection], None]]] = {
             },
         ),
         _add_missing_columns("outbox", {"block_hash": "VARCHAR(66)", "updated_at": "TIMESTAMP"}),
+    ],
+    # 2 -> 3: webhook deliveries remember refusals (a signed delivery is bound to its route and
+    # run even when refused); rows recorded before were accepted deliveries. The
+    # invoice_reconciliations table is new.
+    2: [
+        _add_missing_columns(
+            "webhook_deliveries",
+            {"status": "VARCHAR(16) NOT NULL DEFAULT 'accepted'", "detail": "VARCHAR(300)"},
+        ),
     ],
 }
 
@@ -418,9 +455,8 @@ class Store:
         connect_args: dict[str, Any] = {}
         if url.startswith("sqlite"):
             path = url.split("///", 1)[-1].split("?", 1)[0]
-            if path.startswith("file:"):  # an SQLite URI filename (…?uri=true)
-                path = path.removeprefix("file:")
-            if path and path != ":memory:" and "://" not in path:
+            # A URI filename (``sqlite:///file:...?uri=true``) names its own file: leave it be.
+            if path and path != ":memory:" and "://" not in path and not path.startswith("file:"):
                 if not create and not Path(path).is_file():
                     raise StoreError(
                         f"no store at {url} (from LEDGERFLOW_DATABASE_URL or the default, "
@@ -1147,13 +1183,17 @@ class Store:
                 select(WebhookDelivery).where(col(WebhookDelivery.webhook_id) == webhook_id)
             ).first()
 
-    def delivery_claim(
-        self, webhook_id: str, route: str, workflow_id: str, run_id: str | None
-    ) -> WebhookDelivery | None:
-        """Record a delivery; ``None`` if this call recorded it, else the row recorded before."""
-        existing = self.delivery_get(webhook_id)
-        if existing is not None:
-            return existing
+    def delivery_bind(
+        self, webhook_id: str, route: str, workflow_id: str, run_id: str | None = None
+    ) -> tuple[WebhookDelivery, bool]:
+        """Bind ``webhook_id`` to ``route`` and ``workflow_id`` on its first use.
+
+        Returns ``(row, mine)``. ``mine`` is True when this call recorded the delivery, or took
+        up again a ``failed`` or ``refused`` delivery of the same route and run (a sender's
+        retry), so the caller acts on it; False when the row belongs to another route or run
+        (the caller refuses) or is ``pending``/``accepted`` (a duplicate). Atomic under
+        concurrency: of many equal calls exactly one gets ``mine``.
+        """
         with self.session() as s:
             s.add(
                 WebhookDelivery(
@@ -1161,41 +1201,108 @@ class Store:
                     workflow_type=route,
                     workflow_id=workflow_id,
                     run_id=run_id,
+                    status="pending",
                 )
             )
             try:
                 s.commit()
-                return None
             except IntegrityError:
                 s.rollback()
-        existing = self.delivery_get(webhook_id)
-        if existing is None:  # pragma: no cover - deleted in between; treat as ours
-            return self.delivery_claim(webhook_id, route, workflow_id, run_id)
-        return existing
+            else:
+                row = self.delivery_get(webhook_id)
+                assert row is not None
+                return row, True
+        row = self.delivery_get(webhook_id)
+        if row is None:  # pragma: no cover - deleted in between; bind it again
+            return self.delivery_bind(webhook_id, route, workflow_id, run_id)
+        if row.workflow_type != route or row.workflow_id != workflow_id:
+            return row, False
+        if row.status in DELIVERY_RETRYABLE:
+            with self.session() as s:
+                taken = s.exec(  # type: ignore[call-overload]
+                    update(WebhookDelivery)
+                    .where(
+                        col(WebhookDelivery.webhook_id) == webhook_id,
+                        col(WebhookDelivery.status) == row.status,
+                    )
+                    .values(status="pending", detail=None)
+                )
+                s.commit()
+            fresh = self.delivery_get(webhook_id)
+            assert fresh is not None
+            return fresh, taken.rowcount == 1
+        return row, False
+
+    def delivery_finish(
+        self,
+        webhook_id: str,
+        status: str,
+        *,
+        run_id: str | None = None,
+        detail: str | None = None,
+    ) -> WebhookDelivery | None:
+        """Record what became of a bound delivery: ``accepted``, ``refused`` or ``failed``.
+
+        ``run_id`` is filled in only if none is recorded yet (first writer wins); ``detail`` is
+        cut to 300 characters.
+        """
+        if status not in ("accepted", "refused", "failed"):
+            raise ValueError(f"unknown delivery status {status!r}")
+        with self.session() as s:
+            row = s.exec(
+                select(WebhookDelivery).where(col(WebhookDelivery.webhook_id) == webhook_id)
+            ).first()
+            if row is None:
+                return None
+            row.status = status
+            row.detail = bounded(detail, 300) if detail else None
+            if run_id is not None and row.run_id is None:
+                row.run_id = run_id
+            s.add(row)
+            s.commit()
+            return row
 
     def delivery_set_run(self, webhook_id: str, run_id: str) -> str:
-        """Fill in the run of a claimed delivery (first writer wins); returns the recorded run."""
-        with self.session() as s:
-            row = s.exec(
-                select(WebhookDelivery).where(col(WebhookDelivery.webhook_id) == webhook_id)
-            ).first()
-            if row is None:  # pragma: no cover - the claim was removed; nothing to fill in
-                return run_id
-            if row.run_id is None:
-                row.run_id = run_id
-                s.add(row)
-                s.commit()
-            return row.run_id or run_id
+        """Fill in the run of a bound start delivery (first writer wins) and mark it accepted;
+        returns the recorded run."""
+        row = self.delivery_finish(webhook_id, "accepted", run_id=run_id)
+        return (row.run_id if row is not None else None) or run_id
 
-    def delivery_release(self, webhook_id: str) -> None:
-        """Forget a claim whose action failed, so the sender's retry is tried again."""
+    # ---- invoice reconciliations ------------------------------------------------------------
+
+    def reconcile_claim(
+        self, order_id: str, invoice_number: str, workflow_id: str, run_id: str
+    ) -> InvoiceReconciliation:
+        """Record that an invoice reconciled ``order_id``; the first invoice wins.
+
+        Returns the row in force: this call's, or the earlier one (another invoice, or this run's
+        own earlier attempt) when the order was reconciled before.
+        """
         with self.session() as s:
-            row = s.exec(
-                select(WebhookDelivery).where(col(WebhookDelivery.webhook_id) == webhook_id)
-            ).first()
-            if row is not None:
-                s.delete(row)
+            s.add(
+                InvoiceReconciliation(
+                    order_id=order_id.lower(),
+                    invoice_number=invoice_number,
+                    workflow_id=workflow_id,
+                    run_id=run_id,
+                )
+            )
+            try:
                 s.commit()
+            except IntegrityError:
+                s.rollback()
+        row = self.reconciliation_of(order_id)
+        assert row is not None
+        return row
+
+    def reconciliation_of(self, order_id: str) -> InvoiceReconciliation | None:
+        """The invoice that reconciled ``order_id``, if any."""
+        with self.session() as s:
+            return s.exec(
+                select(InvoiceReconciliation).where(
+                    col(InvoiceReconciliation.order_id) == order_id.lower()
+                )
+            ).first()
 
     def outbox_from_nonce(
         self, chain_id: int, sender: str, nonce: int, *, below: int | None = None

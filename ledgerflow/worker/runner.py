@@ -17,6 +17,7 @@ from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker
 
+from ledgerflow import jsonsafe
 from ledgerflow.checkpoint.anchorer import Anchorer
 from ledgerflow.errors import StackError
 from ledgerflow.flow import registry
@@ -90,6 +91,9 @@ def build_worker(
     workflows: Sequence[type] | None = None,
     activities: Sequence[Callable[..., Any]] | None = None,
 ) -> Worker:
+    # py_ecc (through web3) raises the recursion limit to 100,000 on import: deep recursion would
+    # then overflow the C stack (a segfault) instead of raising RecursionError.
+    jsonsafe.restore_recursion_limit()
     return Worker(
         client,
         task_queue=task_queue,

@@ -15,6 +15,7 @@ with workflow.unsafe.imports_passed_through():
 class ProbeRequest(StrictModel):
     url: str
     fail: bool = False
+    credential: str | None = None
 
 
 class ProbeResult(RunResult):
@@ -31,7 +32,12 @@ class GenericProbeWorkflow(CheckpointedWorkflow):
             read = await run.read("TestUSD", "totalSupply")
             run.fields["budget"] = read.value
             resp = await run.http(
-                HttpRequest(method="POST", url=req.url, json_body={"fail": req.fail}),
+                HttpRequest(
+                    method="POST",
+                    url=req.url,
+                    json_body={"fail": req.fail},
+                    credential=req.credential,
+                ),
                 name="erp.post_invoice",
             )
             run.fields["status"] = resp.status
