@@ -11,6 +11,12 @@ approvers and threshold; :class:`SignedApproval` values are what ``Escrow.open``
 Signing uses eth_account's ``sign_typed_data`` (keys never leave the process); recovery uses
 ``recover_message``. Contract (ERC-1271) approvers such as a Safe sign with their own tooling; the
 policy accepts them, :func:`recover` only covers EOAs.
+
+:class:`ApprovalTerms` and :class:`ApprovalSignature` are the same things as pydantic models, for
+workflow state, Update arguments and webhooks. :func:`signer_of` recovers the signer of an
+:class:`ApprovalSignature` with no help from eth_utils or eth_account (pycryptodome's keccak and
+libsecp256k1 through coincurve only), so a workflow's Update validator can check a signature in
+Temporal's sandbox, deterministically, before it counts it.
 """
 
 from __future__ import annotations
@@ -22,25 +28,32 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import coincurve
+from Crypto.Hash import keccak as _keccak
 from eth_abi import encode as abi_encode
 from eth_account import Account
 from eth_account.messages import encode_typed_data
 from eth_utils import keccak
+from pydantic import Field
 from web3 import Web3
 
 from ledgerflow.errors import ConfigError
+from ledgerflow.types import Address, Bytes32, StrictModel, eip55
 
 __all__ = [
     "APPROVAL_TYPES",
     "DOMAIN_NAME",
     "DOMAIN_VERSION",
     "Approval",
+    "ApprovalSignature",
+    "ApprovalTerms",
     "SignedApproval",
     "approvals_hash",
     "digest",
     "read_key_file",
     "recover",
     "sign",
+    "signer_of",
     "typed_data",
     "write_key_file",
 ]
@@ -243,3 +256,131 @@ def read_key_file(path: Path | str) -> str:
     except (ValueError, TypeError):
         raise ConfigError(f"key file {path} does not hold a 0x-hex private key") from None
     return text
+
+
+# --- as models, and checked without eth_utils (workflow sandbox) --------------------------------
+
+_MAX_SIGNATURE_HEX = 2 * 2048  # an ERC-1271 signature may be longer than 65 bytes; bounded
+
+
+class ApprovalSignature(StrictModel):
+    """One approver's EIP-712 signature over a payment's :class:`ApprovalTerms` (what the
+    ``approve`` Update, ``ledgerflow approve --key-file`` and the SDK send)."""
+
+    signer: Address = Field(description="the approver's address (it must be registered)")
+    expiry: int = Field(ge=0, le=_UINT64_MAX, description="unix seconds the approval is good to")
+    signature: str = Field(
+        pattern=rf"^0x([0-9a-fA-F]{{2}}){{65,{_MAX_SIGNATURE_HEX // 2}}}$",
+        description="0x-hex signature (65 bytes r || s || v for an EOA)",
+    )
+
+    def signed(self) -> SignedApproval:
+        return SignedApproval(
+            signer=self.signer, expiry=self.expiry, signature=bytes.fromhex(self.signature[2:])
+        )
+
+    @classmethod
+    def of(cls, signed: SignedApproval) -> ApprovalSignature:
+        hex_signature = "0x" + signed.signature.hex()
+        return cls(signer=signed.signer, expiry=signed.expiry, signature=hex_signature)
+
+
+class ApprovalTerms(StrictModel):
+    """What approvers of one payment sign, and who may: a run's state shows this while it waits
+    for approval; :meth:`approval` is the message to sign."""
+
+    order_id: Bytes32
+    agent: Address
+    supplier: Address
+    amount: int = Field(ge=0, description="token units")
+    decision_hash: Bytes32 = Field(description="step hash of the decision that chose the payment")
+    chain_id: int = Field(gt=0)
+    policy: Address = Field(description="the AgentPolicy (EIP-712 verifying contract)")
+    required: int = Field(ge=0, description="signatures needed (0: an unsigned approval will do)")
+    approvers: list[Address] = Field(default_factory=list, max_length=255)
+    unsigned_limit: int = Field(ge=0, description="above this only signatures approve")
+    signed_by: list[Address] = Field(default_factory=list, description="signatures counted so far")
+
+    def approval(self, expiry: int) -> Approval:
+        return Approval(
+            order_id=bytes.fromhex(self.order_id[2:]),
+            agent=self.agent,
+            supplier=self.supplier,
+            amount=self.amount,
+            decision_hash=bytes.fromhex(self.decision_hash[2:]),
+            expiry=expiry,
+        )
+
+    def typed_data(self, expiry: int) -> dict[str, Any]:
+        """The EIP-712 document to sign (a wallet's ``eth_signTypedData_v4``)."""
+        return typed_data(self.approval(expiry), chain_id=self.chain_id, policy=self.policy)
+
+    def sign(self, key: str | bytes, expiry: int) -> ApprovalSignature:
+        """Sign these terms with a private key, locally."""
+        signed = sign(self.approval(expiry), key, chain_id=self.chain_id, policy=self.policy)
+        return ApprovalSignature.of(signed)
+
+
+def _k(data: bytes) -> bytes:
+    return _keccak.new(data=data, digest_bits=256).digest()
+
+
+_DOMAIN_TYPEHASH = _k(
+    b"EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)"
+)
+_APPROVAL_TYPEHASH = _k(
+    b"Approval(bytes32 orderId,address agent,address supplier,uint256 amount,"
+    b"bytes32 decisionHash,uint64 expiry)"
+)
+_SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
+
+
+def _word(value: int) -> bytes:
+    return value.to_bytes(32, "big")
+
+
+def _addr_word(address: str) -> bytes:
+    return bytes(12) + bytes.fromhex(address[2:])
+
+
+def terms_digest(terms: ApprovalTerms, expiry: int) -> bytes:
+    """The EIP-712 digest of ``terms`` with ``expiry``, computed by hand (the same 32 bytes as
+    :func:`digest` and ``AgentPolicy.approvalDigest``; tested against both)."""
+    domain = _k(
+        _DOMAIN_TYPEHASH
+        + _k(DOMAIN_NAME.encode())
+        + _k(DOMAIN_VERSION.encode())
+        + _word(terms.chain_id)
+        + _addr_word(terms.policy)
+    )
+    struct = _k(
+        _APPROVAL_TYPEHASH
+        + bytes.fromhex(terms.order_id[2:])
+        + _addr_word(terms.agent)
+        + _addr_word(terms.supplier)
+        + _word(terms.amount)
+        + bytes.fromhex(terms.decision_hash[2:])
+        + _word(expiry)
+    )
+    return _k(b"\x19\x01" + domain + struct)
+
+
+def signer_of(terms: ApprovalTerms, signature: ApprovalSignature) -> str | None:
+    """The EOA whose key made ``signature`` over ``terms`` (checksummed), or None when the bytes
+    are no valid 65-byte secp256k1 signature (high-s and bad ``v`` refused, as OpenZeppelin's
+    ECDSA does). Needs neither eth_utils nor eth_account: safe in Temporal's sandbox."""
+    raw = bytes.fromhex(signature.signature[2:])
+    if len(raw) != 65:
+        return None
+    r, s, v = int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:64], "big"), raw[64]
+    if v in (27, 28):
+        v -= 27
+    if v not in (0, 1) or not (0 < r < _SECP256K1_N) or not (0 < s <= _SECP256K1_N // 2):
+        return None
+    try:
+        key = coincurve.PublicKey.from_signature_and_message(
+            raw[:64] + bytes([v]), terms_digest(terms, signature.expiry), hasher=None
+        )
+    except (ValueError, TypeError):
+        return None
+    return eip55("0x" + _k(key.format(compressed=False)[1:])[-20:].hex())

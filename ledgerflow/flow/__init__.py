@@ -20,6 +20,7 @@ from ledgerflow.flow.workflow import (
     Saga,
     Stop,
     reason_of,
+    revert_of,
     signal_handler,
     update_handler,
 )
@@ -40,6 +41,7 @@ __all__ = [
     "parse_input",
     "reason_of",
     "register",
+    "revert_of",
     "signal_handler",
     "step_activity",
     "step_meta",

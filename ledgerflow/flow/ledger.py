@@ -106,6 +106,10 @@ class Ledger:
         self.spec = spec
         self.run_key = to_hex(run_key(self.workflow_id, self.run_id, spec=spec))
         self.head = self.run_key
+        #: The step hash of the last recorded step (None before the first).
+        self.last_step_hash: str | None = None
+        #: The step hash of the last successful LLM decision (kind ``llm``).
+        self.last_decision_hash: str | None = None
         self._seed: bytes | None = None
         self.seq = 0
         self.pending: list[CheckpointStep] = []
@@ -185,6 +189,9 @@ class Ledger:
         self.pending.append(step)
         self.seq += 1
         self.head = step.head
+        self.last_step_hash = step.step_hash
+        if kind == "llm" and ok:
+            self.last_decision_hash = step.step_hash
         return step
 
     async def step(

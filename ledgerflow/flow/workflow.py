@@ -30,6 +30,11 @@ Outcomes: leaving the ``checkpointed`` block normally is ``completed``; ``run.st
 reason)`` ends early with a typed outcome (after compensations, if any are registered); a
 ``Compensate`` or an activity failure inside a saga ends ``compensated``; a failure outside any
 saga fails the run (after finishing the ledger); cancellation compensates, then cancels.
+
+A step that a contract refused (``ContractRevert``: the transaction reverted, nothing changed)
+undid nothing to undo: the compensations registered for it are dropped, and a refusal that ends
+the run with nothing compensated ends it ``rejected`` with the contract's reason, not ``failed``
+(checkpoint spec v2 runs).
 """
 
 from __future__ import annotations
@@ -76,6 +81,7 @@ __all__ = [
     "Stop",
     "ledger_details",
     "reason_of",
+    "revert_of",
     "signal_handler",
     "tokens",
     "update_handler",
@@ -132,6 +138,21 @@ class _CompensationFailed(Exception):
         super().__init__(reason)
         self.reason = reason
         self.failure = failure
+
+
+def revert_of(err: BaseException) -> tuple[str, dict[str, str]] | None:
+    """The custom error name and arguments if ``err`` is a step a contract refused
+    (``ContractRevert``: the transaction reverted, so it changed nothing), else None."""
+    cause: BaseException | None = err
+    while isinstance(cause, ActivityError):
+        cause = cause.cause
+    if not isinstance(cause, ApplicationError) or cause.type != ErrorType.CONTRACT_REVERT:
+        return None
+    details = cause.details[0] if cause.details else {}
+    if not isinstance(details, dict):
+        details = {}
+    args = details.get("args")
+    return str(details.get("error", "")), dict(args) if isinstance(args, dict) else {}
 
 
 def reason_of(err: BaseException) -> str:
@@ -273,7 +294,8 @@ class Saga:
 
     def __init__(self, run: Run) -> None:
         self._run = run
-        self._compensations: list[tuple[Callable[..., Any] | StepMeta, Any, str | None]] = []
+        # (activity, argument, step name, the seq of the step it was registered before)
+        self._compensations: list[tuple[Callable[..., Any] | StepMeta, Any, str | None, int]] = []
 
     def compensate_with(
         self, activity: Callable[..., Any] | StepMeta, arg: Any, *, name: str | None = None
@@ -283,7 +305,11 @@ class Saga:
         Register before the step: a step that timed out may still have succeeded.
         """
         step_meta(activity)  # fail at once (a bug) if it is not a step activity
-        self._compensations.append((activity, arg, name))
+        self._compensations.append((activity, arg, name, self._run.steps))
+
+    def _refused(self, seq: int) -> None:
+        """The step ``seq`` was refused by a contract: what was registered for it is void."""
+        self._compensations = [c for c in self._compensations if c[3] != seq]
 
     def compensate_call(
         self,
@@ -313,13 +339,16 @@ class Saga:
         self._compensations.clear()
 
     async def __aenter__(self) -> Saga:
+        self._run._sagas.append(self)
         return self
 
     async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
+        run = self._run
+        if run._sagas and run._sagas[-1] is self:
+            run._sagas.pop()
         if exc is None or not self._compensations:
             self._compensations.clear()
             return False
-        run = self._run
         if run.v2:
             # Let in-flight update handlers finish before undoing (samples-python's rule).
             await workflow.wait_condition(workflow.all_handlers_finished)
@@ -334,7 +363,7 @@ class Saga:
         run = self._run
         run.workflow.state.phase = "compensating"
         done: list[str] = []
-        for activity, arg, name in reversed(self._compensations):
+        for activity, arg, name, _seq in reversed(self._compensations):
             meta = step_meta(activity)
             await run.step(activity, arg, name=name, kind="compensation")
             done.append(name or meta.name)
@@ -359,6 +388,7 @@ class Run(Generic[ResultT]):
         self.v2 = False
         #: Set when the run has ended (its outcome is final).
         self.finished = False
+        self._sagas: list[Saga] = []
 
     # -- the region --
 
@@ -412,6 +442,9 @@ class Run(Generic[ResultT]):
             return False
         elif isinstance(exc, Compensate) or (isinstance(exc, ActivityError) and self.compensated):
             self.outcome, self.reason = "compensated", reason_of(exc)
+        elif isinstance(exc, ActivityError) and self.v2 and revert_of(exc) is not None:
+            # A contract refused and nothing had to be undone: the rulebook said no.
+            self.outcome, self.reason = "rejected", reason_of(exc)
         elif isinstance(exc, ActivityError):
             # Nothing was undone because nothing needed undoing: the run failed, loudly, after
             # its record (the failed step included) is flushed and anchored.
@@ -445,6 +478,30 @@ class Run(Generic[ResultT]):
         if not self.v2:
             return []
         return [search.OUTCOME.value_set(outcome), *self._known_search()]
+
+    @property
+    def steps(self) -> int:
+        """Steps recorded so far (the seq of the next step)."""
+        return self._ledger.seq
+
+    @property
+    def last_step_hash(self) -> str:
+        """The step hash of the last step recorded: what a payment names as the decision that
+        made it (``Escrow.open``'s ``decisionHash``), and what a step proof proves."""
+        digest = self._ledger.last_step_hash
+        if digest is None:
+            raise RuntimeError("no step has been recorded yet")
+        return digest
+
+    @property
+    def decision_hash(self) -> str:
+        """The step hash of the run's latest LLM decision (a step of kind ``llm``): what a
+        payment names as the decision that made it (``Escrow.open``'s ``decisionHash``), so a
+        third party can go from the payment on chain to the anchored step."""
+        digest = self._ledger.last_decision_hash
+        if digest is None:
+            raise RuntimeError("no LLM decision has been recorded yet")
+        return digest
 
     @property
     def _ledger(self) -> Ledger:
@@ -547,8 +604,13 @@ class Run(Generic[ResultT]):
                 summary=meta.summary,
             )
 
+        seq = self._ledger.seq
         try:
             return await self._ledger.step(kind or meta.kind, name or meta.name, arg, call)
+        except ActivityError as err:
+            if self.v2 and self._sagas and revert_of(err) is not None:
+                self._sagas[-1]._refused(seq)
+            raise
         finally:
             self.workflow.refresh_details()
 
