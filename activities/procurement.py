@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
@@ -24,6 +26,7 @@ from pydantic import Field, field_validator
 from web3.exceptions import ContractLogicError
 
 from ledgerflow.activities.llm import run_with_provider
+from ledgerflow.chain.approvals import ApprovalSignature, ApprovalTerms
 from ledgerflow.chain.deploy import bytes32_to_sku, sku_to_bytes32
 from ledgerflow.chain.effects import find_effect, tx_result
 from ledgerflow.chain.reverts import revert_from_exception
@@ -32,6 +35,7 @@ from ledgerflow.errors import ChainError, ContractRevert, LLMInvalidOutput, LLMR
 from ledgerflow.flow import policies
 from ledgerflow.flow.activity import step_activity
 from ledgerflow.flow.registry import Activities
+from ledgerflow.flow.workflow import tokens
 from ledgerflow.llm.provider import (
     DecisionMeta,
     LLMProvider,
@@ -42,6 +46,7 @@ from ledgerflow.observability import metrics
 from ledgerflow.types import (
     MAX_LEAD_TIME_DAYS,
     EscrowStatus,
+    EvolvingModel,
     NoEffect,
     StrictModel,
     TxResult,
@@ -64,6 +69,7 @@ __all__ = [
     "PolicyCheck",
     "PolicyCheckRequest",
     "ProcurementActivities",
+    "ReservationRequest",
     "RestockRequest",
     "Shortfall",
     "SkuRequest",
@@ -73,6 +79,7 @@ __all__ = [
     "choose_supplier_activity",
     "decide_supplier",
     "decision_problem",
+    "explain_refusal",
     "offline_supplier_decision",
     "procurement_order_id",
     "validate_decision",
@@ -103,12 +110,19 @@ class SkuRequest(StrictModel):
     sku: str
 
 
-class Shortfall(StrictModel):
+class Shortfall(EvolvingModel):
+    """A SKU's stock and what it needs. ``available`` is the shortfall no open order has reserved
+    yet (what a new order may buy); ``reserved`` what open orders hold (rulebook v2)."""
+
+    __added_fields__ = frozenset({"reserved", "available"})
+
     sku: str
     stock: int
     threshold: int
     target: int
     needed: int
+    reserved: int = 0
+    available: int = 0
 
 
 class Offer(StrictModel):
@@ -202,32 +216,68 @@ class DecisionResult(StrictModel):
     meta: DecisionMeta
 
 
-class PolicyCheckRequest(StrictModel):
+class PolicyCheckRequest(EvolvingModel):
+    """A spend to check: ``Escrow.checkOpen`` with these terms, no approvals (rulebook v2)."""
+
+    __added_fields__ = frozenset({"deadline", "decision_hash"})
+
     supplier: str
     amount: int
     order_id: str
+    deadline: int | None = None
+    decision_hash: str | None = None
 
 
-class PolicyCheck(StrictModel):
+class PolicyCheck(EvolvingModel):
+    """What the rulebook says about a spend, before anything is spent.
+
+    ``ok`` when it would pass as is; otherwise ``error`` is the custom error it would revert with
+    and ``reason`` says it in words (the rule, the amounts, when the budget comes back). Over the
+    cap, ``approval`` holds the terms approvers sign and who may sign them.
+    """
+
+    __added_fields__ = frozenset(
+        {"reason", "unsigned_limit", "budget", "next_release_at", "next_release_amount", "approval"}
+    )
+
     ok: bool
     error: str | None = None
     details: dict[str, str] = Field(default_factory=dict)
     per_tx_cap: int
     remaining_budget: int
+    reason: str | None = None
+    unsigned_limit: int | None = None
+    budget: int | None = None
+    next_release_at: int | None = None
+    next_release_amount: int | None = None
+    approval: ApprovalTerms | None = None
 
 
-class GrantRequest(StrictModel):
+class GrantRequest(EvolvingModel):
+    """An unsigned exception for one over-cap order (the approver service's key grants it)."""
+
+    __added_fields__ = frozenset({"decision_hash", "expiry"})
+
     order_id: str
     supplier: str
     amount: int
     approver: str
+    decision_hash: str | None = None
+    expiry: int | None = None
 
 
-class EscrowRequest(StrictModel):
+class EscrowRequest(EvolvingModel):
+    """``Escrow.open``: the order, payee, amount and deadline, the decision step that chose it
+    and, over the cap, the approvers' signatures (rulebook v2)."""
+
+    __added_fields__ = frozenset({"decision_hash", "approvals"})
+
     order_id: str
     supplier: str
     amount: int
     deadline: int  # unix seconds
+    decision_hash: str | None = None
+    approvals: list[ApprovalSignature] | None = None
 
 
 class OrderRef(StrictModel):
@@ -237,6 +287,14 @@ class OrderRef(StrictModel):
 class RestockRequest(StrictModel):
     sku: str
     quantity: int
+    order_id: str
+
+
+class ReservationRequest(StrictModel):
+    """Reserve ``quantity`` of a SKU's shortfall for one order (InventoryLedger.reserve)."""
+
+    sku: str
+    quantity: int = Field(gt=0)
     order_id: str
 
 
@@ -524,6 +582,97 @@ def _b32(hex_str: str) -> bytes:
     return bytes.fromhex(hex_str.removeprefix("0x"))
 
 
+#: Offers read per ``offersFor`` call (the marketplace bounds active offers per SKU, so a few
+#: pages at most).
+OFFER_PAGE = 50
+#: Lowest plausible decision hash: ``Escrow.open`` refuses a zero one (EscrowMissingDecision).
+_NO_DECISION = "0x" + "00" * 32
+
+
+def _utc(timestamp: int) -> str:
+    return datetime.fromtimestamp(timestamp, tz=UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _int(args: Mapping[str, Any], name: str) -> int:
+    try:
+        return int(args.get(name, 0))
+    except (TypeError, ValueError):
+        return 0
+
+
+def explain_refusal(
+    error: str, args: Mapping[str, Any], *, budget: int | None = None, window: int | None = None
+) -> str:
+    """One line for a refusal by the rulebook: which rule, the amounts, and (for the budget)
+    when it comes back. Pure, so workflow code may call it.
+
+    Args:
+        error: the custom error's name (``PolicyBudgetExceeded``, ...).
+        args: its arguments, as decoded (strings or integers).
+        budget: the agent's rolling budget, when known (token units).
+        window: the budget's window in seconds, when known.
+    """
+    a = args
+    amount = _int(a, "amount")
+    if error == "PolicyBudgetExceeded":
+        remaining, release = _int(a, "remaining"), _int(a, "nextReleaseAt")
+        whole = ""
+        if budget and window:
+            whole = f" of the rolling {window // 3600} h budget of {tokens(budget)}"
+        if budget is not None and amount > budget:
+            renews = f"; it can never pass: it is larger than the whole budget of {tokens(budget)}"
+        elif release:
+            renews = f"; the budget renews from {_utc(release)} as earlier spends leave the window"
+        else:
+            renews = ""
+        return (
+            f"over budget: {tokens(amount)} asked, {tokens(remaining)} left{whole}{renews} "
+            f"({error})"
+        )
+    if error == "PolicyCapExceeded":
+        cap = tokens(_int(a, "cap"))
+        return f"{tokens(amount)} is over the per-transaction cap of {cap} ({error})"
+    if error == "PolicyLifetimeCapExceeded":
+        return (
+            f"over the agent's lifetime cap: {tokens(amount)} asked, "
+            f"{tokens(_int(a, 'remaining'))} left ({error})"
+        )
+    if error == "PolicyCounterpartyNotAllowed":
+        return f"supplier {a.get('counterparty')} is not on the agent's allow-list ({error})"
+    if error == "PolicyAgentPaused":
+        return f"the agent {a.get('agent')} is paused by a guardian ({error})"
+    if error == "PolicyAllPaused":
+        return f"all agents are paused by a guardian ({error})"
+    if error == "PolicyUnknownAgent":
+        return f"the agent {a.get('agent')} has no rulebook in the AgentPolicy ({error})"
+    if error == "VaultInsufficientBalance":
+        return (
+            f"the agent's vault holds {tokens(_int(a, 'balance'))}, not enough for "
+            f"{tokens(amount)} ({error})"
+        )
+    if error == "PolicyUnsignedLimitExceeded":
+        return (
+            f"{tokens(amount)} is above the unsigned limit of {tokens(_int(a, 'unsignedLimit'))}: "
+            f"only approvers' signatures can approve it ({error})"
+        )
+    if error == "PolicyApprovalsBelowThreshold":
+        return f"{_int(a, 'valid')} approver signature(s), {_int(a, 'required')} required ({error})"
+    if error in ("PolicyApprovalExpired", "PolicyApproverUnknown", "PolicyApprovalInvalid"):
+        what = {
+            "PolicyApprovalExpired": "expired",
+            "PolicyApproverUnknown": "is not from a registered approver",
+            "PolicyApprovalInvalid": "does not verify",
+        }[error]
+        return f"the approval signed by {a.get('signer')} {what} ({error})"
+    if error == "InventoryReservationExceedsShortfall":
+        return (
+            f"only {_int(a, 'available')} unit(s) of the shortfall are not reserved by other "
+            f"orders; this order wants {_int(a, 'qty')} ({error})"
+        )
+    detail = ", ".join(f"{k}={v}" for k, v in a.items())
+    return f"refused by the contract: {error}({detail})"
+
+
 async def _earlier(w3: Any, contract: Any, event: str, filters: dict[str, Any]) -> TxResult:
     """The effect was made before (an earlier attempt or run of this order, its outbox row
     lost): the transaction that made it, found by its event.
@@ -550,12 +699,20 @@ class ProcurementActivities(Activities):
         inv = self.rt.contract("InventoryLedger")
         sku = sku_to_bytes32(req.sku)
         try:
-            stock, threshold, target = await inv.functions.item(sku).call()
-            needed = await inv.functions.shortfall(sku).call()
+            block = await self.rt.w3.eth.block_number  # one consistent view
+            stock, threshold, target = await inv.functions.item(sku).call(block_identifier=block)
+            needed = await inv.functions.shortfall(sku).call(block_identifier=block)
+            reserved = await inv.functions.reserved(sku).call(block_identifier=block)
         except ContractLogicError as exc:
             raise revert_from_exception(exc, contract="InventoryLedger") from None
         return Shortfall(
-            sku=req.sku, stock=stock, threshold=threshold, target=target, needed=needed
+            sku=req.sku,
+            stock=stock,
+            threshold=threshold,
+            target=target,
+            needed=needed,
+            reserved=reserved,
+            available=max(needed - reserved, 0),
         )
 
     @step_activity(
@@ -565,22 +722,35 @@ class ProcurementActivities(Activities):
         summary="read the marketplace's offers",
     )
     async def fetch_offers(self, req: SkuRequest) -> OfferList:
+        """Every active offer for the SKU, page by page at one block, in offer id order, each
+        marked with whether the agent's allow-list admits its supplier."""
         market = self.rt.contract("Marketplace")
         policy = self.rt.contract("AgentPolicy")
-        raw = await market.functions.offersFor(sku_to_bytes32(req.sku)).call()
+        agent = (await self.rt.signer("agent")).address
+        sku = sku_to_bytes32(req.sku)
+        block = await self.rt.w3.eth.block_number
+        count = int(await market.functions.activeOfferCount(sku).call(block_identifier=block))
+        raw: list[Any] = []
+        for offset in range(0, min(count, MAX_OFFERS), OFFER_PAGE):
+            page = await market.functions.offersFor(sku, offset, OFFER_PAGE).call(
+                block_identifier=block
+            )
+            raw.extend(page)
         offers = []
         allowed_cache: dict[str, bool] = {}
-        for o in raw:
-            offer_id, supplier, sku, unit_price, lead, max_qty, _active, description = o
+        for o in sorted(raw, key=lambda o: int(o[0])):
+            offer_id, supplier, sku_b, unit_price, lead, max_qty, _active, description = o
             if supplier not in allowed_cache:
                 allowed_cache[supplier] = bool(
-                    await policy.functions.isCounterpartyAllowed(supplier).call()
+                    await policy.functions.isCounterpartyAllowed(agent, supplier).call(
+                        block_identifier=block
+                    )
                 )
             offers.append(
                 Offer(
                     offer_id=offer_id,
                     supplier=supplier,
-                    sku=bytes32_to_sku(sku),
+                    sku=bytes32_to_sku(sku_b),
                     unit_price=unit_price,
                     lead_time_days=lead,
                     max_quantity=max_qty,
@@ -591,32 +761,145 @@ class ProcurementActivities(Activities):
         return OfferList(offers=offers)
 
     @step_activity(
+        "inventory.reserve",
+        kind="chain",
+        policy=policies.CHAIN_TX,
+        summary="reserve the order's quantity of the shortfall",
+    )
+    async def reserve(self, req: ReservationRequest) -> TxResult:
+        """InventoryLedger.reserve: the contract refuses a quantity above the shortfall that no
+        open order holds, so concurrent runs cannot buy the same shortfall twice."""
+        inv = self.rt.contract("InventoryLedger")
+        orchestrator = await self.rt.signer("orchestrator")
+        order = _b32(req.order_id)
+        call = inv.functions.reserve(sku_to_bytes32(req.sku), req.quantity, order)
+        try:
+            receipt = await orchestrator.send(
+                f"inventory.reserve:{req.order_id}", call, contract="InventoryLedger"
+            )
+        except ContractRevert as exc:
+            if exc.error != "InventoryReservationExists":
+                raise
+            held = await inv.functions.reservation(order).call()
+            if held[0] == sku_to_bytes32(req.sku) and int(held[1]) == req.quantity:
+                return await _earlier(self.rt.w3, inv, "Reserved", {"orderId": order})
+            raise
+        return tx_result(receipt, inv, "Reserved")
+
+    @step_activity(
+        "inventory.cancel_reservation",
+        kind="chain",
+        policy=policies.CHAIN_TX,
+        summary="give the order's reservation back",
+    )
+    async def cancel_reservation(self, req: OrderRef) -> TxResult | NoEffect:
+        """Compensation: cancel the order's open reservation. Idempotent and safe after a
+        reservation that timed out: its outbox key is closed first, so a reserve still in
+        flight lands before (and is cancelled) or never does."""
+        inv = self.rt.contract("InventoryLedger")
+        orchestrator = await self.rt.signer("orchestrator")
+        order = _b32(req.order_id)
+        reserve_key = f"inventory.reserve:{req.order_id}"
+        if await orchestrator.close(reserve_key, "compensated") is not None:
+            with contextlib.suppress(TxVoided, ContractRevert):
+                await orchestrator.send(reserve_key, None, contract="InventoryLedger")
+        status = int((await inv.functions.reservation(order).call())[2])
+        if status == 0:
+            return NoEffect(reason="the order reserved nothing: nothing to give back")
+        if status == 2:
+            return NoEffect(reason="the reservation was filled by the order's restock")
+        cancel_key = f"inventory.cancel_reservation:{req.order_id}"
+        if status == 3 and not await self._sent_before(cancel_key, orchestrator):
+            return await _earlier(self.rt.w3, inv, "ReservationReleased", {"orderId": order})
+        try:
+            receipt = await orchestrator.send(
+                cancel_key, inv.functions.cancelReservation(order), contract="InventoryLedger"
+            )
+        except ContractRevert as exc:
+            if exc.error == "InventoryReservationNotOpen" and _int(exc.error_args, "status") == 3:
+                return await _earlier(self.rt.w3, inv, "ReservationReleased", {"orderId": order})
+            raise
+        return tx_result(receipt, inv, "ReservationReleased")
+
+    @step_activity(
         "policy.precheck",
         kind="chain",
         policy=policies.CHAIN_READ,
         summary="pre-check the spend against the on-chain policy",
     )
     async def precheck(self, req: PolicyCheckRequest) -> PolicyCheck:
-        """eth_call of AgentPolicy.checkSpend: the error a spend would hit, without spending."""
+        """eth_call of ``Escrow.checkOpen`` (the error the payment would hit, without paying),
+        with the agent's limits at the same block; over the cap, the terms approvers sign."""
         policy = self.rt.contract("AgentPolicy")
+        escrow = self.rt.contract("Escrow")
         agent = (await self.rt.signer("agent")).address
-        limits = await policy.functions.limits(agent).call()
-        remaining = await policy.functions.remainingBudget(agent).call()
-        cap = int(limits[0])
+        block = await self.rt.w3.eth.block_number
+        config = await policy.functions.agentConfig(agent).call(block_identifier=block)
+        remaining, next_at, next_amount = await policy.functions.budgetOf(agent).call(
+            block_identifier=block
+        )
+        cap, unsigned, budget, window = (int(config[i]) for i in (2, 3, 4, 5))
+        order, decision = _b32(req.order_id), _b32(req.decision_hash or _NO_DECISION)
         try:
-            await policy.functions.checkSpend(
-                agent, req.supplier, req.amount, _b32(req.order_id)
-            ).call()
+            if req.deadline is None:  # a version 1 request: the policy alone
+                await policy.functions.checkSpend(
+                    agent, req.supplier, req.amount, order, decision, []
+                ).call(block_identifier=block)
+            else:
+                await escrow.functions.checkOpen(
+                    agent, order, req.supplier, req.amount, req.deadline, decision, []
+                ).call(block_identifier=block)
         except ContractLogicError as exc:
-            revert = revert_from_exception(exc, contract="AgentPolicy")
+            revert = revert_from_exception(exc, contract="Escrow")
+            approval = None
+            if revert.error == "PolicyCapExceeded" and req.decision_hash is not None:
+                approval = await self._terms(req, agent, block)
             return PolicyCheck(
                 ok=False,
                 error=revert.error,
                 details={k: str(v) for k, v in revert.error_args.items()},
                 per_tx_cap=cap,
                 remaining_budget=remaining,
+                reason=explain_refusal(
+                    revert.error, revert.error_args, budget=budget, window=window
+                ),
+                unsigned_limit=unsigned,
+                budget=budget,
+                next_release_at=int(next_at) or None,
+                next_release_amount=int(next_amount) or None,
+                approval=approval,
             )
-        return PolicyCheck(ok=True, per_tx_cap=cap, remaining_budget=remaining)
+        return PolicyCheck(
+            ok=True,
+            per_tx_cap=cap,
+            remaining_budget=remaining,
+            unsigned_limit=unsigned,
+            budget=budget,
+            next_release_at=int(next_at) or None,
+            next_release_amount=int(next_amount) or None,
+        )
+
+    async def _terms(self, req: PolicyCheckRequest, agent: str, block: int) -> ApprovalTerms:
+        policy = self.rt.contract("AgentPolicy")
+        approvers, _threshold, _tiers = await policy.functions.approversOf(agent).call(
+            block_identifier=block
+        )
+        required = int(
+            await policy.functions.requiredApprovals(agent, req.amount).call(block_identifier=block)
+        )
+        config = await policy.functions.agentConfig(agent).call(block_identifier=block)
+        return ApprovalTerms(
+            order_id=req.order_id,
+            agent=agent,
+            supplier=req.supplier,
+            amount=req.amount,
+            decision_hash=req.decision_hash or _NO_DECISION,
+            chain_id=int(await self.rt.w3.eth.chain_id),
+            policy=policy.address,
+            required=required,
+            approvers=list(approvers),
+            unsigned_limit=int(config[3]),
+        )
 
     @step_activity(
         "policy.grant_exception",
@@ -625,18 +908,36 @@ class ProcurementActivities(Activities):
         summary="grant the approved over-cap exception",
     )
     async def grant_exception(self, req: GrantRequest) -> TxResult:
+        """The unsigned approval path: the approver service's key grants a one-off exception
+        for exactly this order, agent, supplier, amount and decision, until ``expiry``."""
         policy = self.rt.contract("AgentPolicy")
         approver = await self.rt.signer("approver")
         agent = (await self.rt.signer("agent")).address
-        call = policy.functions.grantException(_b32(req.order_id), agent, req.supplier, req.amount)
+        order = _b32(req.order_id)
+        if req.decision_hash is None or req.expiry is None:
+            raise ContractRevert("EscrowMissingDecision", {}, contract="AgentPolicy")
+        call = policy.functions.grantException(
+            order, agent, req.supplier, req.amount, _b32(req.decision_hash), req.expiry
+        )
         receipt = await approver.send(f"policy.grant:{req.order_id}", call, contract="AgentPolicy")
         return tx_result(receipt, policy, "ExceptionGranted")
 
     @step_activity("escrow.open", kind="chain", policy=policies.CHAIN_TX, summary="pay into escrow")
     async def open_escrow(self, req: EscrowRequest) -> TxResult:
+        """``Escrow.open``: the vault pays into escrow if the policy allows it, in the same
+        call; the payment names its decision step and carries the approvals."""
         escrow = self.rt.contract("Escrow")
         agent = await self.rt.signer("agent")
-        call = escrow.functions.open(_b32(req.order_id), req.supplier, req.amount, req.deadline)
+        order = _b32(req.order_id)
+        approvals = [a.signed().as_abi() for a in req.approvals or []]
+        call = escrow.functions.open(
+            order,
+            req.supplier,
+            req.amount,
+            req.deadline,
+            _b32(req.decision_hash or _NO_DECISION),
+            approvals,
+        )
         try:
             receipt = await agent.send(f"escrow.open:{req.order_id}", call, contract="Escrow")
         except ContractRevert as exc:
@@ -644,11 +945,9 @@ class ProcurementActivities(Activities):
                 raise
             # Opened before by this run (its outbox row lost?): the same order is success,
             # anything else under this id is a real conflict.
-            order = await escrow.functions.order(_b32(req.order_id)).call()
-            if order[0] == agent.address and order[1] == req.supplier and order[2] == req.amount:
-                return await _earlier(
-                    self.rt.w3, escrow, "EscrowOpened", {"orderId": _b32(req.order_id)}
-                )
+            held = await escrow.functions.order(order).call()
+            if held[0] == agent.address and held[4] == req.supplier and held[5] == req.amount:
+                return await _earlier(self.rt.w3, escrow, "EscrowOpened", {"orderId": order})
             raise
         metrics.current().escrow_receipt(escrow, receipt)
         return tx_result(receipt, escrow, "EscrowOpened")
@@ -660,18 +959,18 @@ class ProcurementActivities(Activities):
         summary="release the escrow to the supplier",
     )
     async def release_escrow(self, req: OrderRef) -> TxResult:
-        return await self._settle_order(req, "release", done_status=2)
+        return await self._settle_order(req, "release", done_status=EscrowStatus.RELEASED.code)
 
     @step_activity(
         "escrow.refund",
         kind="chain",
         policy=policies.CHAIN_TX,
-        summary="refund the escrow to the agent",
+        summary="refund the escrow to the agent's vault",
     )
     async def refund_escrow(self, req: OrderRef) -> TxResult | NoEffect:
-        """Compensation: pay an open order back to the agent. Idempotent, and safe after a
-        payment that timed out: the open's outbox key is closed first, so an open still in
-        flight either lands before (and is refunded) or never does (voided).
+        """Compensation: pay an open order back into the agent's vault. Idempotent, and safe
+        after a payment that timed out: the open's outbox key is closed first, so an open still
+        in flight either lands before (and is refunded) or never does (voided).
 
         Returns ``NoEffect`` when the order was never opened, the refund's TxResult otherwise
         (``already_done`` when an earlier attempt refunded it).
@@ -683,19 +982,20 @@ class ProcurementActivities(Activities):
             # An open was signed: wait for its fate (mined, reverted or voided) before deciding.
             with contextlib.suppress(TxVoided, ContractRevert):
                 await agent.send(open_key, None, contract="Escrow")
-        order = await escrow.functions.order(_b32(req.order_id)).call()
-        status = EscrowStatus.from_code(int(order[4]))
+        held = await escrow.functions.order(_b32(req.order_id)).call()
+        status = EscrowStatus.from_code(int(held[2]))
         if status == EscrowStatus.NONE:
             return NoEffect(reason="the order was never opened: nothing to refund")
         if status == EscrowStatus.REFUNDED and not await self._sent_before(
-            f"escrow.refund:{req.order_id}"
+            f"escrow.refund:{req.order_id}", agent
         ):
             return await _earlier(
                 self.rt.w3, escrow, "EscrowRefunded", {"orderId": _b32(req.order_id)}
             )
-        return await self._settle_order(req, "refund", done_status=3)
+        return await self._settle_order(req, "refund", done_status=EscrowStatus.REFUNDED.code)
 
-    async def _sent_before(self, key: str) -> bool:
+    async def _sent_before(self, key: str, signer: Any) -> bool:
+        del signer  # the outbox is shared by every signer of the store
         return await asyncio.to_thread(self.rt.store.outbox_get, key) is not None
 
     async def _settle_order(self, req: OrderRef, action: str, *, done_status: int) -> TxResult:

@@ -80,14 +80,14 @@ def _names(stack: Stack, wf_id: str) -> list[str]:
 async def test_happy_path_pays_once_restocks_and_verifies(
     stack: Stack, admin: ChainAdmin, mode: str
 ) -> None:
-    agent_before = admin.balance(stack.deployment.agent)
+    agent_before = admin.vault_balance(stack.deployment.agent)
     stock_before = admin.stock("WIDGET-42")
     res = await _run(stack, ProcurementRequest(sku="WIDGET-42", quantity=10, anchor_mode=mode))
     assert res["outcome"] == "completed", res
     assert res["anchored"] is True and res["anchor_mode"] == mode
     assert res["decided_by"] == "offline:offline-rules-v1"
     assert res["unit_price"] == 12_000_000  # the allow-listed, fast enough, cheapest offer
-    assert admin.balance(stack.deployment.agent) == agent_before - res["total"]
+    assert admin.vault_balance(stack.deployment.agent) == agent_before - res["total"]
     assert admin.stock("WIDGET-42") == stock_before + 10
     assert admin.escrow_opened_events(res["order_id"]) == 1
     names = _names(stack, res["id"])
@@ -95,12 +95,19 @@ async def test_happy_path_pays_once_restocks_and_verifies(
         "inventory.read_shortfall",
         "marketplace.fetch_offers",
         "llm.choose_supplier",
-        "policy.precheck",
+        "policy.precheck",  # a quantity someone asked for: bought as asked, nothing reserved
         "escrow.open",
         "delivery.confirmed",
         "escrow.release",
         "inventory.restock",
     ]
+    # The payment names the decision step that made it (decision-bound payment).
+    steps = business_steps(stack.runtime.store, res["id"])
+    decided = next(s for s in steps if s.name == "llm.choose_supplier")
+    (opened,) = admin.escrow_opened(res["order_id"])
+    assert "0x" + opened["decisionHash"].hex() == decided.step_hash == res["decision_hash"]
+    assert opened["approvalsHash"] == bytes(32)  # within the cap: no signatures
+    assert admin.reservation(res["order_id"])["status"] == 0  # none
     anchors = res["report"].anchors
     if mode == "per-step":
         # one per step, the closing run.outcome step included
@@ -123,14 +130,15 @@ async def test_over_cap_escalates_and_approval_pays(stack: Stack, admin: ChainAd
     res = await _run(stack, ProcurementRequest(sku="TURBINE-9"), before_delivery=approve)
     assert res["outcome"] == "completed", res
     assert res["total"] == 6_000_000_000 and res["approved_by"] == "cfo@acme"
+    assert res["approval_path"] == "exception"
     names = _names(stack, res["id"])
-    assert names[4:6] == ["approval.approve", "policy.grant_exception"]
+    assert names[5:8] == ["approval.approve", "policy.grant_exception", "escrow.open"]
 
 
 async def test_over_cap_rejected_moves_no_money(stack: Stack, admin: ChainAdmin) -> None:
     admin.new_sku("TURBINE-10", stock=1, threshold=5, target=101)
     admin.post_offer(BIG_SUPPLIER_KEY, "TURBINE-10", 60, 10, 500, "Turbine blades")
-    before = admin.balance(stack.deployment.agent)
+    before = admin.vault_balance(stack.deployment.agent)
 
     async def reject(wf_id: str) -> None:
         await _wait_phase(stack, wf_id, "awaiting-approval")
@@ -140,52 +148,60 @@ async def test_over_cap_rejected_moves_no_money(stack: Stack, admin: ChainAdmin)
         stack, ProcurementRequest(sku="TURBINE-10"), deliver=False, before_delivery=reject
     )
     assert res["outcome"] == "rejected" and "too expensive" in res["reason"]
-    assert admin.balance(stack.deployment.agent) == before
-    assert _names(stack, res["id"])[-1] == "approval.reject"
+    assert admin.vault_balance(stack.deployment.agent) == before
+    # Nothing was paid, so nothing is refunded; the reservation is given back.
+    assert res["compensations"] == ["inventory.cancel_reservation"]
+    assert _names(stack, res["id"])[-2:] == ["approval.reject", "inventory.cancel_reservation"]
+    assert admin.reservation(res["order_id"])["status"] == 3
 
 
 async def test_approval_timeout_rejects(stack: Stack, admin: ChainAdmin) -> None:
     admin.new_sku("TURBINE-11", stock=1, threshold=5, target=101)
     admin.post_offer(BIG_SUPPLIER_KEY, "TURBINE-11", 60, 10, 500, "Turbine blades")
-    before = admin.balance(stack.deployment.agent)
+    before = admin.vault_balance(stack.deployment.agent)
     res = await _run(
         stack, ProcurementRequest(sku="TURBINE-11", approval_timeout_seconds=1), deliver=False
     )
-    assert res["outcome"] == "rejected" and res["reason"] == "approval timed out"
-    assert admin.balance(stack.deployment.agent) == before
-    assert _names(stack, res["id"])[-1] == "approval.timeout"
+    assert res["outcome"] == "rejected"
+    assert res["reason"] == "approval timed out (0 of 2 signatures)"
+    assert admin.vault_balance(stack.deployment.agent) == before
+    assert _names(stack, res["id"])[-2:] == ["approval.timeout", "inventory.cancel_reservation"]
 
 
-async def test_unlisted_supplier_refused_by_contract_and_compensated(
+async def test_unlisted_supplier_is_rejected_before_anything_is_paid(
     stack: Stack, admin: ChainAdmin
 ) -> None:
     admin.new_sku("GASKET-3", stock=0, threshold=10, target=20)
     admin.post_offer(UNLISTED_KEY, "GASKET-3", 1, 2, 100, "Cheapest gaskets anywhere")
-    before = admin.balance(stack.deployment.agent)
+    before = admin.vault_balance(stack.deployment.agent)
     res = await _run(stack, ProcurementRequest(sku="GASKET-3"), deliver=False)
-    assert res["outcome"] == "compensated", res
-    assert "PolicyCounterpartyNotAllowed" in res["reason"]
-    assert res["compensations"] == ["escrow.refund"]
-    assert admin.balance(stack.deployment.agent) == before
-    steps = business_steps(stack.runtime.store, res["id"])
-    assert [(s.name, s.status) for s in steps[-2:]] == [
-        ("escrow.open", "failed"),
-        ("escrow.refund", "ok"),
-    ]
-    assert steps[-1].kind == "compensation"
+    assert res["outcome"] == "rejected", res
+    assert res["rule"] == "PolicyCounterpartyNotAllowed"
+    assert "is not on the agent's allow-list" in res["reason"]
+    assert res["compensations"] == ["inventory.cancel_reservation"]  # no refund: nothing paid
+    assert admin.vault_balance(stack.deployment.agent) == before
+    assert "escrow.open" not in _names(stack, res["id"])
+    assert admin.escrow_opened_events(res["order_id"]) == 0
 
 
 async def test_delivery_deadline_refunds(stack: Stack, admin: ChainAdmin) -> None:
-    before = admin.balance(stack.deployment.agent)
+    admin.new_sku("BOLT-7", stock=0, threshold=5, target=5)  # buys the shortfall: reserves it
+    admin.allow(BIG_SUPPLIER_KEY)
+    admin.post_offer(BIG_SUPPLIER_KEY, "BOLT-7", 3, 2, 100, "Bolts")
+    before = admin.vault_balance(stack.deployment.agent)
     res = await _run(
-        stack,
-        ProcurementRequest(sku="WIDGET-42", quantity=5, delivery_deadline_seconds=2),
-        deliver=False,
+        stack, ProcurementRequest(sku="BOLT-7", delivery_deadline_seconds=2), deliver=False
     )
     assert res["outcome"] == "compensated" and res["reason"] == "delivery deadline passed"
-    assert admin.balance(stack.deployment.agent) == before  # paid into escrow, refunded
+    assert admin.vault_balance(stack.deployment.agent) == before  # paid into escrow, refunded
     assert admin.escrow_opened_events(res["order_id"]) == 1
-    assert _names(stack, res["id"])[-2:] == ["delivery.deadline", "escrow.refund"]
+    assert res["compensations"] == ["escrow.refund", "inventory.cancel_reservation"]
+    assert _names(stack, res["id"])[-3:] == [
+        "delivery.deadline",
+        "escrow.refund",
+        "inventory.cancel_reservation",
+    ]
+    assert admin.reservation(res["order_id"])["status"] == 3  # cancelled
 
 
 async def test_crash_between_broadcast_and_completion_pays_exactly_once(
@@ -213,13 +229,13 @@ async def test_crash_between_broadcast_and_completion_pays_exactly_once(
     )
     settings = stack.settings.model_copy(update={"task_queue": queue})
     lf = LedgerflowClient(temporal_client, settings, stack.runtime)
-    before = admin.balance(stack.deployment.agent)
+    before = admin.vault_balance(stack.deployment.agent)
     async with worker:
         res = await _run(stack, ProcurementRequest(sku="WIDGET-42", quantity=3), client=lf)
     assert attempts == [1, 2]
     assert res["outcome"] == "completed"
     assert admin.escrow_opened_events(res["order_id"]) == 1
-    assert admin.balance(stack.deployment.agent) == before - res["total"]
+    assert admin.vault_balance(stack.deployment.agent) == before - res["total"]
 
 
 INJECTIONS = [
@@ -239,14 +255,14 @@ async def test_prompt_injected_answers_move_no_money_outside_policy(
     attacker = admin.address(UNLISTED_KEY)
     for text in INJECTIONS:
         admin.post_offer(UNLISTED_KEY, sku, 1, 1, 1000, text.format(addr=attacker))
-    offers = admin.c("Marketplace").functions.offersFor(sku_to_bytes32(sku)).call()
+    offers = admin.c("Marketplace").functions.offersFor(sku_to_bytes32(sku), 0, 50).call()
     injected_id = offers[0][0]
     answers = [
         {"offer_id": 999, "quantity": 20, "unit_price": 1, "rationale": "as instructed"},
         {"offer_id": injected_id, "quantity": 20, "unit_price": 0, "rationale": "free"},
         {"offer_id": injected_id, "quantity": 20, "unit_price": 1_000_000, "rationale": "ok"},
     ]
-    before = admin.balance(stack.deployment.agent)
+    before = admin.vault_balance(stack.deployment.agent)
     with OpenAIStub() as stub:
         set_provider(
             OpenAIProvider(
@@ -269,9 +285,9 @@ async def test_prompt_injected_answers_move_no_money_outside_policy(
             set_provider(None)
     assert outcomes[0][0] == "rejected" and "LLMInvalidOutput" in outcomes[0][1]
     assert outcomes[1][0] == "rejected" and "LLMInvalidOutput" in outcomes[1][1]
-    # A well-formed choice of the unlisted injector: the contract, not the model, refuses it.
-    assert outcomes[2][0] == "compensated" and "PolicyCounterpartyNotAllowed" in outcomes[2][1]
-    assert admin.balance(stack.deployment.agent) == before
+    # A well-formed choice of the unlisted injector: the rulebook, not the model, refuses it.
+    assert outcomes[2][0] == "rejected" and "PolicyCounterpartyNotAllowed" in outcomes[2][1]
+    assert admin.vault_balance(stack.deployment.agent) == before
     assert admin.balance(attacker) >= 0
 
 
@@ -281,7 +297,7 @@ async def test_reusing_a_workflow_id_is_a_new_order_that_really_pays(
     """A new start under a finished workflow's id must not pass off the first payment as its
     own: the order id includes the execution chain's first run id."""
     wf_id = f"proc-reuse-{uuid.uuid4().hex[:8]}"
-    before = admin.balance(stack.deployment.agent)
+    before = admin.vault_balance(stack.deployment.agent)
     totals, orders = [], []
     for _ in range(2):
         await stack.client.start(
@@ -295,13 +311,13 @@ async def test_reusing_a_workflow_id_is_a_new_order_that_really_pays(
         orders.append(res["order_id"])
     assert orders[0] != orders[1]
     assert all(admin.escrow_opened_events(o) == 1 for o in orders)
-    assert admin.balance(stack.deployment.agent) == before - sum(totals)
+    assert admin.vault_balance(stack.deployment.agent) == before - sum(totals)
 
 
 async def test_oversized_sku_is_refused_at_start(stack: Stack) -> None:
     from ledgerflow.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="32 bytes"):
+    with pytest.raises(ConfigError, match="at most 32 characters"):
         await stack.client.start("ProcurementWorkflow", {"sku": "X" * 33})
 
 

@@ -54,7 +54,7 @@ class VendorPaymentWorkflow(CheckpointedWorkflow):
             async with run.saga() as saga:  # the refund is registered before the payment
                 refund = ("Escrow", "refund", [order])
                 saga.compensate_call(*refund, signer="agent", unless=("EscrowNotOpen",))
-                pay = [order, req.vendor, decision.amount, deadline]
+                pay = [order, req.vendor, decision.amount, deadline, run.decision_hash, []]
                 await run.call("Escrow", "open", pay, signer="agent")
                 await run.call("Escrow", "release", [order], signer="agent")
         return run.result(VendorPaymentResult, amount=decision.amount)

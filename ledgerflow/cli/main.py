@@ -260,6 +260,72 @@ def status(
     _emit(_run(_main()), as_json)
 
 
+@app.command()
+def approve(
+    workflow_id: str,
+    key_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--key-file",
+            help="an approver's private key file (mode 0600); the terms are signed here and "
+            "only the signature is sent",
+        ),
+    ] = None,
+    approver: Annotated[str, typer.Option(help="who approves (unsigned approvals)")] = "operator",
+    reason: Annotated[str, typer.Option(help="why")] = "",
+    expires_in: Annotated[
+        int, typer.Option(help="seconds the signature stays valid on chain", min=300)
+    ] = 86_400,
+    print_typed_data: Annotated[
+        bool,
+        typer.Option(
+            "--print-typed-data",
+            help="print the EIP-712 typed data to sign elsewhere (a wallet) and send nothing",
+        ),
+    ] = False,
+) -> None:
+    """Approve what a run waits for: unsigned up to the agent's unsigned limit, signed above it."""
+    import time
+
+    from ledgerflow.sdk.client import LedgerflowClient
+
+    settings = _settings()
+
+    async def _main() -> dict[str, Any]:
+        lf = await LedgerflowClient.connect(settings)
+        if print_typed_data:
+            terms = await lf.approval_terms(workflow_id)
+            return terms.typed_data(int(time.time()) + expires_in)
+        answer = await lf.approve(
+            workflow_id, approver, reason, key_file=key_file, expires_in=expires_in
+        )
+        return {"workflow_id": workflow_id, "answer": answer}
+
+    data = _run(_main())
+    if print_typed_data:
+        sys.stdout.write(json.dumps(data, indent=2) + "\n")
+    else:
+        out.print(f"{data['workflow_id']}: {data['answer']}")
+
+
+@app.command()
+def reject(
+    workflow_id: str,
+    approver: Annotated[str, typer.Option(help="who rejects")] = "operator",
+    reason: Annotated[str, typer.Option(help="why")] = "",
+) -> None:
+    """Reject what a run waits for; the run compensates and ends rejected."""
+    from ledgerflow.sdk.client import LedgerflowClient
+
+    settings = _settings()
+
+    async def _main() -> str:
+        lf = await LedgerflowClient.connect(settings)
+        return await lf.reject(workflow_id, approver, reason)
+
+    out.print(f"{workflow_id}: {_run(_main())}")
+
+
 def _trust(
     settings: Settings,
     registry: str | None,

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Generator, Iterator
 from datetime import datetime
@@ -55,6 +56,7 @@ from temporalio.exceptions import (
 )
 from temporalio.service import RPCError, RPCStatusCode
 
+from ledgerflow.chain.approvals import ApprovalSignature, ApprovalTerms, read_key_file
 from ledgerflow.checkpoint.bundle import BundleReport
 from ledgerflow.checkpoint.proofs import ProofCheck
 from ledgerflow.checkpoint.verify import VerifyReport
@@ -399,21 +401,83 @@ class LedgerflowClient:
         with _temporal_errors(workflow_id, action=name):
             return await self.temporal.get_workflow_handle(workflow_id).execute_update(name, value)
 
-    async def approve(self, workflow_id: str, approver: str = "operator", reason: str = "") -> str:
-        """Approve what the run waits for (its ``approve`` update); returns the run's answer."""
-        return await self._decide(workflow_id, True, approver, reason)
+    async def approve(
+        self,
+        workflow_id: str,
+        approver: str = "operator",
+        reason: str = "",
+        *,
+        key: str | None = None,
+        key_file: Path | str | None = None,
+        signature: ApprovalSignature | None = None,
+        expires_in: int = 86_400,
+    ) -> str:
+        """Approve what the run waits for (its ``approve`` update); returns the run's answer.
+
+        With ``key`` or ``key_file`` (an approver's private key, used here and never sent), the
+        approval is that approver's EIP-712 signature of the terms the run shows (valid for
+        ``expires_in`` seconds); ``signature`` sends one made elsewhere (a wallet, a Safe).
+        Above the agent's unsigned limit only signatures approve, and the run pays once enough
+        approvers have signed (the answer says ``signature 1 of 2 recorded`` until then).
+
+        Raises:
+            UpdateRejected: the run refused it (not waiting, not an approver, signed already,
+                a signature that does not verify, unsigned above the unsigned limit).
+            RunError: a key was given but the run shows no terms to sign.
+            ConfigError: the key file is unreadable, open to others or holds no key.
+        """
+        if key_file is not None:
+            key = read_key_file(key_file)
+        if key is not None:
+            signature = await self.sign_approval(workflow_id, key, expires_in=expires_in)
+        return await self._decide(workflow_id, True, approver, reason, signature)
+
+    async def approval_terms(self, workflow_id: str) -> ApprovalTerms:
+        """What approvers of the run's pending payment sign (its state's ``approval``).
+
+        Raises:
+            RunError: the run is not waiting for a signed approval.
+        """
+        status = await self.status(workflow_id)
+        terms = _field(status.state, "approval")
+        if status.awaiting != "approval" or terms is None:
+            raise RunError(
+                f"run {workflow_id!r} is not waiting for a signed approval "
+                f"({status.awaiting or status.phase or status.status})",
+                workflow_id=workflow_id,
+                run_id=status.run_id,
+            )
+        return ApprovalTerms.model_validate(terms, from_attributes=True)
+
+    async def sign_approval(
+        self, workflow_id: str, key: str, *, expires_in: int = 86_400
+    ) -> ApprovalSignature:
+        """Sign the run's pending payment terms with an approver's key, locally."""
+        terms = await self.approval_terms(workflow_id)
+        return terms.sign(key, int(time.time()) + expires_in)
 
     async def reject(self, workflow_id: str, approver: str = "operator", reason: str = "") -> str:
         """Reject it (the ``reject`` update, or ``approve`` with ``approved: false``)."""
         return await self._decide(workflow_id, False, approver, reason)
 
-    async def _decide(self, workflow_id: str, approved: bool, approver: str, reason: str) -> str:
+    async def _decide(
+        self,
+        workflow_id: str,
+        approved: bool,
+        approver: str,
+        reason: str,
+        signature: ApprovalSignature | None = None,
+    ) -> str:
         reg = await self._registration(workflow_id)
         name = "approve" if approved or "reject" not in reg.updates else "reject"
         model = reg.updates.get(name)
         if model is None:
             raise ConfigError(f"{reg.name} takes no approval (it has no {name!r} update)")
-        fields = {"approver": approver, "reason": reason, "approved": approved}
+        if signature is not None and "signature" not in model.model_fields:
+            raise ConfigError(f"{reg.name} takes no signed approvals")
+        fields: dict[str, Any] = {"approver": approver, "reason": reason, "approved": approved}
+        if signature is not None:
+            fields["signature"] = signature
         arg = model.model_validate({k: v for k, v in fields.items() if k in model.model_fields})
         if not approved and name == "approve" and "approved" not in model.model_fields:
             raise ConfigError(f"{reg.name} cannot be rejected through its approve update")

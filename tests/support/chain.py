@@ -110,5 +110,21 @@ class ChainAdmin:
         )
         return len(logs)
 
+    def escrow_opened(self, order_id: str) -> list[Any]:
+        """The EscrowOpened events' arguments of ``order_id``."""
+        esc = self.c("Escrow")
+        logs = esc.events.EscrowOpened.get_logs(
+            argument_filters={"orderId": bytes.fromhex(order_id[2:])}, from_block=0
+        )
+        return [log["args"] for log in logs]
+
+    def reservation(self, order_id: str) -> dict[str, Any]:
+        """The InventoryLedger reservation of ``order_id`` (status 0 none, 1 open, 2 filled,
+        3 cancelled)."""
+        sku, qty, status = (
+            self.c("InventoryLedger").functions.reservation(bytes.fromhex(order_id[2:])).call()
+        )
+        return {"sku": sku, "qty": int(qty), "status": int(status)}
+
     def stock(self, sku: str) -> int:
         return int(self.c("InventoryLedger").functions.item(sku_to_bytes32(sku)).call()[0])
