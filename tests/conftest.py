@@ -103,8 +103,8 @@ def deployment_file(anvil: Anvil, tmp_path_factory: pytest.TempPathFactory) -> P
     admin = ChainAdmin(anvil.rpc_url, d)
     admin.set_agent_limits(cap_tusd=5_000, budget_tusd=10_000_000)
     admin.fund_vault(d.agent, 5_000_000)
-    # Every purchase reserves its quantity of the shortfall: the session's tests buy WIDGET-42
-    # out of one shortfall of 5,000 units (each test names its quantity).
+    # A large shortfall of WIDGET-42 for the session (tests name their quantity; a run without
+    # one would reserve and buy all of it).
     admin.new_sku("WIDGET-42", stock=0, threshold=5_000, target=5_000)
     path = tmp_path_factory.mktemp("deploy") / "deployments.json"
     save_deployment(path, d)

@@ -29,6 +29,7 @@ from ledgerflow.dev.stack import ManagedProcess, free_port, port_holders, start_
 from ledgerflow.dev.up import EXIT_SERVICE_DIED, STOP_TIMEOUT, child_env, outcome_line
 from ledgerflow.errors import StackError
 from ledgerflow.settings import Settings
+from tests.support.readme import first_session_commands, run_first_session
 
 READY_TIMEOUT = 120.0
 
@@ -304,6 +305,7 @@ def test_up_runs_the_demo_against_its_own_children_and_stops_on_ctrl_c(
         re.M,
     ), scraped
     assert httpx.get(api_metrics, timeout=5).status_code == 200
+    _follow_the_readme_twice(embedded)
     run.proc.send_signal(signal.SIGINT)
     assert run.wait(STOP_TIMEOUT + 10) == 0, run.stderr[-3000:]
     # LEDGERFLOW_LOG_FORMAT=json: every line the worker and the API wrote is one JSON object.
@@ -315,6 +317,40 @@ def test_up_runs_the_demo_against_its_own_children_and_stops_on_ctrl_c(
     assert _gone(list(children.values()), 2) == []
     assert embedded.holders() == {}
     assert (embedded.home / "up.lock").read_text() == ""  # nothing left to clean up
+
+
+def _follow_the_readme_twice(embedded: EmbeddedStack) -> None:
+    """The README's first session, twice in a row on the stack ``up`` serves: every command
+    succeeds and every purchase completes."""
+    env = {
+        **embedded.env,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "TEMPORAL_ADDRESS": embedded.env["LEDGERFLOW_TEMPORAL_ADDRESS"],
+        "LEDGERFLOW_LOG_FORMAT": "console",
+        "LEDGERFLOW_LOG_LEVEL": "WARNING",
+    }
+    commands = first_session_commands()
+    started = [c.split("--id ")[1].split()[0] for c in commands if " start " in c and "--id " in c]
+    assert len(started) == 3, commands
+    for attempt in (1, 2):
+        ran = run_first_session(env, embedded.cwd)
+        transcript = "\n".join(f"$ {r.command}\n{r.output}" for r in ran)
+        (embedded.cwd / f"readme-{attempt}.txt").write_text(transcript)
+        assert [r.command for r in ran] == commands, transcript
+        assert all(r.returncode == 0 for r in ran), transcript
+        waited = [r.output for r in ran if r.command.startswith("ledgerflow status ")]
+        assert all("waiting for" in o for o in waited), transcript
+        assert ": completed — bought 25 x WIDGET-42" in ran[0].output, transcript
+        for wf_id in started:
+            status = subprocess.run(
+                [sys.executable, "-m", "ledgerflow.cli", "status", wf_id, "--json"],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            result = json.loads(status.stdout)["result"]
+            assert result["outcome"] == "completed", (wf_id, result, transcript)
 
 
 # ---- 2. supervision: a dead child is named, the rest is stopped ---------------------------------

@@ -370,7 +370,7 @@ class ProcurementWorkflow(CheckpointedWorkflow):
                     "orders already",
                 )
             quantity = shortfall.available
-        elif run.v2:
+        elif run.v2 and req.quantity is not None:
             quantity = req.quantity  # a purchase order someone wrote: bought as asked
         else:
             quantity = req.quantity or shortfall.needed

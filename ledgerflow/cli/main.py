@@ -208,7 +208,28 @@ def start(
             data["result"] = await _wait_with_progress(lf, handle.id, show=not as_json)
         return data
 
-    _emit(_run(_main()), as_json)
+    data = _run(_main())
+    if as_json:
+        _emit(data, True)
+    elif "result" in data:
+        out.print(_result_line(data["workflow_id"], data["result"]))
+    else:
+        out.print(f"started {data['workflow_id']} (run {data['run_id']})")
+
+
+def _result_line(workflow_id: str, result: dict[str, Any]) -> str:
+    """``po-1: completed — bought 25 x WIDGET-42 from 0x… for 300.00 tUSD; 8 steps, anchored``."""
+    outcome = str(result.get("outcome"))
+    what = ""
+    if outcome == "completed" and result.get("quantity") and result.get("total") is not None:
+        what = (
+            f" — bought {result['quantity']} x {result.get('sku')} from {result.get('supplier')}"
+            f" for {result['total'] / 1e6:,.2f} tUSD"
+        )
+    elif result.get("reason"):
+        what = f" — {result['reason']}"
+    anchored = "anchored" if result.get("anchored") else "anchoring pending"
+    return f"{workflow_id}: {outcome}{what}; {result.get('steps')} steps, {anchored}"
 
 
 async def _wait_with_progress(lf: Any, workflow_id: str, *, show: bool) -> dict[str, Any]:
@@ -257,7 +278,29 @@ def status(
         lf = await LedgerflowClient.connect(settings)
         return (await lf.status(workflow_id)).model_dump(mode="json")
 
-    _emit(_run(_main()), as_json)
+    data = _run(_main())
+    if as_json:
+        _emit(data, True)
+        return
+    out.print(_status_line(data))
+
+
+def _status_line(st: dict[str, Any]) -> str:
+    """One line: ``po-1: running, phase awaiting-delivery (waiting for delivery), 6 steps, ...``."""
+    parts = [f"{st['workflow_id']}: {st['status']}"]
+    result = st.get("result") if isinstance(st.get("result"), dict) else None
+    if result is not None and result.get("outcome"):
+        reason = f" ({result['reason']})" if result.get("reason") else ""
+        parts.append(f"outcome {result['outcome']}{reason}")
+    elif st.get("phase"):
+        waiting = f" (waiting for {st['awaiting']})" if st.get("awaiting") else ""
+        parts.append(f"phase {st['phase']}{waiting}")
+    if st.get("steps") is not None:
+        parts.append(f"{st['steps']} steps")
+    if st.get("head"):
+        parts.append(f"head {st['head']}")
+    parts.append(f"anchors {st.get('anchor_state') or 'pending'}")
+    return ", ".join(parts)
 
 
 @app.command()

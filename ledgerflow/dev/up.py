@@ -48,6 +48,7 @@ from urllib.parse import urlparse
 import httpx
 import structlog
 from pydantic import AliasChoices, SecretStr
+from pydantic_settings import NoDecode
 from rich.console import Console
 from rich.markup import escape
 
@@ -127,6 +128,10 @@ def child_env(settings: Settings) -> dict[str, str]:
             value = value.get_secret_value()
         if isinstance(value, bool):
             env[key] = "true" if value else "false"
+        elif isinstance(value, list) and any(
+            m is NoDecode or isinstance(m, NoDecode) for m in info.metadata
+        ):
+            env[key] = ",".join(str(v) for v in value)  # a comma-separated setting
         elif isinstance(value, str | int | float | Path):
             env[key] = str(value)
         else:

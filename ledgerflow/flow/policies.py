@@ -43,7 +43,14 @@ CHAIN_RETRY_POLICY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
     maximum_interval=timedelta(seconds=30),
     maximum_attempts=20,
-    non_retryable_error_types=[ErrorType.CONTRACT_REVERT, ErrorType.CONFIG_ERROR],
+    # web3's own errors for arguments that do not fit the ABI (a call built against other
+    # contracts than the deployed ones) fail the same way on every attempt.
+    non_retryable_error_types=[
+        ErrorType.CONTRACT_REVERT,
+        ErrorType.CONFIG_ERROR,
+        "MismatchedABI",
+        "Web3ValidationError",
+    ],
 )
 #: Temporal owns every LLM attempt (the SDK runs with max_retries=0): a bad answer may get better
 #: on a retry, a refusal or a credentials problem will not.
