@@ -12,8 +12,10 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+from _pytest._code import code as _pytest_code
 from temporalio.client import Client
 
 from ledgerflow.chain.deploy import (
@@ -30,6 +32,22 @@ from ledgerflow.sdk.client import LedgerflowClient
 from ledgerflow.settings import ANVIL_DEFAULT_KEYS, Settings
 from ledgerflow.worker.runner import build_worker, ensure_search_attributes
 from tests.support.chain import ChainAdmin
+
+_getsource = _pytest_code.TracebackEntry.getsource
+
+
+def _source_or_none(self: _pytest_code.TracebackEntry, astcache: Any = None) -> Any:
+    """CPython 3.11 keeps the ast module's recursion counter per interpreter, not per thread
+    (gh-106905): pytest parsing a failing test's source while a worker thread parses too raises
+    SystemError, an INTERNALERROR that ends the session and hides every later result. Show the
+    failure without its source instead."""
+    try:
+        return _getsource(self, astcache)
+    except SystemError:
+        return None
+
+
+_pytest_code.TracebackEntry.getsource = _source_or_none  # type: ignore[method-assign]
 
 PG_URL = os.environ.get("LEDGERFLOW_TEST_PG_URL", "postgresql+psycopg://root@127.0.0.1:5432/test")
 
