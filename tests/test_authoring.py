@@ -112,24 +112,27 @@ async def test_example_rejected_by_the_human_pays_nothing(stack: Stack, admin: C
     assert ("update", "approval.rejected", "ok") in _steps(stack, wf_id)
 
 
-async def test_example_compensates_when_the_contract_refuses(
+async def test_example_is_rejected_when_the_contract_refuses(
     stack: Stack, admin: ChainAdmin
 ) -> None:
-    # An address the policy does not allow-list: Escrow.open reverts inside the saga, the
-    # registered refund runs (nothing was opened: EscrowNotOpen means nothing to undo).
+    # An address the policy does not allow-list: Escrow.open reverts inside the saga. The
+    # contract refused, so nothing was paid: the refund registered for that step is dropped and
+    # the run ends rejected with the rule, not compensated.
     stranger = admin.address("0x" + "77" * 32)
     wf_id = f"vendor-pay-{uuid.uuid4().hex[:8]}"
+    before = admin.balance(stranger)
     await stack.client.start(
         "VendorPaymentWorkflow",
         {"vendor": stranger, "max_amount": 10 * TUSD},
         workflow_id=wf_id,
     )
     result = (await stack.client.result(wf_id)).model_dump(mode="json")
-    assert result["outcome"] == "compensated"
+    assert result["outcome"] == "rejected", result
     assert "PolicyCounterpartyNotAllowed" in result["reason"]
     steps = _steps(stack, wf_id)
     assert ("chain", "Escrow.open", "failed") in steps
-    assert ("compensation", "Escrow.refund", "ok") in steps
+    assert not [s for s in steps if s[0] == "compensation"], steps
+    assert admin.balance(stranger) == before
     report = await stack.client.verify(wf_id)
     assert report.ok, report.problems
 

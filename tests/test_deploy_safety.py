@@ -74,12 +74,12 @@ def test_own_keys_deploy_without_demo_data_unless_asked(other_chain: str, tmp_pa
     assert result.returncode == 0, result.stderr
     assert f"not seeding the demo data on chain {CHAIN_ID}" in result.stderr
     d = load_deployment(tmp_path / "home" / "deployments.json")
-    token = contract(w3, "TestUSD", d.address("TestUSD"))
-    assert token.functions.balanceOf(agent).call() == 0  # the demo would have minted 50,000 tUSD
+    vault = contract(w3, "AgentVault", d.address("AgentVault"))
+    assert vault.functions.balanceOf(agent).call() == 0  # the demo would have funded the vault
     assert json.dumps(d.model_dump(mode="json")).count(agent) >= 1
 
     seeded = _deploy(other_chain, tmp_path / "seeded", "--seed", **env)
     assert seeded.returncode == 0, seeded.stderr
     d = load_deployment(tmp_path / "seeded" / "deployments.json")
-    token = contract(w3, "TestUSD", d.address("TestUSD"))
-    assert token.functions.balanceOf(agent).call() > 0
+    vault = contract(w3, "AgentVault", d.address("AgentVault"))
+    assert vault.functions.balanceOf(agent).call() > 0
