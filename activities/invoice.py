@@ -429,7 +429,8 @@ class InvoiceActivities(Activities):
         """``Escrow.order(orderId)``; status ``None`` (and ``exists=False``) for no such order."""
         escrow = self.rt.contract("Escrow")
         agent = (await self.rt.signer("agent")).address
-        buyer, supplier, amount, deadline, status = await escrow.functions.order(
+        # Escrow.order -> Order(agent, deadline, status, spendRef, supplier, amount)
+        buyer, deadline, status, _spend_ref, supplier, amount = await escrow.functions.order(
             bytes.fromhex(req.order_id.removeprefix("0x"))
         ).call()
         status_name = EscrowStatus.from_code(int(status))

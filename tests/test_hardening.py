@@ -206,7 +206,7 @@ async def test_a_deeply_nested_model_answer_is_a_typed_failed_step(
         try:
             wf_id = f"proc-deep-{uuid.uuid4().hex[:8]}"
             await stack.client.start(WF, ProcurementRequest(sku=sku), workflow_id=wf_id)
-            res = await stack.client.result(wf_id)
+            res = (await stack.client.result(wf_id)).model_dump(mode="json")
         finally:
             set_provider(None)
         assert len(stub.requests) == 3
@@ -232,7 +232,7 @@ async def test_a_hostile_model_cannot_buy_more_than_is_needed(
     admin.new_sku(sku, stock=0, threshold=5, target=10)  # shortfall 10
     admin.allow(SUPPLIER_KEY)
     admin.post_offer(SUPPLIER_KEY, sku, 12, 2, 1000, "bulk widgets")
-    offers = admin.c("Marketplace").functions.offersFor(sku_to_bytes32(sku)).call()
+    offers = admin.c("Marketplace").functions.offersFor(sku_to_bytes32(sku), 0, 50).call()
     answer = {"offer_id": offers[0][0], "quantity": 416, "unit_price": 12_000_000, "rationale": "x"}
     before = admin.balance(stack.deployment.agent)
     with OpenAIStub() as stub:
@@ -243,7 +243,7 @@ async def test_a_hostile_model_cannot_buy_more_than_is_needed(
             wf_id = f"proc-over-{uuid.uuid4().hex[:8]}"
             request = ProcurementRequest(sku=sku, quantity=requested)
             await stack.client.start(WF, request, workflow_id=wf_id)
-            res = await stack.client.result(wf_id)
+            res = (await stack.client.result(wf_id)).model_dump(mode="json")
         finally:
             set_provider(None)
     assert res["outcome"] == "rejected", res
@@ -425,7 +425,7 @@ async def test_an_update_with_an_invalid_argument_is_rejected_typed(stack: Stack
         assert (cause.type, cause.non_retryable) == ("InvalidInput", True)
         assert expect in cause.message
     assert await stack.client.reject(wf_id, approver="ops", reason="test") == "rejected"
-    res = await stack.client.result(wf_id)
+    res = (await stack.client.result(wf_id)).model_dump(mode="json")
     assert res["outcome"] == "rejected"
 
 
@@ -451,7 +451,7 @@ async def test_a_refused_signal_cannot_be_replayed_against_another_run(
     await stack.client.start(WF, {"quantity": 2}, workflow_id=finished)
     await wait_phase(stack, finished, "awaiting-delivery")
     await stack.client.confirm_delivery(finished, reference="pod-1")
-    assert (await stack.client.result(finished))["outcome"] == "completed"
+    assert (await stack.client.result(finished)).outcome == "completed"
 
     victim = f"proc-victim-{uuid.uuid4().hex[:8]}"
     await stack.client.start(WF, {"quantity": 2}, workflow_id=victim)
@@ -486,7 +486,7 @@ async def test_a_refused_signal_cannot_be_replayed_against_another_run(
         api, f"/webhooks/{WF}/{victim}/signal/confirm_delivery", {"reference": "pod-2"}
     )
     assert resp.status_code == 202, resp.text
-    assert (await stack.client.result(victim))["outcome"] == "completed"
+    assert (await stack.client.result(victim)).outcome == "completed"
 
 
 async def test_a_slow_body_is_408_and_the_api_keeps_serving(api_process: ApiProcess) -> None:
