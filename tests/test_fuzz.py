@@ -129,16 +129,19 @@ def _signed(kwargs: dict[str, Any]) -> tuple[dict[str, str], bytes]:
     # A schema-valid header becomes a real one; an invalid one (the negative example) stays.
     msg_id = f"msg_{uuid.uuid4().hex}" if _ID.fullmatch(given_id) else given_id
     stamp = str(int(time.time())) if _STAMP.fullmatch(given_stamp) else given_stamp
+    present = {
+        name for name in ("webhook-id", "webhook-timestamp", "webhook-signature") if name in lower
+    }
     for name in ("webhook-id", "webhook-timestamp", "webhook-signature"):
         headers.pop(lower.get(name, name), None)
     mac = hmac.new(SECRET_KEY, f"{msg_id}.{stamp}.".encode() + body, hashlib.sha256).digest()
-    headers.update(
-        {
-            "webhook-id": msg_id,
-            "webhook-timestamp": stamp,
-            "webhook-signature": "v1," + base64.b64encode(mac).decode(),
-        }
-    )
+    signed = {
+        "webhook-id": msg_id,
+        "webhook-timestamp": stamp,
+        "webhook-signature": "v1," + base64.b64encode(mac).decode(),
+    }
+    # A required header the negative example left out stays out (the server must refuse it).
+    headers.update({k: v for k, v in signed.items() if k in present})
     return headers, body
 
 
