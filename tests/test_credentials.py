@@ -324,8 +324,23 @@ def test_an_edited_assertion_breaks_the_manifest(pki: PKI) -> None:
     forged = signed.replace(b"content-42", b"content-43")
     report = read(forged, "image/png", trust_anchors=pki.ca_pem)
     assert report.status == "altered"
-    assert report.failures
-    assert report.claim is None or report.claim.workflow_id == "content-43"
+    assert "assertion.hashedURI.mismatch" in {f.code for f in report.failures}
+    assert report.claim is not None and report.claim.workflow_id == "content-43"
+
+
+def test_a_broken_signature_is_reported(pki: PKI) -> None:
+    signed = embed(make_png(), "image/png", make_claim(), pki.signer())
+    # The manifest store is the caBX chunk; its last box is the claim signature (COSE).
+    start = signed.index(b"caBX") - 4
+    (length,) = struct.unpack(">I", signed[start : start + 4])
+    end = start + 8 + length
+    forged = bytearray(signed)
+    forged[end - 10] ^= 0xFF
+    forged[end : end + 4] = struct.pack(">I", zlib.crc32(bytes(forged[start + 4 : end])))
+    report = read(bytes(forged), "image/png", trust_anchors=pki.ca_pem)
+    assert report.status == "altered"
+    assert not report.signature_valid and not report.trusted
+    assert "claimSignature.mismatch" in {f.code for f in report.failures}
 
 
 def test_a_stripped_asset_has_no_manifest(pki: PKI) -> None:
@@ -471,3 +486,26 @@ def test_signer_and_trust_from_settings(pki: PKI, tmp_path: Path) -> None:
         CredentialSigner.from_files(tmp_path / "missing.pem", key)
     with pytest.raises(ConfigError, match="tsa_url"):
         CredentialSigner.from_files(chain, key, tsa_url="ftp://nowhere")
+
+
+def test_a_traditional_pem_key_is_accepted(pki: PKI) -> None:
+    # `openssl ecparam -genkey` writes "BEGIN EC PRIVATE KEY"; c2pa-rs itself takes PKCS#8 only.
+    sec1 = pki.key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption(),
+    )
+    assert sec1.startswith(b"-----BEGIN EC PRIVATE KEY-----")
+    signer = CredentialSigner(cert_chain_pem=pki.chain_pem, private_key_pem=sec1)
+    signed = embed(make_png(), "image/png", make_claim(), signer)
+    assert read(signed, "image/png", trust_anchors=pki.ca_pem).status == "valid"
+
+
+def test_removing_the_manifest_gives_back_the_original_png(pki: PKI) -> None:
+    original = make_png(shade=9)
+    signed = embed(original, "image/png", make_claim(), pki.signer())
+    start = signed.index(b"caBX") - 4
+    (length,) = struct.unpack(">I", signed[start : start + 4])
+    stripped = signed[:start] + signed[start + 12 + length :]
+    assert stripped == original
+    assert read(stripped, "image/png").status == "missing"

@@ -16,7 +16,7 @@ The manifest is signed (COSE) with the operator's certificate chain and private 
 outside the manifest, so a changed pixel is reported as ``altered``.
 
 Both functions are synchronous and CPU-bound (the c2pa-rs library through ctypes): call them from
-an activity with ``asyncio.to_thread``, never from workflow code. docs/provenance.md describes the
+an activity with ``asyncio.to_thread``, never from workflow code. docs/content-credentials.md describes the
 credential for users.
 """
 
@@ -33,7 +33,14 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
-from pydantic import ConfigDict, Field, SecretBytes, ValidationError, model_validator
+from pydantic import (
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretBytes,
+    ValidationError,
+    model_validator,
+)
 
 from ledgerflow.errors import ConfigError, CredentialError, UnsupportedMediaType, bounded
 from ledgerflow.types import Address, Bytes32, StrictModel
@@ -199,7 +206,7 @@ class CredentialSigner(StrictModel):
     Ed25519), and the certificate is what C2PA validators accept: issued by a CA (not
     self-signed), not a CA itself, Key Usage with ``digitalSignature``, an Extended Key Usage
     without ``anyExtendedKeyUsage`` (``emailProtection`` or ``documentSigning``, see
-    docs/provenance.md), valid now. ``tsa_url``: an RFC 3161 time-stamp authority; off by
+    docs/content-credentials.md), valid now. ``tsa_url``: an RFC 3161 time-stamp authority; off by
     default (a signature without a time stamp stops validating when the certificate expires).
     The key never appears in ``repr``, logs or errors.
     """
@@ -211,9 +218,12 @@ class CredentialSigner(StrictModel):
     algorithm: SigningAlgorithm = "ES256"
     tsa_url: str | None = Field(None, pattern=r"^https?://")
 
+    # the key as c2pa-rs takes it (PKCS#8 PEM), whatever PEM form was given
+    _key_pkcs8: bytes = PrivateAttr(b"")
+
     @model_validator(mode="after")
     def _check(self) -> CredentialSigner:
-        _check_signing_credentials(
+        self._key_pkcs8 = _check_signing_credentials(
             self.cert_chain_pem, self.private_key_pem.get_secret_value(), self.algorithm
         )
         return self
@@ -277,7 +287,8 @@ def _first_error(exc: ValidationError) -> str:
     return bounded(f"{where}: {err.get('msg', '')}" if where else str(err.get("msg", "")))
 
 
-def _check_signing_credentials(chain_pem: bytes, key_pem: bytes, algorithm: str) -> None:
+def _check_signing_credentials(chain_pem: bytes, key_pem: bytes, algorithm: str) -> bytes:
+    """Refuse what C2PA validators would refuse; return the key as PKCS#8 PEM."""
     try:
         certs = x509.load_pem_x509_certificates(chain_pem)
     except ValueError:
@@ -332,6 +343,11 @@ def _check_signing_credentials(chain_pem: bytes, key_pem: bytes, algorithm: str)
             "the C2PA signing certificate needs the Extended Key Usage emailProtection or "
             "documentSigning (and not anyExtendedKeyUsage)"
         )
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
 
 
 def _trust_pem(trust_anchors: bytes | str | None) -> str | None:
@@ -514,7 +530,7 @@ def embed(
     info = c2pa.C2paSignerInfo(
         _C2PA_ALG[signer.algorithm],
         signer.cert_chain_pem,
-        signer.private_key_pem.get_secret_value(),
+        signer._key_pkcs8,
         signer.tsa_url,
     )
     out = io.BytesIO()
