@@ -362,6 +362,14 @@ def test_signer_of_an_unconfigured_or_other_ca_is_untrusted(pki: PKI) -> None:
 
 
 def test_a_manifest_without_our_assertion(pki: PKI) -> None:
+    report = read(_foreign_png(pki), "image/png", trust_anchors=pki.ca_pem)
+    assert report.status == "valid"
+    assert report.claim is None and report.claim_error and ASSERTION_LABEL in report.claim_error
+    assert report.ai_generated is True and report.claim_generator == "someone-else/1"
+
+
+def _foreign_png(pki: PKI, source: str = AI) -> bytes:
+    """A PNG with a manifest made by another tool (say, the model provider's)."""
     import io
 
     manifest = {
@@ -369,7 +377,7 @@ def test_a_manifest_without_our_assertion(pki: PKI) -> None:
         "assertions": [
             {
                 "label": "c2pa.actions",
-                "data": {"actions": [{"action": "c2pa.created", "digitalSourceType": AI}]},
+                "data": {"actions": [{"action": "c2pa.created", "digitalSourceType": source}]},
             }
         ],
     }
@@ -377,10 +385,28 @@ def test_a_manifest_without_our_assertion(pki: PKI) -> None:
     out = io.BytesIO()
     with c2pa.Signer.from_info(info) as signer, c2pa.Builder(manifest) as builder:
         builder.sign(signer, "image/png", io.BytesIO(make_png()), out)
-    report = read(out.getvalue(), "image/png", trust_anchors=pki.ca_pem)
-    assert report.status == "valid"
-    assert report.claim is None and report.claim_error and ASSERTION_LABEL in report.claim_error
-    assert report.ai_generated is True and report.claim_generator == "someone-else/1"
+    return out.getvalue()
+
+
+def test_an_existing_manifest_becomes_the_parent_ingredient(pki: PKI) -> None:
+    import io
+    import json
+
+    provider = _foreign_png(pki)
+    signed = embed(provider, "image/png", make_claim(), pki.signer(), title="gen.png")
+    report = read(signed, "image/png", trust_anchors=pki.ca_pem)
+    assert report.status == "valid", report.failures
+    assert report.claim == make_claim() and report.claim_generator.startswith("ledgerflow/")
+    # the provider's marking is kept (the parent's c2pa.created) and still read as AI-made
+    assert report.digital_source_type == AI and report.ai_generated is True
+    with c2pa.Reader("image/png", io.BytesIO(signed)) as reader:
+        store = json.loads(reader.json())
+    active = store["manifests"][store["active_manifest"]]
+    assert [i["relationship"] for i in active["ingredients"]] == ["parentOf"]
+    parent = store["manifests"][active["ingredients"][0]["active_manifest"]]
+    assert parent["claim_generator_info"][0]["name"] == "someone-else"
+    actions = next(a for a in active["assertions"] if a["label"].startswith("c2pa.actions"))
+    assert [a["action"] for a in actions["data"]["actions"]] == ["c2pa.opened"]
 
 
 # ---- typed errors -----------------------------------------------------------------------------

@@ -16,13 +16,14 @@ The manifest is signed (COSE) with the operator's certificate chain and private 
 outside the manifest, so a changed pixel is reported as ``altered``.
 
 Both functions are synchronous and CPU-bound (the c2pa-rs library through ctypes): call them from
-an activity with ``asyncio.to_thread``, never from workflow code. docs/content-credentials.md describes the
-credential for users.
+an activity with ``asyncio.to_thread``, never from workflow code. docs/content-credentials.md
+describes the credential for users.
 """
 
 from __future__ import annotations
 
 import io
+import json
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
@@ -474,20 +475,31 @@ def _context(trust_anchors: str | None) -> c2pa.Context:
     return c2pa.Context.from_dict(config)
 
 
-def _manifest(claim: CredentialClaim, title: str | None) -> dict[str, Any]:
+#: The label of the parent ingredient when the asset already had a manifest.
+_PARENT = "parent"
+
+
+def _manifest(claim: CredentialClaim, title: str | None, *, has_parent: bool) -> dict[str, Any]:
     from ledgerflow import __version__
 
     assert claim.digital_source_type is not None  # set by the claim's validator
-    created: dict[str, Any] = {
-        "action": "c2pa.created",
-        "digitalSourceType": claim.digital_source_type.value,
-    }
+    action: dict[str, Any]
+    if has_parent:
+        # The asset already carried a manifest (e.g. the model provider's): it becomes the
+        # parent ingredient and this manifest "opens" it, as C2PA requires; the parent keeps
+        # its own digital source type, ledgerflow's assertion states the origin.
+        action = {"action": "c2pa.opened", "parameters": {"ingredientIds": [_PARENT]}}
+    else:
+        action = {
+            "action": "c2pa.created",
+            "digitalSourceType": claim.digital_source_type.value,
+        }
     if claim.generator is not None:
-        created["softwareAgent"] = {"name": claim.generator}
+        action["softwareAgent"] = {"name": claim.generator}
     manifest: dict[str, Any] = {
         "claim_generator_info": [{"name": GENERATOR_NAME, "version": __version__}],
         "assertions": [
-            {"label": "c2pa.actions", "data": {"actions": [created]}},
+            {"label": "c2pa.actions", "data": {"actions": [action]}},
             {"label": ASSERTION_LABEL, "data": claim.model_dump(mode="json")},
         ],
     }
@@ -526,7 +538,6 @@ def embed(
         CredentialError: the asset is not a valid file of that type, or signing failed.
     """
     media = _media_type(mime, for_embedding=True)
-    manifest = _manifest(claim, title)
     info = c2pa.C2paSignerInfo(
         _C2PA_ALG[signer.algorithm],
         signer.cert_chain_pem,
@@ -535,15 +546,33 @@ def embed(
     )
     out = io.BytesIO()
     try:
-        with (
-            _context(None) as ctx,
-            c2pa.Signer.from_info(info) as c2pa_signer,
-            c2pa.Builder(manifest, context=ctx) as builder,
-        ):
-            builder.sign(c2pa_signer, media, io.BytesIO(asset), out)
+        with _context(None) as ctx:
+            has_parent = _has_manifest(asset, media, ctx)
+            manifest = _manifest(claim, title, has_parent=has_parent)
+            with (
+                c2pa.Signer.from_info(info) as c2pa_signer,
+                c2pa.Builder(manifest, context=ctx) as builder,
+            ):
+                if has_parent:
+                    parent = {"title": title or "source", "relationship": "parentOf"}
+                    parent["label"] = _PARENT
+                    builder.add_ingredient(parent, media, io.BytesIO(asset))
+                builder.sign(c2pa_signer, media, io.BytesIO(asset), out)
     except c2pa.C2paError as exc:
         raise CredentialError(f"cannot sign a C2PA manifest into {media}: {_reason(exc)}") from None
     return out.getvalue()
+
+
+def _has_manifest(asset: bytes, media: str, ctx: c2pa.Context) -> bool:
+    try:
+        with c2pa.Reader(media, io.BytesIO(asset), context=ctx):
+            return True
+    except c2pa.C2paError.ManifestNotFound:
+        return False
+    except (c2pa.C2paError.Other, c2pa.C2paError.Io, c2pa.C2paError.NotSupported):
+        raise  # not a valid file: signing says so
+    except c2pa.C2paError:
+        return True  # a manifest that does not validate is still kept as the parent
 
 
 def read(asset: bytes, mime: str, *, trust_anchors: bytes | str | None = None) -> CredentialReport:
@@ -584,8 +613,11 @@ def read(asset: bytes, mime: str, *, trust_anchors: bytes | str | None = None) -
         with reader:
             state = reader.get_validation_state()
             results = reader.get_validation_results() or {}
-            manifest = reader.get_active_manifest() or {}
-    return _report(state, results, manifest)
+            store = json.loads(reader.json())
+    manifests = store.get("manifests") if isinstance(store, dict) else None
+    manifests = manifests if isinstance(manifests, dict) else {}
+    active = manifests.get(store.get("active_manifest")) if manifests else None
+    return _report(state, results, active if isinstance(active, dict) else {}, manifests)
 
 
 def _entries(items: Any) -> list[ValidationEntry]:
@@ -599,7 +631,10 @@ def _entries(items: Any) -> list[ValidationEntry]:
 
 
 def _report(
-    state: str | None, results: dict[str, Any], manifest: dict[str, Any]
+    state: str | None,
+    results: dict[str, Any],
+    manifest: dict[str, Any],
+    manifests: dict[str, Any],
 ) -> CredentialReport:
     active = results.get("activeManifest") or {}
     failures = _entries(active.get("failure"))
@@ -608,8 +643,9 @@ def _report(
     signature_valid = "claimSignature.validated" in success and not any(
         c.startswith("claimSignature.") for c in codes
     )
+    # a hard binding (not only the hashed URIs of the assertions) must have been checked
     content_matches = not any(c in _CONTENT_MISMATCH for c in codes) and any(
-        c.startswith("assertion.") and c.endswith("Hash.match") for c in success
+        c.removesuffix(".match") + ".mismatch" in _CONTENT_MISMATCH for c in success
     )
     blocking = [f for f in failures if f.code != _UNTRUSTED]
     trusted = state == "Trusted" and not failures
@@ -634,6 +670,8 @@ def _report(
                 claim = CredentialClaim.model_validate(data)
             except ValidationError as exc:
                 claim_error = f"{ASSERTION_LABEL} does not match the schema: {_first_error(exc)}"
+    if source is None:
+        source = _parent_source_type(manifest, manifests)
     if claim is None and claim_error is None:
         claim_error = f"the manifest has no {ASSERTION_LABEL} assertion"
 
@@ -672,4 +710,31 @@ def _source_type(actions: dict[str, Any]) -> str | None:
         value = action.get("digitalSourceType")
         if isinstance(value, str) and value:
             return value
+    return None
+
+
+def _parent_source_type(manifest: dict[str, Any], manifests: dict[str, Any]) -> str | None:
+    """The digital source type of the nearest parent ingredient's manifest that states one
+    (a manifest that opened an earlier one, e.g. the model provider's, has none of its own)."""
+    seen: set[str] = set()
+    current = manifest
+    for _ in range(16):
+        parents = [
+            i
+            for i in current.get("ingredients") or []
+            if isinstance(i, dict) and i.get("relationship") == "parentOf"
+        ]
+        label = parents[0].get("active_manifest") if parents else None
+        if not isinstance(label, str) or label in seen or label not in manifests:
+            return None
+        seen.add(label)
+        current = manifests[label]
+        for assertion in current.get("assertions") or []:
+            if (
+                isinstance(assertion, dict)
+                and str(assertion.get("label", "")).split(".v", 1)[0] == "c2pa.actions"
+                and isinstance(assertion.get("data"), dict)
+                and (found := _source_type(assertion["data"])) is not None
+            ):
+                return found
     return None
