@@ -1,7 +1,7 @@
 """C2PA content credentials (ledgerflow.provenance.credentials) with the real c2pa-rs library.
 
 A test CA and end-entity signing certificates are made here with `cryptography`; the assets
-(a PNG, a WAV) are written byte by byte. No Temporal, no chain.
+(a PNG, a JPEG, a WAV) are written byte by byte. No Temporal, no chain.
 """
 
 from __future__ import annotations
@@ -200,6 +200,26 @@ def repaint(png: bytes, shade: int) -> bytes:
     return png[:start] + new + png[start + length + 12 :]
 
 
+def _segment(marker: int, payload: bytes) -> bytes:
+    return b"\xff" + bytes([marker]) + struct.pack(">H", len(payload) + 2) + payload
+
+
+def make_jpeg(scan: bytes = b"\x00\x12\x34\x00") -> bytes:
+    """A baseline JPEG's segment structure (8x8 grey; C2PA parses segments, never decodes)."""
+    huffman = bytes([0, 1] + [0] * 14) + b"\x00"
+    return (
+        b"\xff\xd8"
+        + _segment(0xE0, b"JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00")
+        + _segment(0xDB, b"\x00" + bytes([1] * 64))
+        + _segment(0xC0, b"\x08\x00\x08\x00\x08\x01\x01\x11\x00")
+        + _segment(0xC4, b"\x00" + huffman)
+        + _segment(0xC4, b"\x10" + huffman)
+        + _segment(0xDA, b"\x01\x01\x00\x00\x3f\x00")
+        + scan
+        + b"\xff\xd9"
+    )
+
+
 def make_wav(samples: int = 800) -> bytes:
     data = bytes((i * 5) % 256 for i in range(samples))
     fmt = struct.pack("<HHIIHH", 1, 1, 8000, 8000, 1, 8)  # PCM, mono, 8 kHz, 8-bit
@@ -283,6 +303,19 @@ def test_human_made_content_is_not_marked_as_ai(pki: PKI) -> None:
     capture = make_claim(origin="human", digital_source_type=DigitalSourceType.DIGITAL_CAPTURE)
     report = read(embed(make_png(), "image/png", capture, pki.signer()), "image/png")
     assert report.digital_source_type == DigitalSourceType.DIGITAL_CAPTURE.value
+
+
+def test_jpeg_round_trip_and_alteration(pki: PKI) -> None:
+    original = make_jpeg()
+    signed = embed(original, "image/jpeg", make_claim(), pki.signer())
+    assert signed.startswith(b"\xff\xd8") and b"c2pa" in signed
+    report = read(signed, "image/jpg", trust_anchors=pki.ca_pem)  # the common misspelling
+    assert report.status == "valid" and report.claim == make_claim()
+    assert signed.count(b"\x00\x12\x34\x00") == 1
+    altered = signed.replace(b"\x00\x12\x34\x00", b"\x00\x12\x34\x01")
+    report = read(altered, "image/jpeg", trust_anchors=pki.ca_pem)
+    assert report.status == "altered" and not report.content_matches
+    assert read(original, "image/jpeg").status == "missing"
 
 
 def test_another_format_and_ps256(pki: PKI) -> None:
