@@ -543,6 +543,12 @@ def test_signer_and_trust_from_settings(pki: PKI, tmp_path: Path) -> None:
     assert trust_anchors_from_settings(Settings()) is None
     with pytest.raises(ConfigError, match="cannot read"):
         CredentialSigner.from_files(tmp_path / "missing.pem", key)
+    # a key pasted where its path belongs is not quoted back
+    pasted = pki.key_pem.decode()
+    with pytest.raises(ConfigError) as err:
+        CredentialSigner.from_files(chain, pasted)
+    body = pasted.splitlines()[1]
+    assert body[:16] not in str(err.value) and "private key file" in str(err.value)
     with pytest.raises(ConfigError, match="tsa_url"):
         CredentialSigner.from_files(chain, key, tsa_url="ftp://nowhere")
 

@@ -244,7 +244,7 @@ class CredentialSigner(StrictModel):
             ConfigError: a file cannot be read, or the certificate or key is refused.
         """
         chain = _read_file(Path(cert_chain), "certificate chain")
-        key = _read_file(Path(private_key), "private key")
+        key = _read_file(Path(private_key), "private key", secret=True)
         try:
             return cls(
                 cert_chain_pem=chain,
@@ -275,11 +275,13 @@ class CredentialSigner(StrictModel):
         )
 
 
-def _read_file(path: Path, what: str) -> bytes:
+def _read_file(path: Path, what: str, *, secret: bool = False) -> bytes:
     try:
         return path.read_bytes()
     except OSError as exc:
-        raise ConfigError(f"cannot read the C2PA {what} {path.name}: {exc.strerror}") from None
+        # A secret's path is not named: a misconfigured value may be the key itself.
+        name = "file" if secret else bounded(path.name, 80)
+        raise ConfigError(f"cannot read the C2PA {what} {name}: {exc.strerror}") from None
 
 
 def _first_error(exc: ValidationError) -> str:
