@@ -18,6 +18,8 @@ Every error raised on purpose by ledgerflow derives from :class:`LedgerflowError
     ├── StoreError             the store is missing data it must have
     │   └── StoreUnavailable   the database failed (unreachable, locked, read-only, ...)
     ├── VerificationError      a run does not verify (carries the first bad step)
+    ├── CredentialError        a C2PA content credential cannot be made or read
+    │   └── UnsupportedMediaType  the C2PA library does not handle this media type
     ├── WebhookError           a webhook delivery is refused (carries the HTTP status)
     └── RunError               a run cannot be found, started or steered, or did not complete
         ├── RunNotFound        no such run (or it has ended and no longer takes messages)
@@ -43,6 +45,7 @@ __all__ = [
     "ChainError",
     "ConfigError",
     "ContractRevert",
+    "CredentialError",
     "EngineUnavailable",
     "FeeTooHigh",
     "LLMError",
@@ -59,6 +62,7 @@ __all__ = [
     "StoreError",
     "StoreUnavailable",
     "TxVoided",
+    "UnsupportedMediaType",
     "UpdateRejected",
     "VerificationError",
     "WebhookError",
@@ -172,6 +176,22 @@ class VerificationError(LedgerflowError):
 
     def __init__(self, message: str, *, first_bad_step: int | None = None) -> None:
         self.first_bad_step = first_bad_step
+        super().__init__(message)
+
+
+class CredentialError(LedgerflowError):
+    """A C2PA content credential cannot be made or read: the asset is not a valid file of its
+    media type, or the signer's certificate or key is refused. The message never quotes key
+    material."""
+
+    retryable = False
+
+
+class UnsupportedMediaType(CredentialError, ValueError):
+    """The C2PA library cannot embed in or read from this media type (``mime``)."""
+
+    def __init__(self, message: str, *, mime: str = "") -> None:
+        self.mime = mime
         super().__init__(message)
 
 

@@ -230,6 +230,23 @@ class Settings(BaseSettings):
         description="modules with a team's own @register'ed workflows, loaded by every process",
     )
 
+    # Content credentials (C2PA)
+    c2pa_cert_chain: Path | None = Field(
+        None, description="PEM certificate chain (end-entity first) that signs C2PA manifests"
+    )
+    c2pa_private_key: Path | None = Field(
+        None, description="PEM private key of the C2PA signing certificate"
+    )
+    c2pa_signing_alg: Literal["ES256", "ES384", "ES512", "PS256", "PS384", "PS512", "Ed25519"] = (
+        "ES256"
+    )
+    c2pa_tsa_url: str | None = Field(
+        None, description="RFC 3161 time-stamp authority for C2PA signatures (off when unset)"
+    )
+    c2pa_trust_anchors: Path | None = Field(
+        None, description="PEM roots whose C2PA signers are trusted when reading credentials"
+    )
+
     # Logging
     log_level: str = "INFO"
     log_format: Literal["auto", "console", "json"] = "auto"

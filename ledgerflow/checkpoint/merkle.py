@@ -23,10 +23,13 @@ are checked against each other at import time.
 from __future__ import annotations
 
 import ctypes
+import importlib.machinery
+import os
 import threading
 from collections.abc import Callable, Iterable, Sequence
 
 from Crypto.Hash import keccak as _keccak_mod
+from Crypto.Util._file_system import pycryptodome_filename
 
 __all__ = [
     "MerkleTree",
@@ -55,6 +58,21 @@ def _slow_keccak256(data: bytes) -> bytes:
 _PER_THREAD = threading.local()
 
 
+def _keccak_library_path() -> str:
+    """The file of pycryptodome's Keccak core, whichever backend (ctypes or cffi) loaded it."""
+    lib = _keccak_mod._raw_keccak_lib  # type: ignore[attr-defined]
+    name = getattr(lib, "_name", None)  # the ctypes backend keeps it
+    if isinstance(name, str) and name:
+        return name
+    # The cffi backend (used whenever cffi is installed, e.g. through `cryptography`) does not
+    # keep the file name: look the file up the way pycryptodome's loader does.
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        path = pycryptodome_filename(["Crypto", "Hash"], "_keccak" + suffix)
+        if os.path.isfile(path):
+            return str(path)
+    raise OSError("pycryptodome's Keccak core not found")
+
+
 class _RawKeccak:
     """pycryptodome's Keccak C functions, called without the per-object wrapper.
 
@@ -63,9 +81,7 @@ class _RawKeccak:
     """
 
     def __init__(self) -> None:
-        # ctypes backend only (a cffi-loaded library has no _name): otherwise the fallback is used.
-        name = _keccak_mod._raw_keccak_lib._name  # type: ignore[attr-defined]
-        lib = ctypes.PyDLL(name)
+        lib = ctypes.PyDLL(_keccak_library_path())
         self.init = lib.keccak_init
         self.destroy = lib.keccak_destroy
         self.reset = lib.keccak_reset

@@ -1,0 +1,1 @@
+"""Content provenance: who registered a piece of content, from what, and where it is anchored."""
