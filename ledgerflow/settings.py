@@ -215,6 +215,28 @@ class Settings(BaseSettings):
         10.0, gt=0, le=300, description="a request body not received within this time is 408"
     )
 
+    # Encrypted history (ledgerflow.codec): off unless codec_keys is set
+    codec_keys: SecretStr | None = Field(
+        None,
+        description="AES-256 keys that encrypt Temporal payloads, `id:base64key,...`; the first "
+        "encrypts, every one decrypts (key rotation). Unset: payloads are not encrypted",
+    )
+    codec_server_token: SecretStr | None = Field(
+        None,
+        description="bearer token the codec server (/codec/decode, /codec/encode) requires; "
+        "unset: the codec server answers 503",
+    )
+    codec_server_allow_loopback: bool = Field(
+        False,
+        description="the codec server also answers unauthenticated requests from loopback "
+        "addresses (the embedded stack's Temporal UI in the operator's browser)",
+    )
+    codec_cors_origins: Annotated[list[str], NoDecode] = Field(
+        [],
+        description="origins whose browsers may call the codec server (comma-separated); "
+        "empty: the origin of temporal_ui_url",
+    )
+
     # Generic HTTP steps
     http_allowed_hosts: list[str] = Field(
         default_factory=list, description="hosts an http.request step may call (exact names)"
@@ -283,6 +305,34 @@ class Settings(BaseSettings):
     @classmethod
     def _rpc_urls(cls, value: Any) -> Any:
         return _split_urls(value)
+
+    @field_validator("codec_cors_origins", mode="before")
+    @classmethod
+    def _codec_origins(cls, value: Any) -> Any:
+        return _split_urls(value)
+
+    @field_validator("codec_keys", mode="after")
+    @classmethod
+    def _codec_keys(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            from ledgerflow.codec import parse_keys  # checks ids and lengths; names no key
+
+            try:
+                parse_keys(value.get_secret_value())
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
+    @property
+    def codec_origins(self) -> list[str]:
+        """The origins allowed to call the codec server (``codec_cors_origins``, else the
+        origin of ``temporal_ui_url``)."""
+        if self.codec_cors_origins:
+            return [o.rstrip("/") for o in self.codec_cors_origins]
+        from urllib.parse import urlsplit
+
+        ui = urlsplit(self.temporal_ui_url)
+        return [f"{ui.scheme}://{ui.netloc}"] if ui.scheme and ui.netloc else []
 
     @property
     def rpc_endpoints(self) -> list[str]:
