@@ -7,8 +7,8 @@ CLI's ``--codec-endpoint`` may template the namespace into the path, so
 ``{endpoint}/{namespace}/decode`` is served too.
 
 Mounted by the API under ``/codec``. Every request needs ``Authorization: Bearer
-<LEDGERFLOW_CODEC_SERVER_TOKEN>`` (the Temporal UI sends the user's access token when "pass
-access token" is on; the CLI sends ``--codec-auth``), except, with
+<LEDGERFLOW_CODEC_SERVER_TOKEN>`` (the CLI sends it with ``--codec-auth``; for a browser UI, the
+authenticating proxy in front of it adds it), except, with
 ``LEDGERFLOW_CODEC_SERVER_ALLOW_LOOPBACK=true``, requests from a loopback address. Without a
 token (and without that opt-in) the endpoint answers 503: it never decrypts for anyone by
 default. Browsers may call it from the origins of ``LEDGERFLOW_CODEC_CORS_ORIGINS`` (default:
