@@ -32,13 +32,9 @@ the checkpoint core's fast Keccak path needs.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import dataclasses
 import os
-import re
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
 
 from Crypto.Cipher import AES
 from temporalio.api.common.v1 import Payload
@@ -49,9 +45,7 @@ from temporalio.converter import (
 )
 
 from ledgerflow.errors import CodecError, ConfigError, UnknownCodecKey
-
-if TYPE_CHECKING:
-    from ledgerflow.settings import Settings
+from ledgerflow.settings import CODEC_KEY_BYTES, CODEC_KEY_ID, Settings, parse_codec_keys
 
 __all__ = [
     "CIPHER",
@@ -74,45 +68,9 @@ CIPHER = b"AES256-GCM/1"
 
 NONCE_BYTES = 12
 TAG_BYTES = 16
-KEY_BYTES = 32
-_KEY_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-
-
-def parse_keys(text: str) -> dict[str, bytes]:
-    """``id:base64key,...`` (commas or whitespace between entries) → ``{id: key}`` in order.
-
-    Raises:
-        ConfigError: an entry is malformed, an id repeats, or a key is not 32 bytes of base64;
-            the message names the entry's id or position, never key material.
-    """
-    keys: dict[str, bytes] = {}
-    entries = [e for e in re.split(r"[\s,]+", text) if e]
-    if not entries:
-        raise ConfigError("LEDGERFLOW_CODEC_KEYS is empty; unset it or give id:base64key")
-    for n, entry in enumerate(entries, 1):
-        key_id, sep, encoded = entry.partition(":")
-        if not sep or not _KEY_ID.match(key_id):
-            raise ConfigError(
-                f"LEDGERFLOW_CODEC_KEYS entry {n} is not id:base64key (an id of letters, digits, "
-                "'.', '_' or '-', at most 64 characters, then ':' and the key)"
-            )
-        if key_id in keys:
-            raise ConfigError(f"LEDGERFLOW_CODEC_KEYS lists key id {key_id!r} twice")
-        try:
-            padded = encoded + "=" * (-len(encoded) % 4)
-            key = base64.b64decode(padded.replace("-", "+").replace("_", "/"), validate=True)
-        except (binascii.Error, ValueError):
-            raise ConfigError(
-                f"LEDGERFLOW_CODEC_KEYS key {key_id!r} is not base64 "
-                "(make one with `openssl rand -base64 32`)"
-            ) from None
-        if len(key) != KEY_BYTES:
-            raise ConfigError(
-                f"LEDGERFLOW_CODEC_KEYS key {key_id!r} is {len(key)} bytes; AES-256 needs "
-                f"{KEY_BYTES} (make one with `openssl rand -base64 32`)"
-            )
-        keys[key_id] = key
-    return keys
+KEY_BYTES = CODEC_KEY_BYTES
+#: ``id:base64key,...`` → ``{id: key}`` in order (:func:`ledgerflow.settings.parse_codec_keys`).
+parse_keys = parse_codec_keys
 
 
 def is_encrypted(payload: Payload) -> bool:
@@ -138,7 +96,7 @@ class EncryptionCodec(PayloadCodec):
         if not keys:
             raise ConfigError("an encryption codec needs at least one key")
         for key_id, key in keys.items():
-            if not _KEY_ID.match(key_id) or len(key) != KEY_BYTES:
+            if not CODEC_KEY_ID.match(key_id) or len(key) != KEY_BYTES:
                 raise ConfigError(f"codec key {key_id!r}: the id or the key length is invalid")
         self._keys = {k.encode(): bytes(v) for k, v in keys.items()}
         self._primary = next(iter(self._keys))

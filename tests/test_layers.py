@@ -41,6 +41,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "ledgerflow.runtime",
             "ledgerflow.temporal",
             "ledgerflow.converter",
+            "ledgerflow.codec",
         ),
     ),
     (
