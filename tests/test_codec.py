@@ -33,7 +33,7 @@ from ledgerflow.codec import (
 from ledgerflow.converter import data_converter
 from ledgerflow.dev.stack import free_port, temporal_process
 from ledgerflow.dev.up import child_env, codec_endpoint
-from ledgerflow.errors import CodecError, ConfigError, UnknownCodecKey
+from ledgerflow.errors import CodecError, ConfigError, RunFailed, UnknownCodecKey
 from ledgerflow.sdk.client import LedgerflowClient
 from ledgerflow.settings import Settings
 from ledgerflow.temporal import connect
@@ -158,6 +158,28 @@ async def test_history_is_ciphertext_and_the_run_completes_and_verifies(
     report = await lf.verify(wf_id)
     assert report.ok, report.problems
     assert report.history_checked
+    # the keys themselves are nowhere in history
+    for key in (KEY_A, KEY_B):
+        assert key.encode() not in raw and base64.b64decode(key) not in raw
+
+
+async def test_a_failure_message_is_encrypted_and_reads_back_through_the_sdk(
+    codec_stack: CodecStack,
+) -> None:
+    # An input the workflow refuses (InvalidInput, before any step): its message quotes the field.
+    wf_id = f"codec-bad-{uuid.uuid4().hex[:10]}"
+    await codec_stack.temporal.start_workflow(
+        "VendorPaymentWorkflow",
+        {"max_amount": 0, "invoice": "secret-invoice-text"},
+        id=wf_id,
+        task_queue=codec_stack.settings.task_queue,
+    )
+    with pytest.raises(RunFailed, match="max_amount") as info:
+        await codec_stack.client.result(wf_id)
+    assert info.value.failure_type == "InvalidInput"
+    raw, _ = await _raw_history(codec_stack.temporal, wf_id)
+    assert b"max_amount" not in raw and b"secret-invoice-text" not in raw
+    assert b"Encoded failure" in raw  # Temporal's placeholder for an encrypted message
 
 
 async def test_without_keys_history_is_plaintext(stack: Stack) -> None:
@@ -400,3 +422,20 @@ def test_up_points_the_ui_at_the_codec_server_when_it_is_on() -> None:
     argv = list(temporal_process(port, ui_port=ui_port, ui_codec_endpoint=codec_endpoint(on)).argv)
     assert argv[argv.index("--ui-codec-endpoint") + 1] == "http://127.0.0.1:8123/codec"
     assert "--ui-codec-endpoint" not in temporal_process(port, ui_port=ui_port).argv
+
+
+async def test_the_dev_servers_ui_is_pointed_at_the_codec_server(tmp_path: Any) -> None:
+    # What `ledgerflow up` starts with the codec on: the UI tells the browser where to decode.
+    port, ui_port = free_port(), free_port()
+    endpoint = "http://127.0.0.1:8123/codec"
+    proc = temporal_process(
+        port, ui_port=ui_port, ui_codec_endpoint=endpoint, log_path=tmp_path / "temporal.log"
+    ).start()
+    try:
+        proc.wait_listening([port, ui_port], timeout=60)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{ui_port}") as http:
+            r = await http.get("/api/v1/settings")
+        assert r.status_code == 200
+        assert r.json()["Codec"]["Endpoint"] == endpoint
+    finally:
+        proc.stop()
