@@ -5,8 +5,10 @@ clear typed error. Off by default."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
+import signal
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -40,6 +42,7 @@ from ledgerflow.temporal import connect
 from ledgerflow.worker.runner import build_worker
 from ledgerflow.workflows.vendor_payment import VendorPaymentResult
 from tests.conftest import Stack
+from tests.test_up import EmbeddedStack, embedded  # noqa: F401  (the fixture)
 
 KEY_A = base64.b64encode(os.urandom(32)).decode()
 KEY_B = base64.b64encode(os.urandom(32)).decode()
@@ -439,3 +442,52 @@ async def test_the_dev_servers_ui_is_pointed_at_the_codec_server(tmp_path: Any) 
         assert r.json()["Codec"]["Endpoint"] == endpoint
     finally:
         proc.stop()
+
+
+@dataclass
+class _WithEnv(EmbeddedStack):
+    extra: dict[str, str]
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {**super().env, **self.extra}
+
+
+def test_ledgerflow_up_with_the_codec_on(embedded: EmbeddedStack) -> None:  # noqa: F811
+    """The embedded stack with keys: the demo completes and verifies, its history is ciphertext,
+    the dev UI points at the API's codec server, which decodes for the local browser."""
+    key = base64.b64encode(os.urandom(32)).decode()
+    stack = _WithEnv(
+        embedded.cwd, embedded.home, embedded.ports, {"LEDGERFLOW_CODEC_KEYS": f"dev-1:{key}"}
+    )
+    run = stack.up()
+    try:
+        run.wait_for("serving:", timeout=240)
+        out = run.stdout
+        assert "demo: outcome completed" in out and "verify: ok" in out, out
+        api = f"http://127.0.0.1:{stack.ports['api']}"
+        assert f"encrypted history: on · the Temporal UI decodes through {api}/codec" in out
+        asyncio.run(_check_up_history(stack, api))
+        run.proc.send_signal(signal.SIGINT)
+        assert run.wait(30) == 0, run.stderr[-3000:]
+        assert key not in run.stdout and key not in run.stderr
+    finally:
+        if run.proc.poll() is None:
+            run.proc.kill()
+
+
+async def _check_up_history(stack: EmbeddedStack, api: str) -> None:
+    plain = await connect(f"127.0.0.1:{stack.ports['temporal']}")  # no keys
+    runs = [w async for w in plain.list_workflows("WorkflowType='ProcurementWorkflow'")]
+    assert runs, "the demo started no ProcurementWorkflow"
+    _, payloads = await _raw_history(plain, runs[0].id)
+    assert payloads and all(p.metadata.get("encoding") == ENCODING for p in payloads)
+    async with httpx.AsyncClient(timeout=10) as http:
+        ui = await http.get(f"http://127.0.0.1:{stack.ports['ui']}/api/v1/settings")
+        assert ui.json()["Codec"]["Endpoint"] == f"{api}/codec"
+        origin = f"http://localhost:{stack.ports['ui']}"
+        r = await http.post(f"{api}/codec/decode", json=_body(payloads), headers={"Origin": origin})
+        assert r.status_code == 200, r.text
+        assert r.headers["access-control-allow-origin"] == origin
+        decoded = _parse(r.json())
+        assert b"WIDGET-42" in b"".join(p.data for p in decoded)
