@@ -12,8 +12,8 @@ decrypts. Rotating is adding a new key in front and keeping the old ones for as 
 written under them are kept (a run's history is read again on every replay). Keys never enter
 history, logs or errors: only ids do.
 
-Wire format of one encrypted payload (compatible with Temporal's codec-server protocol and with
-other SDKs' encryption samples in spirit, not byte for byte)::
+Wire format of one encrypted payload (the metadata names follow Temporal's encryption samples;
+the bytes are ledgerflow's own, so only ledgerflow's codec, or its codec server, reads them)::
 
     metadata: encoding = "binary/encrypted"
               encryption-key-id = <id>

@@ -22,6 +22,7 @@ from pydantic import SecretStr, ValidationError
 from temporalio.api.common.v1 import Payload, Payloads
 from temporalio.api.history.v1 import MarkerRecordedEventAttributes
 from temporalio.client import Client
+from temporalio.worker import Replayer
 
 from ledgerflow.api import create_app
 from ledgerflow.codec import (
@@ -39,7 +40,7 @@ from ledgerflow.errors import CodecError, ConfigError, RunFailed, UnknownCodecKe
 from ledgerflow.sdk.client import LedgerflowClient
 from ledgerflow.settings import Settings
 from ledgerflow.temporal import connect
-from ledgerflow.worker.runner import build_worker
+from ledgerflow.worker.runner import build_worker, workflow_classes
 from ledgerflow.workflows.vendor_payment import VendorPaymentResult
 from tests.conftest import Stack
 from tests.test_up import EmbeddedStack, embedded  # noqa: F401  (the fixture)
@@ -164,6 +165,23 @@ async def test_history_is_ciphertext_and_the_run_completes_and_verifies(
     # the keys themselves are nowhere in history
     for key in (KEY_A, KEY_B):
         assert key.encode() not in raw and base64.b64decode(key) not in raw
+
+
+async def test_an_encrypted_history_replays_with_the_keys(codec_stack: CodecStack) -> None:
+    lf = codec_stack.client
+    wf_id, _, _ = await _pay(lf)
+    await lf.result(wf_id)
+    history = await codec_stack.temporal.get_workflow_handle(wf_id).fetch_history()
+    converter = converter_for(codec_stack.settings)
+    replayed = await Replayer(
+        workflows=workflow_classes(), data_converter=converter
+    ).replay_workflow(history, raise_on_replay_failure=False)
+    assert replayed.replay_failure is None, replayed.replay_failure
+    # without the keys the same history cannot be read (the plain converter sees ciphertext)
+    plain = await Replayer(
+        workflows=workflow_classes(), data_converter=data_converter
+    ).replay_workflow(history, raise_on_replay_failure=False)
+    assert plain.replay_failure is not None
 
 
 async def test_a_failure_message_is_encrypted_and_reads_back_through_the_sdk(
