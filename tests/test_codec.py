@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import os
 import signal
 import uuid
@@ -21,7 +22,7 @@ from google.protobuf.message import Message
 from pydantic import SecretStr, ValidationError
 from temporalio.api.common.v1 import Payload, Payloads
 from temporalio.api.history.v1 import MarkerRecordedEventAttributes
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowHistory
 from temporalio.worker import Replayer
 
 from ledgerflow.api import create_app
@@ -34,7 +35,7 @@ from ledgerflow.codec import (
     parse_keys,
 )
 from ledgerflow.converter import data_converter
-from ledgerflow.dev.stack import free_port, temporal_process
+from ledgerflow.dev.stack import find_temporal, free_port, temporal_process
 from ledgerflow.dev.up import child_env, codec_endpoint
 from ledgerflow.errors import CodecError, ConfigError, RunFailed, UnknownCodecKey
 from ledgerflow.sdk.client import LedgerflowClient
@@ -280,6 +281,61 @@ async def test_the_codec_server_decodes_history_with_the_token_only(
         assert r.headers.get("access-control-allow-origin") != "http://evil.example"
         r = await http.post("/codec/decode", json=body, headers={**auth, "Origin": UI_ORIGIN})
         assert r.headers["access-control-allow-origin"] == UI_ORIGIN
+
+
+async def test_temporals_own_cli_decodes_through_the_codec_server(
+    codec_stack: CodecStack,
+) -> None:
+    """Temporal's CLI speaks the protocol to the API's real HTTP server: `temporal workflow
+    show` with --codec-endpoint shows the plaintext, and without the token it cannot."""
+    import uvicorn
+
+    wf_id, invoice, _ = await _pay(codec_stack.client)
+    await codec_stack.client.result(wf_id)
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(codec_stack.settings), host="127.0.0.1", port=port, log_config=None
+        )
+    )
+    server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
+    task = asyncio.create_task(server.serve())
+    try:
+        while not server.started:
+            await asyncio.sleep(0.05)
+
+        async def show(*extra: str) -> tuple[int, str]:
+            proc = await asyncio.create_subprocess_exec(
+                str(find_temporal()),
+                "workflow",
+                "show",
+                "--address",
+                codec_stack.settings.temporal_address,
+                "--workflow-id",
+                wf_id,
+                "--output",
+                "json",
+                "--codec-endpoint",
+                f"http://127.0.0.1:{port}/codec",
+                *extra,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+            )
+            out, _ = await proc.communicate()
+            return proc.returncode or 0, out.decode(errors="replace")
+
+        def texts(out: str) -> bytes:
+            history = WorkflowHistory.from_json(wf_id, out)
+            return b"".join(p.data for e in history.events for p in _payloads(e))
+
+        code, out = await show("--codec-auth", f"Bearer {TOKEN}")
+        assert code == 0, out
+        assert invoice.encode() in texts(out)
+        code, out = await show()  # no token: the codec server refuses, nothing is decrypted
+        assert invoice.encode() not in (texts(out) if code == 0 else out.encode())
+    finally:
+        server.should_exit = True
+        await task
 
 
 async def test_the_codec_server_is_closed_by_default() -> None:
