@@ -88,14 +88,14 @@ class _CodecServer:
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > MAX_CODEC_BODY_BYTES:
             return _error(413, f"body larger than {MAX_CODEC_BODY_BYTES} bytes")
-        body = b""
+        body = bytearray()
         async for chunk in request.stream():
             body += chunk
             if len(body) > MAX_CODEC_BODY_BYTES:
                 return _error(413, f"body larger than {MAX_CODEC_BODY_BYTES} bytes")
         payloads = Payloads()
         try:
-            json_format.Parse(body or b"{}", payloads)
+            json_format.Parse(bytes(body) or b"{}", payloads)
         except (json_format.ParseError, UnicodeDecodeError, ValueError):
             return _error(
                 400, 'the body is not {"payloads": [...]} in proto3 JSON (base64 metadata, data)'
