@@ -4,6 +4,8 @@ Every error raised on purpose by ledgerflow derives from :class:`LedgerflowError
 
     LedgerflowError
     ├── ConfigError            settings or deployment file missing or inconsistent
+    ├── CodecError             a Temporal payload cannot be decrypted (altered, or a wrong key)
+    │   └── UnknownCodecKey    encrypted under a key id that is not configured
     ├── StackError             a service of the embedded stack failed to start (port taken, ...)
     │   └── EngineUnavailable  Temporal did not answer or refused a call (carries the RPC status)
     ├── ChainError             JSON-RPC or transaction failure
@@ -43,6 +45,7 @@ from typing import Any
 
 __all__ = [
     "ChainError",
+    "CodecError",
     "ConfigError",
     "ContractRevert",
     "CredentialError",
@@ -62,6 +65,7 @@ __all__ = [
     "StoreError",
     "StoreUnavailable",
     "TxVoided",
+    "UnknownCodecKey",
     "UnsupportedMediaType",
     "UpdateRejected",
     "VerificationError",
@@ -94,6 +98,25 @@ class ConfigError(LedgerflowError):
     """Settings or the deployment file are missing or inconsistent."""
 
     retryable = False
+
+
+class CodecError(LedgerflowError):
+    """An encrypted Temporal payload cannot be decrypted (ledgerflow.codec): it was altered, or
+    it is not one of ledgerflow's. Its message names the key id, never a key."""
+
+    retryable = False
+
+
+class UnknownCodecKey(CodecError):
+    """A payload was encrypted under a key id that is not among ``LEDGERFLOW_CODEC_KEYS``."""
+
+    def __init__(self, key_id: str, known: list[str]) -> None:
+        self.key_id = key_id
+        self.known = known
+        super().__init__(
+            f"payload encrypted under codec key id {key_id!r}, which is not configured "
+            f"(configured: {', '.join(known) or 'none'}); add it to LEDGERFLOW_CODEC_KEYS"
+        )
 
 
 class StackError(LedgerflowError):

@@ -10,6 +10,8 @@ Kubernetes secrets. Setting both is an error.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 import re
 from functools import lru_cache
@@ -27,7 +29,14 @@ from pydantic_settings import (
 
 from ledgerflow.errors import ConfigError
 
-__all__ = ["ANVIL_DEFAULT_KEYS", "FILE_SETTINGS", "AnchorMode", "Settings", "get_settings"]
+__all__ = [
+    "ANVIL_DEFAULT_KEYS",
+    "FILE_SETTINGS",
+    "AnchorMode",
+    "Settings",
+    "get_settings",
+    "parse_codec_keys",
+]
 
 AnchorMode = Literal["batched", "per-step"]
 
@@ -92,6 +101,49 @@ class _FileValues(PydanticBaseSettingsSource):
                 out[name] = value
                 break
         return out
+
+
+#: A codec key is 32 bytes (AES-256); its id is a short public name.
+CODEC_KEY_BYTES = 32
+CODEC_KEY_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def parse_codec_keys(text: str) -> dict[str, bytes]:
+    """``id:base64key,...`` (commas or whitespace between entries) → ``{id: key}`` in order:
+    the keys of encrypted history (:mod:`ledgerflow.codec`).
+
+    Raises:
+        ConfigError: an entry is malformed, an id repeats, or a key is not 32 bytes of base64;
+            the message names the entry's id or position, never key material.
+    """
+    keys: dict[str, bytes] = {}
+    entries = [e for e in re.split(r"[\s,]+", text) if e]
+    if not entries:
+        raise ConfigError("LEDGERFLOW_CODEC_KEYS is empty; unset it or give id:base64key")
+    for n, entry in enumerate(entries, 1):
+        key_id, sep, encoded = entry.partition(":")
+        if not sep or not CODEC_KEY_ID.match(key_id):
+            raise ConfigError(
+                f"LEDGERFLOW_CODEC_KEYS entry {n} is not id:base64key (an id of letters, digits, "
+                "'.', '_' or '-', at most 64 characters, then ':' and the key)"
+            )
+        if key_id in keys:
+            raise ConfigError(f"LEDGERFLOW_CODEC_KEYS lists key id {key_id!r} twice")
+        try:
+            padded = encoded + "=" * (-len(encoded) % 4)
+            key = base64.b64decode(padded.replace("-", "+").replace("_", "/"), validate=True)
+        except (binascii.Error, ValueError):
+            raise ConfigError(
+                f"LEDGERFLOW_CODEC_KEYS key {key_id!r} is not base64 "
+                "(make one with `openssl rand -base64 32`)"
+            ) from None
+        if len(key) != CODEC_KEY_BYTES:
+            raise ConfigError(
+                f"LEDGERFLOW_CODEC_KEYS key {key_id!r} is {len(key)} bytes; AES-256 needs "
+                f"{CODEC_KEY_BYTES} (make one with `openssl rand -base64 32`)"
+            )
+        keys[key_id] = key
+    return keys
 
 
 def _split_urls(value: Any) -> Any:
@@ -215,6 +267,28 @@ class Settings(BaseSettings):
         10.0, gt=0, le=300, description="a request body not received within this time is 408"
     )
 
+    # Encrypted history (ledgerflow.codec): off unless codec_keys is set
+    codec_keys: SecretStr | None = Field(
+        None,
+        description="AES-256 keys that encrypt Temporal payloads, `id:base64key,...`; the first "
+        "encrypts, every one decrypts (key rotation). Unset: payloads are not encrypted",
+    )
+    codec_server_token: SecretStr | None = Field(
+        None,
+        description="bearer token the codec server (/codec/decode, /codec/encode) requires; "
+        "unset: the codec server answers 503",
+    )
+    codec_server_allow_loopback: bool = Field(
+        False,
+        description="the codec server also answers unauthenticated requests from loopback "
+        "addresses (the embedded stack's Temporal UI in the operator's browser)",
+    )
+    codec_cors_origins: Annotated[list[str], NoDecode] = Field(
+        [],
+        description="origins whose browsers may call the codec server (comma-separated); "
+        "empty: the origin of temporal_ui_url",
+    )
+
     # Generic HTTP steps
     http_allowed_hosts: list[str] = Field(
         default_factory=list, description="hosts an http.request step may call (exact names)"
@@ -300,6 +374,32 @@ class Settings(BaseSettings):
     @classmethod
     def _rpc_urls(cls, value: Any) -> Any:
         return _split_urls(value)
+
+    @field_validator("codec_cors_origins", mode="before")
+    @classmethod
+    def _codec_origins(cls, value: Any) -> Any:
+        return _split_urls(value)
+
+    @field_validator("codec_keys", mode="after")
+    @classmethod
+    def _codec_keys(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            try:
+                parse_codec_keys(value.get_secret_value())  # names no key
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
+    @property
+    def codec_origins(self) -> list[str]:
+        """The origins allowed to call the codec server (``codec_cors_origins``, else the
+        origin of ``temporal_ui_url``)."""
+        if self.codec_cors_origins:
+            return [o.rstrip("/") for o in self.codec_cors_origins]
+        from urllib.parse import urlsplit
+
+        ui = urlsplit(self.temporal_ui_url)
+        return [f"{ui.scheme}://{ui.netloc}"] if ui.scheme and ui.netloc else []
 
     @property
     def rpc_endpoints(self) -> list[str]:

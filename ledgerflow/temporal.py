@@ -33,11 +33,13 @@ from pathlib import Path
 from typing import Any
 
 from temporalio.client import Client
+from temporalio.converter import DataConverter
 from temporalio.envconfig import ClientConfigProfile
 from temporalio.runtime import Runtime
 from temporalio.service import TLSConfig
 
-from ledgerflow.converter import data_converter
+from ledgerflow.codec import converter_for
+from ledgerflow.converter import data_converter as plain_converter
 from ledgerflow.errors import ConfigError, StackError
 from ledgerflow.observability.telemetry import process_runtime
 from ledgerflow.settings import Settings
@@ -148,9 +150,12 @@ async def connect(
     timeout: float = 30.0,
     runtime: Runtime | None = None,
     interceptors: Sequence[Any] = (),
+    data_converter: DataConverter | None = None,
 ) -> Client:
     """Connect with ledgerflow's data converter (:mod:`ledgerflow.converter`), retrying while
-    the server is still starting.
+    the server is still starting. With :class:`~ledgerflow.settings.Settings` that configure
+    encrypted history (``codec_keys``), the converter encrypts payloads (:mod:`ledgerflow.codec`);
+    a worker built on the client uses the same converter.
 
     Args:
         target: the :class:`~ledgerflow.settings.Settings` of this process (every product code
@@ -161,6 +166,8 @@ async def connect(
         runtime: the Temporal runtime (default: the process's, which forwards the SDK core's logs
             into Python logging).
         interceptors: client interceptors (tracing); a worker built on the client uses them too.
+        data_converter: the converter (default: the one ``target``'s settings configure; the
+            plain one for a ``TemporalTarget`` or a ``host:port``).
 
     Raises:
         StackError: no Temporal server answered within ``timeout`` seconds, or it refused the
@@ -168,19 +175,21 @@ async def connect(
             saying what to change.
         ConfigError: the environment configuration is invalid.
     """
+    converter = data_converter
     if isinstance(target, str):
         resolved = TemporalTarget(target, namespace or DEFAULT_NAMESPACE)
     elif isinstance(target, TemporalTarget):
         resolved = target
     else:
         resolved = resolve_target(target)
+        converter = converter or converter_for(target)
     deadline = time.monotonic() + timeout
     last = ""
     while True:
         try:
             client = await Client.connect(
                 resolved.address,
-                data_converter=data_converter,
+                data_converter=converter or plain_converter,
                 runtime=runtime or process_runtime(),
                 interceptors=list(interceptors),
                 **resolved.connect_kwargs(),

@@ -42,6 +42,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "ledgerflow.temporal",
             "ledgerflow.converter",
             "ledgerflow.provenance",
+            "ledgerflow.codec",
         ),
     ),
     (

@@ -49,6 +49,7 @@ from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.service import RPCError, RPCStatusCode
 
 from ledgerflow import __version__, jsonsafe
+from ledgerflow.api.codec import mount_codec
 from ledgerflow.converter import MAX_INPUT_DEPTH, validation_message
 from ledgerflow.errors import (
     ConfigError,
@@ -887,6 +888,7 @@ def create_app(
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+    mount_codec(app, settings)  # /codec/decode, /codec/encode: the Temporal UI's codec server
     return app
 
 

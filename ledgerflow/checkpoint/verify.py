@@ -114,10 +114,14 @@ def verify_steps(
     return hashes, head
 
 
-def _payload_json(payloads: Any) -> Any:
+async def _payload_json(client: Client, payloads: Any) -> Any:
     if not payloads or not payloads.payloads:
         return None
-    return json.loads(payloads.payloads[0].data)
+    first = payloads.payloads[0]
+    codec = client.data_converter.payload_codec
+    if codec is not None:  # encrypted history (ledgerflow.codec): raw history is ciphertext
+        (first,) = await codec.decode([first])
+    return json.loads(first.data)
 
 
 async def _check_history(
@@ -140,10 +144,16 @@ async def _check_history(
         elif ev.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED:
             completed = ev.activity_task_completed_event_attributes
             if activity_types.get(completed.scheduled_event_id, "") in CHECKPOINT_ACTIVITIES:
-                acked += (_payload_json(completed.result) or {}).get("step_hashes", [])
+                acked += (await _payload_json(client, completed.result) or {}).get(
+                    "step_hashes", []
+                )
         elif ev.event_type == EventType.EVENT_TYPE_MARKER_RECORDED:
             marker = ev.marker_recorded_event_attributes
-            data = _payload_json(marker.details["data"]) if "data" in marker.details else None
+            data = (
+                await _payload_json(client, marker.details["data"])
+                if "data" in marker.details
+                else None
+            )
             kind = (
                 (data.get("activity_type") or data.get("activityType"))
                 if isinstance(data, dict)
@@ -151,9 +161,11 @@ async def _check_history(
             )
             if kind in CHECKPOINT_ACTIVITIES:
                 result_payloads = marker.details["result"] if "result" in marker.details else None  # noqa: SIM401
-                acked += (_payload_json(result_payloads) or {}).get("step_hashes", [])
+                acked += (await _payload_json(client, result_payloads) or {}).get("step_hashes", [])
         elif ev.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED:
-            result = _payload_json(ev.workflow_execution_completed_event_attributes.result)
+            result = await _payload_json(
+                client, ev.workflow_execution_completed_event_attributes.result
+            )
     for seq, (a, b) in enumerate(zip(acked, hashes, strict=False)):
         if a != b:
             out.append(

@@ -560,9 +560,11 @@ def temporal_process(
     log_path: Path | None = None,
     port_hint: str = "choose another port in the settings",
     ui_port_hint: str = "choose another port in the settings",
+    ui_codec_endpoint: str | None = None,
 ) -> ManagedProcess:
     """The ``temporal server start-dev`` child for 127.0.0.1:``port`` with our search attributes,
-    not started yet (its ports are checked free)."""
+    not started yet (its ports are checked free). ``ui_codec_endpoint``: the codec server the UI
+    decodes encrypted payloads with (encrypted history, :mod:`ledgerflow.codec`)."""
     require_free(port, "the Temporal dev server", port_hint)
     argv = [str(find_temporal()), "server", "start-dev", "--ip", "127.0.0.1", "--port", str(port)]
     argv += ["--namespace", namespace, "--log-level", "warn", "--ui-disable-news-fetch"]
@@ -571,6 +573,8 @@ def temporal_process(
     else:
         require_free(ui_port, "the Temporal UI", ui_port_hint)
         argv += ["--ui-port", str(ui_port)]
+        if ui_codec_endpoint is not None:
+            argv += ["--ui-codec-endpoint", ui_codec_endpoint]
     if db_file is not None:
         db_file.parent.mkdir(parents=True, exist_ok=True)
         argv += ["--db-filename", str(db_file)]

@@ -136,7 +136,38 @@ def child_env(settings: Settings) -> dict[str, str]:
             env[key] = str(value)
         else:
             env[key] = json.dumps(value, default=str)
+    if settings.codec_keys is not None:
+        # The API's codec server answers the browser of the UI up starts, on whatever port;
+        # that UI cannot send a bearer token (it has no login), and every service of the
+        # embedded stack listens on loopback only, so loopback callers are let in unless the
+        # operator said otherwise.
+        if not settings.codec_cors_origins:
+            env["LEDGERFLOW_CODEC_CORS_ORIGINS"] = ",".join(_codec_origins(settings))
+        if "codec_server_allow_loopback" not in settings.model_fields_set:
+            env["LEDGERFLOW_CODEC_SERVER_ALLOW_LOOPBACK"] = "true"
     return env
+
+
+def codec_endpoint(settings: Settings) -> str | None:
+    """The codec server the embedded UI decodes encrypted history with (the API's ``/codec``),
+    or None when encrypted history is off."""
+    if settings.codec_keys is None:
+        return None
+    host = settings.api_host
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    elif ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{settings.api_port}/codec"
+
+
+def _codec_origins(settings: Settings) -> list[str]:
+    """The browser origins of the UI ``up`` starts, as ``localhost`` and as ``127.0.0.1``."""
+    ui = urlparse(_ui_url(settings))
+    origins = [f"{ui.scheme}://{ui.netloc}"]
+    if ui.hostname in ("localhost", "127.0.0.1") and ui.port is not None:
+        origins += [f"{ui.scheme}://{h}:{ui.port}" for h in ("localhost", "127.0.0.1")]
+    return list(dict.fromkeys(origins))
 
 
 class ServiceDied(Exception):
@@ -456,6 +487,7 @@ class Up:
                 log_path=self.home / "temporal.log",
                 port_hint="set LEDGERFLOW_TEMPORAL_ADDRESS",
                 ui_port_hint="set LEDGERFLOW_TEMPORAL_UI_PORT",
+                ui_codec_endpoint=codec_endpoint(s),
             )
         )
         a_port = _port(s.rpc_url, 8545)
@@ -511,6 +543,10 @@ class Up:
         ]
         if endpoints:
             console.print("metrics: " + " · ".join(endpoints))
+        if (endpoint := codec_endpoint(s)) is not None:
+            console.print(
+                f"encrypted history: on · the Temporal UI decodes through {escape(endpoint)}"
+            )
 
     async def _worker_ready(self, worker: ManagedProcess) -> None:
         """Ready when the worker process we started polls the task queue on our Temporal."""
