@@ -458,7 +458,7 @@ async def test_unusable_completions_are_invalid_output(
         ((99, 10, 11 * USDC), "not in the request"),
         ((2, 10, 10 * USDC), "differs from offer 2's unit_price"),
         ((2, 10, 12 * USDC), "differs from offer 2's unit_price"),
-        ((2, 101, 11 * USDC), "exceeds offer 2's max_quantity"),
+        ((2, 101, 11 * USDC), "exceeds quantity_needed 10: never buy more than is needed"),
         ((2, 0, 11 * USDC), "not positive"),
         ((2, -5, 11 * USDC), "not positive"),
         ((2, 9, 11 * USDC), "below quantity_needed"),
@@ -484,7 +484,7 @@ async def test_invalid_choices_are_rejected_over_http(
 
 
 def test_validate_decision_accepts_partial_quantity_when_offer_max_is_smaller() -> None:
-    req = request(offer(1, ALICE, 5 * USDC, max_q=4), offer(2, BOB, 6 * USDC, max_q=50))
+    req = request(offer(1, ALICE, 5 * USDC, max_q=4), offer(2, BOB, 6 * USDC, max_q=50), needed=50)
     partial = SupplierDecision(offer_id=1, quantity=3, unit_price=5 * USDC, rationale="r")
     assert validate_decision(req, partial) == (ALICE, 15 * USDC)
     full = SupplierDecision(offer_id=2, quantity=50, unit_price=6 * USDC, rationale="r")
@@ -544,7 +544,7 @@ INJECTED_ANSWERS = [
     ((666, 10, 1), "not in the request"),  # a non-existent offer
     ((7, 10, 0), "not in the request"),
     ((4, 10, 1), "differs from offer 4's unit_price"),  # the injector's offer, altered price
-    ((4, 1_000_000, 20 * USDC), "exceeds offer 4's max_quantity"),
+    ((4, 1_000_000, 20 * USDC), "exceeds quantity_needed"),  # more than needed, and than offered
     ((1, 10, 1 * USDC), "differs from offer 1's unit_price"),
 ]
 
