@@ -150,14 +150,14 @@ async def test_a_worker_process_serves_metrics_and_logs_json_lines(
     w = worker_process
     await asyncio.to_thread(_metrics, w.metrics_url)  # the endpoint is up before the first run
     lf = LedgerflowClient(temporal_client, w.settings)
-    # Not allow-listed: Escrow.open reverts, the saga compensates.
+    # Not allow-listed: Escrow.open reverts; nothing was paid, so the run is rejected (no refund).
     stranger = Account.from_key("0x" + "77" * 32).address
     paid = await lf.start("VendorPaymentWorkflow", {"max_amount": 20 * TUSD})
     refused = await lf.start("VendorPaymentWorkflow", {"vendor": stranger, "max_amount": 7 * TUSD})
     ok = await asyncio.wait_for(lf.result(paid.id), 120)
     bad = await asyncio.wait_for(lf.result(refused.id), 120)
     assert ok.outcome == "completed" and ok.amount == 20 * TUSD
-    assert bad.outcome == "compensated" and "PolicyCounterpartyNotAllowed" in bad.reason
+    assert bad.outcome == "rejected" and "PolicyCounterpartyNotAllowed" in bad.reason
 
     # The sampler sets the gauges every 0.2 s; a scrape a moment later sees this state.
     await asyncio.sleep(1.0)
@@ -174,15 +174,13 @@ async def test_a_worker_process_serves_metrics_and_logs_json_lines(
 
     # ledgerflow's: runs by outcome, payments and amounts, compensations.
     assert value(samples, "ledgerflow_runs_total", outcome="completed", **wf) == 1
-    assert value(samples, "ledgerflow_runs_total", outcome="compensated", **wf) == 1
+    assert value(samples, "ledgerflow_runs_total", outcome="rejected", **wf) == 1
     assert value(samples, "ledgerflow_payments_total", outcome="escrowed") == 1
     assert value(samples, "ledgerflow_payments_total", outcome="released") == 1
     assert value(samples, "ledgerflow_payments_total", outcome="refunded") == 0
     assert value(samples, "ledgerflow_payment_amount_total", outcome="released") == 20 * TUSD
-    assert (
-        value(samples, "ledgerflow_compensations_total", step="Escrow.refund", status="ok", **wf)
-        == 1
-    )
+    # The refused payment's refund was dropped, not run.
+    assert value(samples, "ledgerflow_compensations_total", step="Escrow.refund", **wf) == 0
     # Anchoring: every step stored by the two runs was anchored, each lag observed once.
     store_steps = 0
     for wf_id in (paid.id, refused.id):
