@@ -35,6 +35,13 @@ from ledgerflow.store import Store
 from ledgerflow.workflows.procurement import ProcurementRequest
 from tests.conftest import Stack
 
+
+def _leaf(doc: dict[str, Any], step_hash: str) -> str:
+    """The Merkle leaf of a step hash under the document's spec version."""
+    raw = bytes.fromhex(step_hash[2:])
+    return "0x" + (leaf_hash_v2(raw) if doc["spec_version"] == 2 else leaf_hash(raw)).hex()
+
+
 # ---- helpers shared with tests/test_verify.py ---------------------------------------------------
 
 
@@ -159,7 +166,7 @@ async def test_round_trip_every_step(stack: Stack, runs: dict, mode: str) -> Non
         if mode == "per-step":
             assert doc["root"] is None and doc["proof"] is None and doc["leaf"] is None
         else:
-            assert doc["leaf"] == "0x" + leaf_hash(bytes.fromhex(doc["step_hash"][2:])).hex()
+            assert doc["leaf"] == _leaf(doc, doc["step_hash"])
 
 
 async def test_document_shape_and_sync_verifier(stack: Stack, runs: dict) -> None:
@@ -180,11 +187,21 @@ async def test_document_shape_and_sync_verifier(stack: Stack, runs: dict) -> Non
         "root",
         "anchor",
     }
-    assert doc["spec_version"] == 1
+    assert doc["spec_version"] == 2  # new runs are spec v2
     assert doc["chain_id"] == stack.runtime.chain_id
     assert doc["registry"].lower() == stack.runtime.address("CheckpointRegistry").lower()
     assert doc["run_id"] == run.run_id and doc["run_key"] == run.run_key
-    assert set(doc["step"]) == {"run", "seq", "kind", "name", "input", "output", "status", "prev"}
+    assert set(doc["step"]) == {
+        "v",
+        "run",
+        "seq",
+        "kind",
+        "name",
+        "input",
+        "output",
+        "status",
+        "prev",
+    }
     assert set(doc["anchor"]) == {"tx_hash", "block_number"}
     assert all(isinstance(p, str) and len(p) == 66 for p in doc["proof"])
     # the synchronous verifier with a plain Web3, as an auditor's script would use it
@@ -252,7 +269,7 @@ async def test_reveals_nothing_of_other_steps(stack: Stack, runs: dict) -> None:
         canonical = json.dumps(doc, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
         own_values = {own.input_hash, own.output_hash, own.prev, own.step_hash}
         for other in _other_rows(stack, wf["id"], seq):
-            other_leaf = "0x" + leaf_hash(bytes.fromhex(other.step_hash[2:])).hex()
+            other_leaf = _leaf(doc, other.step_hash)
             hashes = {other.step_hash, other.head, other.input_hash, other.output_hash, other_leaf}
             if other.seq == seq - 1:
                 hashes.discard(other.head)  # = this step's own `prev` field
@@ -261,13 +278,13 @@ async def test_reveals_nothing_of_other_steps(stack: Stack, runs: dict) -> None:
             for pre in (other.input_preimage, other.output_preimage):
                 if pre not in (own.input_preimage, own.output_preimage) and len(pre) > 4:
                     assert pre not in canonical, (mode, other.seq, pre)
-        # the disclosed values are this step's, byte for byte
-        assert (
-            json.dumps(
-                doc["disclosed"]["input"], sort_keys=True, ensure_ascii=False, separators=(",", ":")
-            )
-            == own.input_preimage
-        )
+        # the disclosed values are this step's, byte for byte (v2: the preimage with its salt)
+        disclosed = doc["disclosed"]["input"]
+        if doc["spec_version"] == 2:
+            assert disclosed == {"salt": own.input_salt, "preimage": own.input_preimage}
+        else:
+            text = json.dumps(disclosed, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+            assert text == own.input_preimage
         # only the documented members (plus the requested disclosure)
         assert set(doc) - {"disclosed"} <= {
             "spec_version",
@@ -319,7 +336,7 @@ def _mutations(doc: dict[str, Any], extra: dict[str, Any]) -> dict[str, Callable
         "workflow_id": setter(("workflow_id",), doc["workflow_id"] + "x"),
         "run_id": setter(("run_id",), doc["run_id"] + "x"),
         "run_key": setter(("run_key",), _flip(doc["run_key"])),
-        "spec_version": setter(("spec_version",), 2),
+        "spec_version": setter(("spec_version",), 3 - doc["spec_version"]),
         "chain_id": setter(("chain_id",), doc["chain_id"] + 1),
         "chain_id.str": setter(("chain_id",), str(doc["chain_id"])),
         "registry.random": setter(("registry",), "0x" + "11" * 20),
@@ -368,7 +385,7 @@ async def test_tampering_any_member_fails(stack: Stack, runs: dict, mode: str) -
         "other_tx": other["anchor"]["tx_hash"],
         "other_block": other["anchor"]["block_number"],
         "other_root": other["root"],
-        "leaf_of": lambda h: "0x" + leaf_hash(bytes.fromhex(h[2:])).hex(),
+        "leaf_of": lambda h: _leaf(doc, h),
     }
     assert (await verify_proof_document_async(doc, w3=stack.runtime.w3, trust=_t(stack))).ok
     mutations = _mutations(doc, extra)
@@ -392,8 +409,9 @@ async def test_consistent_forgery_passes_offline_but_not_on_chain(stack: Stack, 
     doc = await build_step_proof(stack.runtime, runs["batched"]["id"], 1)
     forged = copy.deepcopy(doc)
     forged["step"]["name"] = "pay_attacker"
-    sh = keccak(canonical_bytes({"v": 1, **forged["step"]}))
-    leaf = leaf_hash(sh)
+    v2 = forged["spec_version"] == 2
+    sh = keccak(canonical_bytes(forged["step"] if v2 else {"v": 1, **forged["step"]}))
+    leaf = leaf_hash_v2(sh) if v2 else leaf_hash(sh)
     root = process_proof(leaf, [bytes.fromhex(p[2:]) for p in forged["proof"]])
     forged.update(step_hash="0x" + sh.hex(), leaf="0x" + leaf.hex(), root="0x" + root.hex())
     assert check_proof_offline(forged) == []
