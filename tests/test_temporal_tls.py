@@ -347,11 +347,18 @@ client_key_path = "{pki.client_key_path}"
         line = _one_line_error(await asyncio.to_thread(_ledgerflow, "status", wf_id, env=no_key))
         assert "UNAUTHENTICATED: missing API key" in line
 
-        bad_ca = {**env, "TEMPORAL_TLS_SERVER_CA_CERT_PATH": str(other_pki.ca_path)}
+        # Further workers need a store of their own: one SQLite store serves one worker.
+        alone = f"sqlite:///{chain.home.parent / 'second-worker.db'}"
+        bad_ca = {
+            **env,
+            "TEMPORAL_TLS_SERVER_CA_CERT_PATH": str(other_pki.ca_path),
+            "LEDGERFLOW_DATABASE_URL": alone,
+        }
         line = _one_line_error(await asyncio.to_thread(_ledgerflow, "worker", env=bad_ca))
         assert "TLS certificate is not trusted (UnknownIssuer)" in line
 
         no_cert = {k: v for k, v in env.items() if "TLS_CLIENT" not in k}
+        no_cert["LEDGERFLOW_DATABASE_URL"] = alone
         line = _one_line_error(await asyncio.to_thread(_ledgerflow, "worker", env=no_cert))
         assert "it may require a client certificate" in line
 
