@@ -21,7 +21,7 @@ from web3 import HTTPProvider, Web3
 
 from ledgerflow.chain.deploy import _Sender, deploy_all, save_deployment
 from ledgerflow.checkpoint.anchorer import build_batch
-from ledgerflow.checkpoint.records import StepRecord, next_head
+from ledgerflow.checkpoint.records import StepRecord, commitment, next_head
 from ledgerflow.checkpoint.verify import VerifyReport, verify_run
 from ledgerflow.dev.stack import free_port, start_anvil
 from ledgerflow.runtime import Runtime
@@ -200,18 +200,22 @@ async def test_deleted_preimage_is_reported_redacted(
 
 def _rehash_from(con: sqlite3.Connection, w: str, r: str, seq: int, **changes: str) -> None:
     """Apply ``changes`` to step ``seq`` and recompute every hash from there on, consistently."""
-    from ledgerflow.checkpoint.canonical import keccak
 
     rows = _steps(con, w, r)
     run_key = rows[0]["prev"]
     head = rows[seq]["prev"]
     for row in rows[seq:]:
         values = dict(row)
+        version = int(values.get("spec_version") or 1)
         if row["seq"] == seq:
             values.update(changes)
-            values["input_hash"] = "0x" + keccak(values["input_preimage"].encode()).hex()
-            values["output_hash"] = "0x" + keccak(values["output_preimage"].encode()).hex()
+            for part in ("input", "output"):
+                salt = values.get(f"{part}_salt") if version == 2 else None
+                salt_b = bytes.fromhex(salt[2:]) if salt else None
+                pre = values[f"{part}_preimage"].encode()
+                values[f"{part}_hash"] = "0x" + commitment(salt_b, pre).hex()
         record = StepRecord(
+            v=version,
             run=run_key,
             seq=row["seq"],
             kind=values["kind"],
@@ -248,11 +252,12 @@ def _rebuild_batches(con: sqlite3.Connection, w: str, r: str) -> None:
     for anchor_id in anchor_ids:
         members = list(
             con.execute(
-                "SELECT id, step_hash FROM steps WHERE anchor_id = ? ORDER BY id", (anchor_id,)
+                "SELECT id, step_hash, spec_version FROM steps WHERE anchor_id = ? ORDER BY id",
+                (anchor_id,),
             )
         )
-        root, proofs = build_batch([m[1] for m in members], 1)
-        for (step_id, _), proof in zip(members, proofs, strict=True):
+        root, proofs = build_batch([m[1] for m in members], int(members[0][2] or 1))
+        for (step_id, _, _), proof in zip(members, proofs, strict=True):
             con.execute("UPDATE steps SET proof = ? WHERE id = ?", (json.dumps(proof), step_id))
         con.execute("UPDATE anchors SET root = ? WHERE id = ?", (root, anchor_id))
 
