@@ -314,7 +314,8 @@ async def test_anchorer_lease_is_taken_over_when_its_holder_is_killed(
             roots[root] = roots.get(root, 0) + 1
         assert roots and max(roots.values()) == 1, "a root was anchored twice"
         for wf, _run in runs[:: max(1, len(runs) // 5)]:
-            report = await verify_run(rt, wf)
+            # The synthetic runs are written as spec v1 steps, which have no seal.
+            report = await verify_run(rt, wf, allow_unsealed_v1=True)
             assert report.ok, report.problems
     finally:
         stop_feeding.set()
