@@ -516,3 +516,29 @@ def test_failure_output_shape() -> None:
     assert not is_failure_output({"error": {"type": "T"}})
     assert not is_failure_output({"error": {"type": 1, "message": "m"}})
     assert not is_failure_output({"error": {"type": "T", "message": "m"}, "more": 1})
+
+
+def test_deep_preimages_parse_whatever_the_recursion_limit() -> None:
+    """A verifier's answer must not depend on what the process imported (py_ecc raises the
+    recursion limit, ledgerflow's entry points put it back)."""
+    import sys
+
+    from ledgerflow.checkpoint.canonical import CanonicalError
+    from ledgerflow.checkpoint.records import MAX_NESTING, parse_canonical
+
+    deep = ("[" * 3000 + "]" * 3000).encode()
+    before = sys.getrecursionlimit()
+    sys.setrecursionlimit(1000)
+    try:
+        assert parse_canonical(deep) is not None
+        assert sys.getrecursionlimit() == 1000
+        assert parse_canonical(b'{"a":"[[\\"]]{"}') == {"a": '[["]]{'}
+        too_deep = ("[" * (MAX_NESTING + 1) + "]" * (MAX_NESTING + 1)).encode()
+        try:
+            parse_canonical(too_deep)
+        except CanonicalError as exc:
+            assert "nested deeper than 10,000 levels" in str(exc)
+        else:
+            raise AssertionError("a preimage deeper than MAX_NESTING was read")
+    finally:
+        sys.setrecursionlimit(before)

@@ -12,6 +12,8 @@ Version 2 differs from version 1 in: the run key preimage (``"spec": 2``), salte
 from __future__ import annotations
 
 import json
+import sys
+import threading
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, model_validator
@@ -165,6 +167,54 @@ _dumps = json.JSONEncoder(
 ).encode
 
 
+#: The deepest nesting :func:`parse_canonical` reads. LCE-1 sets no limit; ledgerflow never
+#: writes a preimage this deep, and its verifier reports a deeper one as a preimage problem.
+MAX_NESTING = 10_000
+_LIMIT_LOCK = threading.Lock()
+
+
+def _nesting(text: str) -> int:
+    """The deepest ``[``/``{`` nesting of a JSON text (brackets inside strings ignored)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth -= 1
+    return deepest
+
+
+def _round_trip(text: str) -> tuple[Any, str]:
+    return (value := _loads(text)), _dumps(value)
+
+
+def _round_trip_deep(text: str) -> tuple[Any, str]:
+    """The same for a text nested deeper than the interpreter's recursion limit allows (which
+    depends on what else the process imported): with the limit raised just enough, for this
+    call only, and never beyond :data:`MAX_NESTING` levels (a C stack overflow is a crash)."""
+    depth = _nesting(text)
+    if depth > MAX_NESTING:
+        raise CanonicalError(f"nested deeper than {MAX_NESTING:,} levels")
+    with _LIMIT_LOCK:
+        before = sys.getrecursionlimit()
+        sys.setrecursionlimit(max(before, before + 2 * depth + 100))
+        try:
+            return _round_trip(text)
+        finally:
+            sys.setrecursionlimit(before)
+
+
 def parse_canonical(data: bytes) -> Any:
     """Parse an LCE-1 text, insisting that it is canonical (re-encoding gives the same bytes).
 
@@ -177,8 +227,12 @@ def parse_canonical(data: bytes) -> Any:
             encoding of the value it denotes (whitespace, escapes, key order, number form).
     """
     try:
-        value = _loads(data.decode("utf-8"))
-        again = _dumps(value).encode("utf-8")
+        text = data.decode("utf-8")
+        try:
+            value, encoded = _round_trip(text)
+        except RecursionError:
+            value, encoded = _round_trip_deep(text)
+        again = encoded.encode("utf-8")
     except CanonicalError:
         raise
     except (UnicodeError, ValueError, RecursionError) as exc:
