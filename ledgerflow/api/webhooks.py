@@ -49,6 +49,7 @@ from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.service import RPCError, RPCStatusCode
 
 from ledgerflow import __version__, jsonsafe
+from ledgerflow.api.provenance import provenance_router
 from ledgerflow.converter import MAX_INPUT_DEPTH, validation_message
 from ledgerflow.errors import (
     ConfigError,
@@ -801,6 +802,8 @@ def create_app(
     async def _crashed(request: Request, exc: Exception) -> JSONResponse:
         log.error("api.error", path=request.url.path, error=type(exc).__name__, exc_info=exc)
         return JSONResponse({"detail": "internal error; see the server log"}, status_code=500)
+
+    app.include_router(provenance_router(settings))
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
