@@ -6,20 +6,29 @@ deployment's ProvenanceRegistry. The key never leaves the worker; the workflow c
 signature it gets back (:func:`ledgerflow.provenance.claims.claim_signer`) before it records and
 registers the claim. The registration itself is a generic ``contract.call`` step
 (``ProvenanceRegistry.register`` through the orchestrator's outbox).
+
+:func:`file_hashes` is how a file is hashed for a lookup (docs/workflows.md): UTF-8 text without
+NUL bytes as its canonical body (content canonicalization v1, ``canonVersion`` 1) and also as raw
+bytes (``canonVersion`` 0, how binary assets are registered); anything else only as bytes. An
+altered copy hashes differently and comes back not registered; what the canonicalization removes
+(line endings, trailing spaces, Unicode normal form) does not alter the canonical hash.
 """
 
 from __future__ import annotations
 
 from pydantic import Field
 
+from ledgerflow.activities.content import CONTENT_CANON_VERSION, canonical_text
+from ledgerflow.checkpoint.canonical import keccak, to_hex
 from ledgerflow.flow import policies
 from ledgerflow.flow.activity import step_activity
 from ledgerflow.flow.registry import Activities
 from ledgerflow.provenance.claims import ZERO32, ContentClaim, Origin, SignedClaim, sign_claim
 from ledgerflow.provenance.identity import did_pkh
+from ledgerflow.provenance.lookup import FileHash
 from ledgerflow.types import Bytes32, StrictModel
 
-__all__ = ["ClaimDraft", "ProvenanceActivities"]
+__all__ = ["ClaimDraft", "ProvenanceActivities", "file_hashes"]
 
 #: The name of the ProvenanceRegistry in a deployment.
 REGISTRY = "ProvenanceRegistry"
@@ -66,3 +75,21 @@ class ProvenanceActivities(Activities):
         agent = str(Account.from_key(key).address)
         claim = ContentClaim(**draft.model_dump(), agent=did_pkh(chain_id, agent))
         return sign_claim(claim, key, chain_id=chain_id, registry=registry)
+
+
+def file_hashes(data: bytes) -> list[FileHash]:
+    """The hashes ``data`` is registered under, the canonical text's first (see module doc)."""
+    raw = FileHash(content_hash=to_hex(keccak(data)), canon_version=0, method="bytes")
+    if b"\x00" in data:
+        return [raw]
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return [raw]
+    body = canonical_text(text.removeprefix("\ufeff"))
+    canon = FileHash(
+        content_hash=to_hex(keccak(body.encode("utf-8"))),
+        canon_version=CONTENT_CANON_VERSION,
+        method="text-v1",
+    )
+    return [canon] if canon.content_hash == raw.content_hash else [canon, raw]

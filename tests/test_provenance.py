@@ -19,6 +19,7 @@ from eth_account.messages import encode_typed_data
 from eth_utils import keccak as eth_keccak
 
 from ledgerflow.activities.content import canonical_text
+from ledgerflow.activities.provenance import file_hashes
 from ledgerflow.chain.deploy import DEV_KEYS, connect, contract
 from ledgerflow.checkpoint.canonical import keccak, to_hex
 from ledgerflow.checkpoint.verify import verify_run
@@ -37,7 +38,6 @@ from ledgerflow.provenance.lookup import (
     FileHash,
     add_store_proofs,
     check_registration,
-    file_hashes,
     lookup,
 )
 from ledgerflow.workflows.content import ContentRequest
@@ -400,3 +400,16 @@ async def test_cli_redact(stack: Stack) -> None:
     assert code == 2 and "has no step 99" in err
     code, _, err = await _cli(stack, "redact", f"missing-{uuid.uuid4().hex}", "--step", "0")
     assert code == 2 and "no checkpointed run" in err
+
+
+def test_the_spec_vector() -> None:
+    """docs/checkpoint-spec.md, section 15.4."""
+    from ledgerflow.provenance.claims import _CLAIM_TYPEHASH
+    from ledgerflow.provenance.lookup import _topic0
+
+    claim = _claim()
+    spec = (Path(__file__).parents[1] / "docs" / "checkpoint-spec.md").read_text()
+    assert claim_json(claim) in spec
+    digest = to_hex(claim_digest(claim, chain_id=31337, registry=REGISTRY))
+    for value in (digest, to_hex(_CLAIM_TYPEHASH), _topic0(), REGISTRY):
+        assert value in spec

@@ -93,7 +93,8 @@ def provenance(
     async def _main() -> Any:
         from web3 import AsyncHTTPProvider, AsyncWeb3
 
-        from ledgerflow.provenance.lookup import add_store_proofs, file_hashes, lookup
+        from ledgerflow.activities.provenance import file_hashes
+        from ledgerflow.provenance.lookup import add_store_proofs, lookup
 
         address, chain, start = _registry_of(settings, registry, chain_id, from_block)
         w3 = AsyncWeb3(AsyncHTTPProvider(rpc_url or settings.rpc_url))

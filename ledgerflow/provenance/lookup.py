@@ -12,11 +12,8 @@ With the operator's store (optional), each registration also gets the step proof
 recorded the signed claim (``ledgerflow proof``'s document), checked against the trusted
 CheckpointRegistry, and the logged ``stepHash`` must be that step's hash.
 
-Hashing a file (docs/workflows.md, "Content canonicalization"): UTF-8 text without NUL bytes is
-hashed as its canonical body (content canonicalization v1, ``canonVersion`` 1), and also as raw
-bytes (``canonVersion`` 0, how binary assets are registered); anything else only as bytes. An
-altered copy hashes differently and comes back not registered; edits the canonicalization
-removes (line endings, trailing spaces, Unicode normal form) do not alter the canonical hash.
+The hashes of a file are :func:`ledgerflow.activities.provenance.file_hashes` (its canonical text
+and its bytes); this module takes hashes, so it needs no file.
 """
 
 from __future__ import annotations
@@ -40,7 +37,6 @@ __all__ = [
     "FileHash",
     "ProvenanceReport",
     "Registration",
-    "file_hashes",
     "lookup",
     "parse_content_hash",
 ]
@@ -118,26 +114,6 @@ def parse_content_hash(value: str) -> str:
     if len(raw) != 32:
         raise ConfigError(f"a content hash is 32 bytes, got {len(raw)}")
     return text
-
-
-def file_hashes(data: bytes) -> list[FileHash]:
-    """The hashes ``data`` is registered under, the canonical text's first (see module doc)."""
-    from ledgerflow.activities.content import CONTENT_CANON_VERSION, canonical_text
-
-    raw = FileHash(content_hash=to_hex(keccak(data)), canon_version=0, method="bytes")
-    if b"\x00" in data:
-        return [raw]
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        return [raw]
-    body = canonical_text(text.removeprefix("\ufeff"))
-    canon = FileHash(
-        content_hash=to_hex(keccak(body.encode("utf-8"))),
-        canon_version=CONTENT_CANON_VERSION,
-        method="text-v1",
-    )
-    return [canon] if canon.content_hash == raw.content_hash else [canon, raw]
 
 
 def _topic0() -> str:
