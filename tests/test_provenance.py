@@ -330,7 +330,7 @@ async def test_api_provenance_route_is_public_and_read_only(stack: Stack) -> Non
         assert doc["registered"] is True and doc["registrations"][0]["workflow_id"] == res["id"]
         missing = await http.get("/provenance/0x" + "00" * 32)
         assert missing.status_code == 200 and missing.json()["registered"] is False
-        assert (await http.get("/provenance/0x1234")).status_code == 400
+        assert (await http.get("/provenance/0x1234")).status_code == 422
         assert (await http.post(f"/provenance/{digest}")).status_code == 405
 
 

@@ -8,9 +8,10 @@ its signature are public on chain, and a step proof discloses one record's hashe
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException
+import structlog
+from fastapi import APIRouter, HTTPException, Path
 
 from ledgerflow.errors import ChainError, ConfigError, LedgerflowError
 from ledgerflow.provenance.lookup import (
@@ -23,6 +24,8 @@ from ledgerflow.provenance.lookup import (
 from ledgerflow.settings import Settings
 
 __all__ = ["provenance_router"]
+
+log = structlog.get_logger(__name__)
 
 
 def provenance_router(settings: Settings) -> APIRouter:
@@ -54,9 +57,13 @@ def provenance_router(settings: Settings) -> APIRouter:
             "it. `registered` is true when a ContentRegistered log names the hash and its "
             "signed claim checks."
         ),
-        responses={400: {"description": "not a 32-byte hash"}, 503: {"description": "no chain"}},
+        responses={503: {"description": "the chain cannot be asked"}},
     )
-    async def get_provenance(content_hash: str) -> ProvenanceReport:
+    async def get_provenance(
+        content_hash: Annotated[
+            str, Path(pattern=r"^(0x)?[0-9a-fA-F]{64}$", description="0x-hex keccak-256")
+        ],
+    ) -> ProvenanceReport:
         try:
             digest = parse_content_hash(content_hash)
         except ConfigError as exc:
@@ -82,8 +89,17 @@ def provenance_router(settings: Settings) -> APIRouter:
             runtime = _runtime() if report.registrations else None
             if runtime is not None:
                 await add_store_proofs(runtime, report)
-        except (ChainError, ConfigError) as exc:
-            raise HTTPException(503, f"provenance lookup unavailable: {exc}") from None
+        except ConfigError:
+            # The reason names server paths: it goes to the log, not to the public.
+            log.warning("provenance.unavailable", reason="no ProvenanceRegistry deployment")
+            raise HTTPException(
+                503, "provenance lookup unavailable: no registry deployed"
+            ) from None
+        except ChainError as exc:
+            log.warning("provenance.unavailable", reason=type(exc).__name__)
+            raise HTTPException(
+                503, "provenance lookup unavailable: the chain does not answer"
+            ) from None
         return report
 
     return router

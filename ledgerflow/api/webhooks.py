@@ -448,9 +448,12 @@ class _Webhooks:
         workflow_id = webhook_workflow_id(workflow_type, webhook_id)
         try:
             data = _parse_json(body, self.settings.webhook_max_body_bytes)
-            if isinstance(data, dict) and "trigger" in model.model_fields:
-                data = {**data, "trigger": f"webhook:{webhook_id}"}
             try:
+                if isinstance(data, dict) and "trigger" in model.model_fields:
+                    if data.get("trigger") is not None:
+                        # Replaced below, but a caller's trigger must be valid like the rest.
+                        registry.parse_input(workflow_type, data)
+                    data = {**data, "trigger": f"webhook:{webhook_id}"}
                 arg = registry.parse_input(workflow_type, data)
             except ConfigError as exc:
                 raise WebhookError(422, str(exc)) from None
