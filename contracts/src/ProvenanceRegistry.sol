@@ -62,10 +62,9 @@ contract ProvenanceRegistry is AccessControl {
     ) external onlyRole(ORCHESTRATOR_ROLE) {
         if (contentHash == bytes32(0)) revert ProvenanceEmptyContent();
         if (_used[key]) revert ProvenanceAlreadyRegistered(key);
-        (address recovered, ECDSA.RecoverError err,) = ECDSA.tryRecover(claimHash, signature);
-        if (err != ECDSA.RecoverError.NoError || recovered != agent) {
-            revert ProvenanceBadSignature(agent, recovered);
-        }
+        // A malformed or high-s signature reverts in ECDSA (ECDSAInvalidSignature...).
+        address recovered = ECDSA.recover(claimHash, signature);
+        if (recovered != agent) revert ProvenanceBadSignature(agent, recovered);
         _used[key] = true;
         _count[contentHash] += 1;
         emit ContentRegistered(contentHash, claimHash, agent, stepHash, key, claim, signature);
