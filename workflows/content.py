@@ -289,13 +289,14 @@ class ContentProvenanceWorkflow(CheckpointedWorkflow):
         info = workflow.info()
         origin: Origin = request.origin or ("synthetic" if request.generator_model else "human")
         draft = ClaimDraft(
-            content_hash=request.asset_hash or canon.body_hash,
+            # Lower-case hex, as the claim's canonical JSON has it (checkpoint spec, 15.2).
+            content_hash=(request.asset_hash or canon.body_hash).lower(),
             document_hash=canon.content_hash,
             canon_version=0 if request.asset_hash else canon.version,
             origin=origin,
             generator_model=request.generator_model,
             generator_provider=request.generator_provider,
-            prompt_hash=request.prompt_hash or ZERO32,
+            prompt_hash=(request.prompt_hash or ZERO32).lower(),
             author=request.author_did or "",
             workflow_id=info.workflow_id,
             run_id=info.run_id,
