@@ -18,6 +18,7 @@ Every error raised on purpose by ledgerflow derives from :class:`LedgerflowError
     │   ├── LLMRefusal         the model refused
     │   └── LLMInvalidOutput   malformed JSON, schema violation, truncation, invalid choice
     ├── StoreError             the store is missing data it must have
+    │   ├── RecordNotFound     no such run or step (e.g. redacting an unknown step)
     │   └── StoreUnavailable   the database failed (unreachable, locked, read-only, ...)
     ├── VerificationError      a run does not verify (carries the first bad step)
     ├── CredentialError        a C2PA content credential cannot be made or read
@@ -56,6 +57,7 @@ __all__ = [
     "LLMRefusal",
     "LedgerflowError",
     "RPCUnavailable",
+    "RecordNotFound",
     "RunAlreadyStarted",
     "RunError",
     "RunFailed",
@@ -185,6 +187,10 @@ class LLMInvalidOutput(LLMError):
 
 class StoreError(LedgerflowError):
     """The store lacks data it must have (an unknown run, a missing preimage)."""
+
+
+class RecordNotFound(StoreError):
+    """The store has no such run or step (e.g. ``ledgerflow redact`` of an unknown step)."""
 
 
 class StoreUnavailable(StoreError):

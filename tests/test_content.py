@@ -77,9 +77,15 @@ async def test_clean_content_is_approved_with_its_hash(stack: Stack, mode: str) 
     assert res["decided_by"] == "offline:offline-content-rules-v1"
     assert res["anchored"] is True and res["anchor_mode"] == mode
     names = step_names(stack, res["id"])
-    assert names == ["content.canonicalize", "llm.classify_content", "content.outcome"]
+    assert names == [
+        "content.canonicalize",
+        "content.sign_claim",  # tests/test_provenance.py
+        "llm.classify_content",
+        "content.outcome",
+        "provenance.register",
+    ]
     # The outcome step binds the verdict to the content hash.
-    last = business_steps(stack.runtime.store, res["id"])[-1]
+    last = business_steps(stack.runtime.store, res["id"])[-2]
     assert json.loads(last.input_preimage)["content_hash"] == res["content_hash"]
     assert json.loads(last.output_preimage)["outcome"] == "approved"
 
@@ -89,7 +95,11 @@ async def test_flagged_content_approved_by_a_reviewer(stack: Stack) -> None:
     res = await run_content(stack, ContentRequest(title="Memo", body=MEMO), review=decision)
     assert res["flagged"] is True and "confidential" in res["policy_terms"]
     assert res["outcome"] == "approved" and res["reviewed_by"] == "editor@acme"
-    assert step_names(stack, res["id"])[-2:] == ["review.approve", "content.outcome"]
+    assert step_names(stack, res["id"])[-3:] == [
+        "review.approve",
+        "content.outcome",
+        "provenance.register",
+    ]
 
 
 async def test_required_review_rejected_by_a_reviewer(stack: Stack) -> None:
@@ -108,7 +118,10 @@ async def test_review_timeout_follows_the_input(stack: Stack, on_timeout: str) -
     res = await run_content(stack, request)
     assert res["review"] == "timeout" and res["reviewed_by"] == "auto:timeout"
     assert res["outcome"] == ("approved" if on_timeout == "approve" else "rejected")
-    assert step_names(stack, res["id"])[-2:] == ["review.timeout", "content.outcome"]
+    names = step_names(stack, res["id"])
+    if on_timeout == "approve":  # approved content is registered in the ProvenanceRegistry
+        assert names.pop() == "provenance.register"
+    assert names[-2:] == ["review.timeout", "content.outcome"]
 
 
 async def test_review_is_refused_when_nothing_is_pending(stack: Stack) -> None:

@@ -181,10 +181,12 @@ def test_signed_fuzzing_finds_no_server_error(
                 content=body,
             )
         seen.add(response.status_code)
+        # The fuzzed API has no chain: the provenance lookup answers its documented 503.
+        no_chain = label.startswith("GET /provenance/") and response.status_code == 503
         case.validate_response(
             response,
             checks=[
-                not_a_server_error,
+                *([] if no_chain else [not_a_server_error]),
                 status_code_conformance,
                 content_type_conformance,
                 response_schema_conformance,

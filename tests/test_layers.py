@@ -36,6 +36,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         (
             "ledgerflow.checkpoint",
             "ledgerflow.chain",
+            "ledgerflow.provenance",
             "ledgerflow.llm",
             "ledgerflow.store",
             "ledgerflow.runtime",

@@ -127,6 +127,19 @@ _SCENARIOS: dict[str, tuple[str, dict[str, Any], tuple[str, dict[str, Any]] | No
         {"title": "Memo", "body": "Confidential: Q3 numbers.", "anchor_mode": "batched"},
         ("review", {"action": "reject", "reviewer": "editor@acme", "reason": "internal"}),
     ),
+    # Signed provenance claim and its registration (content.provenance-claims-1).
+    "content-provenance": (
+        "ContentProvenanceWorkflow",
+        {
+            "title": "Launch post",
+            "body": "Our AI-drafted launch post.",
+            "generator_model": "gpt-test",
+            "generator_provider": "openai",
+            "prompt_hash": "0x" + "ab" * 32,
+            "anchor_mode": "batched",
+        },
+        None,
+    ),
     "content-clean": (
         "ContentProvenanceWorkflow",
         {"title": "Release notes", "body": "Version 2.4 is out.", "anchor_mode": "per-step"},

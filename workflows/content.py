@@ -28,6 +28,7 @@ with workflow.unsafe.imports_passed_through():
         classify_content,
         find_policy_terms,
     )
+    from ledgerflow.activities.provenance import REGISTRY, ClaimDraft, ProvenanceActivities
     from ledgerflow.flow import (
         CheckpointedWorkflow,
         Run,
@@ -38,7 +39,16 @@ with workflow.unsafe.imports_passed_through():
     )
     from ledgerflow.flow.ledger import failure_output
     from ledgerflow.flow.workflow import ledger_details
-    from ledgerflow.types import AnchorMode, StrictInput, StrictModel, Text, WaitSeconds
+    from ledgerflow.provenance.claims import ZERO32, Origin, SignedClaim, claim_json, claim_signer
+    from ledgerflow.provenance.identity import Did, did_pkh
+    from ledgerflow.types import (
+        AnchorMode,
+        Bytes32,
+        StrictInput,
+        StrictModel,
+        Text,
+        WaitSeconds,
+    )
 
 __all__ = [
     "ContentProvenanceWorkflow",
@@ -52,6 +62,9 @@ __all__ = [
 # ---- input, messages, state and result --------------------------------------------------------
 
 ContentOutcome = Literal["approved", "rejected"]
+
+#: Runs started before signed provenance claims replay without them (workflow.patched).
+PROVENANCE_PATCH = "content.provenance-claims-1"
 
 
 class ContentRequest(ContentDocument):
@@ -78,6 +91,25 @@ class ContentRequest(ContentDocument):
     trigger: Text | None = Field(
         None, max_length=300, description="what started the run (webhook id, event, ...)"
     )
+    origin: Origin | None = Field(
+        None,
+        description="human or synthetic (AI-generated); null = synthetic when generator_model "
+        "is set, else human",
+    )
+    generator_model: Text = Field("", max_length=200, description="the model that generated it")
+    generator_provider: Text = Field("", max_length=200, description="who runs that model")
+    prompt_hash: Bytes32 | None = Field(
+        None, description="keccak-256 of the prompt that generated it (AI-generated content)"
+    )
+    author_did: Did | None = Field(None, description="the author's did:pkh, if known")
+    asset_hash: Bytes32 | None = Field(
+        None,
+        description="keccak-256 of a binary asset's bytes: registered instead of the body's "
+        "canonical hash (the file `ledgerflow provenance` is given)",
+    )
+    publish: bool = Field(
+        True, description="register approved content in the public ProvenanceRegistry"
+    )
 
     def document(self) -> ContentDocument:
         return ContentDocument(
@@ -100,6 +132,7 @@ class ContentState(RunState):
     category: ContentCategory | None = None
     flagged: bool | None = None
     policy_terms: list[str] = Field(default_factory=list)
+    claim_hash: str | None = None
 
 
 class ContentResult(StrictModel):
@@ -119,6 +152,14 @@ class ContentResult(StrictModel):
     head: str
     anchor_mode: AnchorMode
     anchored: bool
+    # Signed provenance claim (runs started after PROVENANCE_PATCH).
+    registered_hash: str | None = None
+    origin: Origin | None = None
+    claim_hash: str | None = None
+    claim_step: int | None = None
+    agent_did: str | None = None
+    registered: bool = False
+    registration_tx: str | None = None
 
 
 @register
@@ -126,6 +167,8 @@ class ContentResult(StrictModel):
 class ContentProvenanceWorkflow(CheckpointedWorkflow):
     State = ContentState
     state: ContentState
+    #: The step hash of the signed claim's step (what the registration ties the content to).
+    _claim_step_hash: str = ""
 
     review = update_handler(
         "review",
@@ -152,6 +195,8 @@ class ContentProvenanceWorkflow(CheckpointedWorkflow):
         lines = [f"**{st.phase}**"]
         if st.content_hash:
             lines.append(f"Content hash `{st.content_hash}`")
+        if st.claim_hash:
+            lines.append(f"Signed claim `{st.claim_hash}`")
         if st.category is not None:
             flag = "flagged: " + ", ".join(st.policy_terms) if st.flagged else "not flagged"
             lines.append(f"**Classification**: {st.category} ({flag})")
@@ -180,12 +225,16 @@ class ContentProvenanceWorkflow(CheckpointedWorkflow):
         if run.v2:
             workflow.upsert_search_attributes([search.SUBJECT.value_set(canon.content_hash)])
 
-        st.phase = "classifying"
         result: dict[str, Any] = {
             "content_hash": canon.content_hash,
             "body_hash": canon.body_hash,
             "title": canon.title,
         }
+        signed: SignedClaim | None = None
+        if run.v2 and workflow.patched(PROVENANCE_PATCH):
+            signed = await self._sign_claim(run, request, canon, result)
+
+        st.phase = "classifying"
         flagged = await self._classify(run, request, canon, result)
 
         outcome: ContentOutcome = "approved"
@@ -226,8 +275,74 @@ class ContentProvenanceWorkflow(CheckpointedWorkflow):
             },
             {"outcome": outcome, "review": result["review"], "reviewed_by": result["reviewed_by"]},
         )
+        if signed is not None and outcome == "approved" and request.publish:
+            await self._publish(run, signed, result)
         run.fields.update(result)
         run.outcome, run.reason = outcome, result["reason"]
+
+    async def _sign_claim(
+        self, run: Run, request: ContentRequest, canon: CanonicalContent, result: dict[str, Any]
+    ) -> SignedClaim:
+        """The agent signs the provenance claim (one step: its output is the signed claim);
+        the signature is checked here, in the sandbox, before anything relies on it."""
+        self.state.phase = "signing"
+        info = workflow.info()
+        origin: Origin = request.origin or ("synthetic" if request.generator_model else "human")
+        draft = ClaimDraft(
+            # Lower-case hex, as the claim's canonical JSON has it (checkpoint spec, 15.2).
+            content_hash=(request.asset_hash or canon.body_hash).lower(),
+            document_hash=canon.content_hash,
+            canon_version=0 if request.asset_hash else canon.version,
+            origin=origin,
+            generator_model=request.generator_model,
+            generator_provider=request.generator_provider,
+            prompt_hash=(request.prompt_hash or ZERO32).lower(),
+            author=request.author_did or "",
+            workflow_id=info.workflow_id,
+            run_id=info.run_id,
+            step_seq=run.steps,
+        )
+        signed = await run.step(ProvenanceActivities.sign_claim, draft)
+        self._claim_step_hash = run.last_step_hash
+        claim = signed.claim
+        signer = claim_signer(signed)
+        expected = draft.model_dump()
+        got = claim.model_dump(exclude={"agent"})
+        if signer is None or signer != signed.signer or got != expected:
+            raise run.stop("rejected", "the agent's provenance claim does not verify")
+        if claim.agent != did_pkh(signed.chain_id, signer):
+            raise run.stop("rejected", "the claim's agent DID is not the signer's")
+        self.state.claim_hash = signed.claim_hash
+        result.update(
+            registered_hash=claim.content_hash,
+            origin=claim.origin,
+            claim_hash=signed.claim_hash,
+            claim_step=claim.step_seq,
+            agent_did=claim.agent,
+        )
+        return signed
+
+    async def _publish(self, run: Run, signed: SignedClaim, result: dict[str, Any]) -> None:
+        """Register the claim in the public ProvenanceRegistry (exactly once: the outbox and an
+        idempotency key the registry refuses twice)."""
+        self.state.phase = "registering"
+        claim = signed.claim
+        step_hash = self._claim_step_hash
+        tx = await run.call(
+            REGISTRY,
+            "register",
+            [
+                claim.content_hash,
+                signed.claim_hash,
+                step_hash,
+                run.key("provenance.register"),
+                signed.signer,
+                claim_json(claim),
+                signed.signature,
+            ],
+            name="provenance.register",
+        )
+        result.update(registered=True, registration_tx=getattr(tx, "tx_hash", None))
 
     async def _classify(
         self, run: Run, request: ContentRequest, canon: CanonicalContent, result: dict[str, Any]

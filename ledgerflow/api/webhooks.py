@@ -50,6 +50,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from ledgerflow import __version__, jsonsafe
 from ledgerflow.api.codec import mount_codec
+from ledgerflow.api.provenance import provenance_router
 from ledgerflow.converter import MAX_INPUT_DEPTH, validation_message
 from ledgerflow.errors import (
     ConfigError,
@@ -448,9 +449,12 @@ class _Webhooks:
         workflow_id = webhook_workflow_id(workflow_type, webhook_id)
         try:
             data = _parse_json(body, self.settings.webhook_max_body_bytes)
-            if isinstance(data, dict) and "trigger" in model.model_fields:
-                data = {**data, "trigger": f"webhook:{webhook_id}"}
             try:
+                if isinstance(data, dict) and "trigger" in model.model_fields:
+                    if data.get("trigger") is not None:
+                        # Replaced below, but a caller's trigger must be valid like the rest.
+                        registry.parse_input(workflow_type, data)
+                    data = {**data, "trigger": f"webhook:{webhook_id}"}
                 arg = registry.parse_input(workflow_type, data)
             except ConfigError as exc:
                 raise WebhookError(422, str(exc)) from None
@@ -802,6 +806,8 @@ def create_app(
     async def _crashed(request: Request, exc: Exception) -> JSONResponse:
         log.error("api.error", path=request.url.path, error=type(exc).__name__, exc_info=exc)
         return JSONResponse({"detail": "internal error; see the server log"}, status_code=500)
+
+    app.include_router(provenance_router(settings))
 
     @app.get("/health")
     async def health() -> dict[str, Any]:

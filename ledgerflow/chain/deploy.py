@@ -1,6 +1,6 @@
 """Deploying ledgerflow's contracts and seeding the procurement demo.
 
-``deploy_all`` deploys the seven contracts from the committed artifacts and wires them: roles,
+``deploy_all`` deploys the eight contracts from the committed artifacts and wires them: roles,
 the AgentVault behind the Escrow, the Escrow as the AgentPolicy's only spender. The resulting
 :class:`Deployment` is saved as JSON (``.ledgerflow/deployments.json`` by default) and checked with
 :func:`deployment_is_current` before reuse, so a restarted chain or rebuilt artifacts lead to a
@@ -85,6 +85,7 @@ CONTRACT_NAMES: tuple[str, ...] = (
     "AgentPolicy",
     "AgentVault",
     "Escrow",
+    "ProvenanceRegistry",
 )
 
 #: anvil's ten development keys (mnemonic "test test test test test test test test test test test
@@ -413,11 +414,12 @@ def deploy_all(
     guardian: str | None = None,
     allow_dev_keys: bool = False,
 ) -> Deployment:
-    """Deploy the seven contracts and wire them.
+    """Deploy the eight contracts and wire them.
 
     The deployer is admin of everything (hand the admin roles to a multisig afterwards in
     production) and is also the orchestrator: it receives the registry's WRITER_ROLE, the
-    inventory's ORCHESTRATOR_ROLE and OPERATOR_ROLE and the token's MINTER_ROLE. The Escrow
+    inventory's ORCHESTRATOR_ROLE and OPERATOR_ROLE, the token's MINTER_ROLE and the provenance
+    registry's ORCHESTRATOR_ROLE. The Escrow
     receives the policy's SPENDER_ROLE and the vault's PAYER_ROLE (the only way out of the vault
     besides the admin's withdraw), the approver service key the policy's APPROVER_ROLE, and
     ``guardian`` (default: the deployer) its GUARDIAN_ROLE. No agent is configured here: see
@@ -456,6 +458,7 @@ def deploy_all(
     addresses["Escrow"] = sender.deploy(
         "Escrow", addresses["TestUSD"], addresses["AgentPolicy"], addresses["AgentVault"]
     )
+    addresses["ProvenanceRegistry"] = sender.deploy("ProvenanceRegistry")
     assert list(addresses) == list(CONTRACT_NAMES)
 
     grants = [
@@ -467,6 +470,7 @@ def deploy_all(
         ("AgentPolicy", "APPROVER_ROLE", approver),
         ("AgentPolicy", "GUARDIAN_ROLE", guardian_address),
         ("AgentVault", "PAYER_ROLE", addresses["Escrow"]),
+        ("ProvenanceRegistry", "ORCHESTRATOR_ROLE", me),
     ]
     last: TxReceipt | None = None
     for name, role, account in grants:

@@ -1,1 +1,3 @@
-"""Content provenance: who registered a piece of content, from what, and where it is anchored."""
+"""Content provenance: identities (``did:pkh``), signed provenance claims, their public
+registration on chain, the lookup a third party does with only a file, and C2PA content
+credentials."""

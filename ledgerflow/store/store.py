@@ -39,7 +39,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlmodel import Field, Session, SQLModel, col, create_engine, delete, select
 
-from ledgerflow.errors import StoreError, StoreUnavailable, bounded
+from ledgerflow.errors import RecordNotFound, StoreError, StoreUnavailable, bounded
 from ledgerflow.log import redact_url
 
 __all__ = [
@@ -643,6 +643,46 @@ class Store:
             row = s.exec(q.order_by(RunRow.id.desc())).first()  # type: ignore[union-attr]
             if row is None:
                 raise StoreError(f"no checkpointed run for workflow {workflow_id!r}")
+            return row
+
+    def redact_step(self, workflow_id: str, seq: int, run_id: str | None = None) -> StepRow:
+        """Erase one step's preimages and salts (a data-subject request); the record stays.
+
+        The step's hashes, its anchor and its proof are kept, so the run still verifies, with
+        the step reported ``redacted`` (checkpoint spec, section 10). Redacting a redacted step
+        again changes nothing. The run is the latest of ``workflow_id`` unless ``run_id`` is
+        given.
+
+        Raises:
+            RecordNotFound: no such run, or the run has no step ``seq``.
+        """
+        if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
+            raise RecordNotFound(f"a step is named by its seq (0, 1, ...), got {seq!r}")
+        try:
+            run = self.get_run(workflow_id, run_id)
+        except StoreError:
+            which = f"run {run_id!r} of workflow" if run_id else "checkpointed run for workflow"
+            raise RecordNotFound(f"no {which} {workflow_id!r}") from None
+        with self.session() as s:
+            row = s.exec(
+                select(StepRow).where(
+                    col(StepRow.workflow_id) == run.workflow_id,
+                    col(StepRow.run_id) == run.run_id,
+                    col(StepRow.seq) == seq,
+                )
+            ).first()
+            if row is None:
+                raise RecordNotFound(
+                    f"run {run.workflow_id}/{run.run_id} has no step {seq} "
+                    f"(it has {run.steps} step(s), numbered from 0)"
+                )
+            if row.redacted_at is None:
+                row.input_preimage = row.output_preimage = None
+                row.input_salt = row.output_salt = None
+                row.redacted_at = _now()
+                s.add(row)
+                s.commit()
+                s.refresh(row)
             return row
 
     def list_runs(self, limit: int = 50) -> list[RunRow]:
