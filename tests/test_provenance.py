@@ -413,3 +413,64 @@ def test_the_spec_vector() -> None:
     digest = to_hex(claim_digest(claim, chain_id=31337, registry=REGISTRY))
     for value in (digest, to_hex(_CLAIM_TYPEHASH), _topic0(), REGISTRY):
         assert value in spec
+
+
+async def test_content_credentials_round_trip_with_their_anchor(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """A registered PNG gets C2PA content credentials naming its registration; `ledgerflow
+    provenance` reads them back against the chain, and tells an altered copy from the original."""
+    from ledgerflow.provenance.credentials import read
+    from tests.test_credentials import PKI, make_png, repaint
+
+    pki = PKI()
+    (tmp_path / "chain.pem").write_bytes(pki.chain_pem)
+    (tmp_path / "key.pem").write_bytes(pki.key_pem)
+    (tmp_path / "key.pem").chmod(0o600)
+    (tmp_path / "roots.pem").write_bytes(pki.ca_pem)
+    env = {
+        "LEDGERFLOW_C2PA_CERT_CHAIN": str(tmp_path / "chain.pem"),
+        "LEDGERFLOW_C2PA_PRIVATE_KEY": str(tmp_path / "key.pem"),
+        "LEDGERFLOW_C2PA_TRUST_ANCHORS": str(tmp_path / "roots.pem"),
+    }
+    png = make_png(shade=int(uuid.uuid4().int % 200))
+    res = await _registered_run(
+        stack,
+        "Generated cover image.",
+        asset_hash=to_hex(keccak(png)),
+        origin="synthetic",
+        generator_model="image-test",
+    )
+    original = tmp_path / "cover.png"
+    original.write_bytes(png)
+    signed = tmp_path / "cover-credentials.png"
+    code, out, err = await _cli(stack, "credentials", str(original), "--out", str(signed), env=env)
+    assert code == 0, err
+    report = read(signed.read_bytes(), "image/png", trust_anchors=pki.ca_pem)
+    assert report.status == "valid" and report.ai_generated is True
+    assert report.claim is not None and report.claim.claim_hash == res["claim_hash"]
+    assert report.claim.anchor.tx_hash == res["registration_tx"]
+    assert report.claim.workflow_id == res["id"]
+
+    code, out, err = await _cli(stack, "provenance", str(signed), "--json", env=env)
+    assert code == 0, (out, err)
+    doc = json.loads(out)
+    assert doc["registered"] is True
+    assert doc["credentials"]["status"] == "valid" and doc["credentials"]["claim_on_chain"]
+    # An altered copy keeps the manifest but not the pixels it signed: not registered.
+    altered = tmp_path / "cover-altered.png"
+    altered.write_bytes(repaint(signed.read_bytes(), 250))
+    code, out, _ = await _cli(stack, "provenance", str(altered), "--json", env=env)
+    doc = json.loads(out)
+    assert code == 1 and doc["registered"] is False, doc
+    assert doc["credentials"]["status"] == "altered"
+    # The original, without credentials, is registered as itself.
+    code, out, _ = await _cli(stack, "provenance", str(original), "--json", env=env)
+    assert code == 0 and json.loads(out)["credentials"] is None
+    # An unregistered image cannot get credentials that name a registration.
+    stranger = tmp_path / "stranger.png"
+    stranger.write_bytes(make_png(shade=7, width=8))
+    code, _, err = await _cli(
+        stack, "credentials", str(stranger), "--out", str(tmp_path / "x.png"), env=env
+    )
+    assert code == 2 and "is not registered" in err

@@ -674,13 +674,14 @@ def bench(
         render_report(report, out)
 
 
-from ledgerflow.cli.provenance import provenance, redact  # noqa: E402
+from ledgerflow.cli.provenance import credentials, provenance, redact  # noqa: E402
 from ledgerflow.cli.schedule import schedule_app, watch  # noqa: E402
 
 app.add_typer(schedule_app, name="schedule")
 app.command()(watch)
 app.command()(provenance)
 app.command()(redact)
+app.command()(credentials)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

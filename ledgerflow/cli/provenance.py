@@ -17,7 +17,7 @@ from rich.console import Console
 from ledgerflow.errors import ConfigError, LedgerflowError
 from ledgerflow.settings import Settings, get_settings
 
-__all__ = ["provenance", "redact"]
+__all__ = ["credentials", "provenance", "redact"]
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -94,14 +94,21 @@ def provenance(
         from web3 import AsyncHTTPProvider, AsyncWeb3
 
         from ledgerflow.activities.provenance import file_hashes
-        from ledgerflow.provenance.lookup import add_store_proofs, lookup
+        from ledgerflow.provenance.lookup import FileHash, add_store_proofs, lookup
 
         address, chain, start = _registry_of(settings, registry, chain_id, from_block)
+        credential = _read_credentials(settings, file, data)
+        hashes = file_hashes(data)
+        original = credential.claim if credential is not None else None
+        if original is not None and all(h.content_hash != original.content_hash for h in hashes):
+            # A copy with content credentials: the registered asset is the original it names.
+            named = FileHash(content_hash=original.content_hash, canon_version=-1, method="hash")
+            hashes.append(named)
         w3 = AsyncWeb3(AsyncHTTPProvider(rpc_url or settings.rpc_url))
         try:
             report = await lookup(
                 w3,
-                file_hashes(data),
+                hashes,
                 chain_id=chain,
                 registry=address,
                 from_block=start,
@@ -110,6 +117,8 @@ def provenance(
         finally:
             await w3.provider.disconnect()
         if no_store or not report.registrations:
+            if credential is not None:
+                _judge_credentials(report, credential)
             return report
         from ledgerflow.runtime import Runtime
         from ledgerflow.store import Store
@@ -117,11 +126,16 @@ def provenance(
         try:
             runtime = Runtime(settings, store=Store(settings.database_url, create=False))
         except LedgerflowError:
-            return report  # no store here: the chain's answer is the answer
+            # No store here: the chain's answer is the answer.
+            if credential is not None:
+                _judge_credentials(report, credential)
+            return report
         try:
             await add_store_proofs(runtime, report)
         finally:
             await runtime.aclose()
+        if credential is not None:
+            _judge_credentials(report, credential)
         return report
 
     try:
@@ -134,6 +148,121 @@ def provenance(
     else:
         _print(report)
     raise typer.Exit(0 if report.registered else 1)
+
+
+def _read_credentials(settings: Settings, file: Path, data: bytes) -> Any:
+    """The file's C2PA report when its type carries content credentials and it has a manifest."""
+    import mimetypes
+
+    from ledgerflow.provenance import credentials as cr
+
+    mime = mimetypes.guess_type(file.name)[0]
+    if mime is None or mime not in cr.supported_media_types(for_embedding=False):
+        return None
+    try:
+        report = cr.read(data, mime, trust_anchors=cr.trust_anchors_from_settings(settings))
+    except LedgerflowError:
+        return None  # not a readable asset of that type: the byte hash is the answer
+    return None if report.status == "missing" else report
+
+
+def _judge_credentials(report: Any, credential: Any) -> None:
+    """Attach the credentials to the report; a copy counts as registered only when its manifest
+    is intact and names a claim the chain holds for the original."""
+    claim = credential.claim
+    on_chain = claim is not None and any(
+        r.ok and r.claim_hash == claim.claim_hash and r.content_hash == claim.content_hash
+        for r in report.registrations
+    )
+    report.credentials = {
+        "status": credential.status,
+        "signature_valid": credential.signature_valid,
+        "content_matches": credential.content_matches,
+        "trusted": credential.trusted,
+        "digital_source_type": credential.digital_source_type,
+        "ai_generated": credential.ai_generated,
+        "claim": claim.model_dump(mode="json") if claim is not None else None,
+        "claim_on_chain": on_chain,
+        "failures": [f.model_dump(mode="json") for f in credential.failures][:10],
+    }
+    file_hashes = {h.content_hash for h in report.hashes if h.method != "hash"}
+    registered_itself = any(r.ok and r.content_hash in file_hashes for r in report.registrations)
+    report.registered = registered_itself or (
+        on_chain and credential.status in ("valid", "untrusted")
+    )
+
+
+def credentials(
+    file: Annotated[Path, typer.Argument(help="a registered asset (PNG, JPEG, WAV, ...)")],
+    output: Annotated[Path, typer.Option("--out", "-o", help="write the copy here")],
+    registry: Annotated[
+        str | None, typer.Option("--registry", help="the ProvenanceRegistry to trust")
+    ] = None,
+    chain_id: Annotated[int | None, typer.Option("--chain-id", help="its chain id")] = None,
+    rpc_url: Annotated[str | None, typer.Option("--rpc-url", help="JSON-RPC endpoint")] = None,
+) -> None:
+    """Write a copy of FILE with C2PA content credentials naming its on-chain registration.
+
+    FILE must be registered (ContentProvenanceWorkflow with `asset_hash`); the manifest carries
+    the claim hash, the run and step that registered it and the registration's transaction, and
+    is signed with LEDGERFLOW_C2PA_CERT_CHAIN / LEDGERFLOW_C2PA_PRIVATE_KEY. `ledgerflow
+    provenance` reads it back. Exit 2 when FILE is not registered or cannot carry credentials.
+    """
+    import mimetypes
+
+    from ledgerflow.provenance import credentials as cr
+
+    settings = _settings()
+    try:
+        data = file.read_bytes()
+    except OSError as exc:
+        err.print(f"[red]error:[/red] cannot read {file}: {exc.strerror}")
+        raise typer.Exit(2) from None
+    mime = mimetypes.guess_type(file.name)[0] or "application/octet-stream"
+
+    async def _main() -> Any:
+        from web3 import AsyncHTTPProvider, AsyncWeb3
+
+        from ledgerflow.activities.provenance import file_hashes
+        from ledgerflow.provenance.lookup import lookup
+
+        address, chain, start = _registry_of(settings, registry, chain_id, None)
+        w3 = AsyncWeb3(AsyncHTTPProvider(rpc_url or settings.rpc_url))
+        try:
+            report = await lookup(
+                w3, file_hashes(data)[-1:], chain_id=chain, registry=address, from_block=start
+            )
+        finally:
+            await w3.provider.disconnect()
+        found = [r for r in report.registrations if r.ok]
+        if not found:
+            raise ConfigError(f"{file.name} is not registered in {address} on chain {chain}")
+        return address, chain, found[-1]
+
+    try:
+        address, chain, reg = asyncio.run(_main())
+        claim = cr.CredentialClaim(
+            claim_hash=reg.claim_hash,
+            content_hash=reg.content_hash,
+            workflow_id=reg.workflow_id or "",
+            run_id=reg.run_id or "",
+            step_seq=reg.step_seq or 0,
+            anchor=cr.CredentialAnchor(
+                registry=address, chain_id=chain, tx_hash=reg.tx_hash, block_number=reg.block_number
+            ),
+            origin="synthetic" if reg.origin == "synthetic" else "human",
+            generator=reg.generator_model,
+            author_did=reg.author_did,
+        )
+        signed = cr.embed(data, mime, claim, cr.CredentialSigner.from_settings(settings))
+    except LedgerflowError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    output.write_bytes(signed)
+    out.print(
+        f"wrote {output}: {file.name} with content credentials for claim {reg.claim_hash} "
+        f"(registered in tx {reg.tx_hash})"
+    )
 
 
 def _print(report: Any) -> None:
@@ -159,6 +288,13 @@ def _print(report: Any) -> None:
             out.print(f"  step proof: {r.proof_note}", markup=False)
         for p in r.problems:
             out.print(f"  - {p}", markup=False)
+    c = report.credentials
+    if c is not None:
+        chain_note = "its claim is on chain" if c["claim_on_chain"] else "its claim is NOT on chain"
+        out.print(
+            f"content credentials: {c['status']} ({chain_note}"
+            f"{', AI-generated' if c['ai_generated'] else ''})"
+        )
 
 
 def redact(

@@ -96,6 +96,11 @@ class ProvenanceReport(BaseModel):
     registry: str
     source: Literal["chain", "chain+store"] = "chain"
     registrations: list[Registration] = Field(default_factory=list)
+    credentials: dict[str, Any] | None = Field(
+        None,
+        description="the file's C2PA content credentials, when it carries a manifest: status "
+        "(valid, untrusted, altered), the claim, and whether the chain holds that claim",
+    )
 
 
 def parse_content_hash(value: str) -> str:
