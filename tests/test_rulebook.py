@@ -140,6 +140,12 @@ async def test_over_the_unsigned_limit_only_m_valid_signatures_pay(
         argument_filters={"orderId": bytes.fromhex(res["order_id"][2:])}, from_block=0
     )
     assert list(spend["args"]["signers"]) == APPROVERS[:2]
+    # verify shows who approved, from the verified records.
+    report = await stack.client.verify(wf_id)
+    assert report.ok, report.problems
+    (shown,) = report.approvals
+    assert shown["name"] == "approval.approve" and shown["path"] == "signatures"
+    assert shown["approved"] is True and shown["signers"] == APPROVERS[:2]
 
 
 async def test_one_signature_of_two_times_out_and_moves_nothing(

@@ -469,6 +469,9 @@ class BundleReport(BaseModel):
     anchors: list[dict[str, Any]] = Field(default_factory=list)
     seal: dict[str, Any] | None = None
     redacted: list[dict[str, Any]] = Field(default_factory=list)
+    #: The run's human decisions as its verified records say them: each ``approval.*`` step's
+    #: seq, name, approver (unsigned path), path and signers (signed approvals).
+    approvals: list[dict[str, Any]] = Field(default_factory=list)
     findings: list[Finding] = Field(default_factory=list)
     problems: list[str] = Field(default_factory=list)
     pending_steps: int = 0
@@ -522,7 +525,30 @@ class _Run:
         self.tx_results: dict[int, dict[str, Any]] = {}
 
 
-def _phase2(run: _Run, f: _Findings, redacted: list[dict[str, Any]]) -> None:
+def _approval_of(seq: int, name: str, values: dict[str, Any]) -> dict[str, Any]:
+    """What an ``approval.*`` step's verified preimages say: who decided, by which path."""
+    raw_in, raw_out = values.get("input"), values.get("output")
+    inp: dict[str, Any] = raw_in if isinstance(raw_in, dict) else {}
+    out: dict[str, Any] = raw_out if isinstance(raw_out, dict) else {}
+    signers = out.get("signers")
+    if signers is None and isinstance(inp.get("approvals"), list):
+        signers = [a.get("signer") for a in inp["approvals"] if isinstance(a, dict)]
+    return {
+        "step": seq,
+        "name": name,
+        "approved": out.get("approved"),
+        "path": out.get("path"),
+        "approver": inp.get("approver"),
+        "signers": signers or [],
+    }
+
+
+def _phase2(
+    run: _Run,
+    f: _Findings,
+    redacted: list[dict[str, Any]],
+    approvals: list[dict[str, Any]] | None = None,
+) -> None:
     v2 = run.version == 2
     head = run.rk
     rk_hex = run.rk_hex
@@ -560,6 +586,13 @@ def _phase2(run: _Run, f: _Findings, redacted: list[dict[str, Any]]) -> None:
                 f.add(i, "commitment", f"{part} preimage does not match its commitment")
         if parts:
             redacted.append({"step": i, "parts": parts})
+        if (
+            approvals is not None
+            and str(r["name"]).startswith("approval.")
+            and len(values) == 2
+            and not any(x.step == i for x in f.items)
+        ):
+            approvals.append(_approval_of(i, str(r["name"]), values))
         if not v2:
             continue
         out = values.get("output")
@@ -888,6 +921,7 @@ async def verify_bundle(
     run = _Run(b)
     f = _Findings()
     redacted: list[dict[str, Any]] = []
+    approvals: list[dict[str, Any]] = []
     # phase 1: trust and chain
     if b["run_key"] != run.rk_hex:
         f.add(0, "run_key", "the bundle's run_key is not the run key of its workflow and run id")
@@ -916,7 +950,7 @@ async def verify_bundle(
             else:
                 rng = (trust.from_block, await chain.block_number())
         # phase 2: records, commitments, head chain (offline)
-        _phase2(run, f, redacted)
+        _phase2(run, f, redacted, approvals)
         head = run.heads[-1]
         # phase 3: anchors
         pending = await _phase3(run, trust, live, rng, f)
@@ -956,6 +990,7 @@ async def verify_bundle(
         anchors=_report_anchors(run),
         seal=seal,
         redacted=redacted,
+        approvals=approvals,
         findings=items,
         problems=[f"step {x.step}: {x.message} [{x.code}]" for x in items],
         pending_steps=pending,

@@ -542,6 +542,14 @@ def verify(
         out.print(f"checked against registry {report.registry} on chain {report.chain_id}")
         for r in report.redacted:
             out.print(f"  step {r['step']}: {' and '.join(r['parts'])} redacted")
+        for a in report.approvals:
+            verdict = "approved" if a["approved"] else "rejected"
+            who = (
+                f"signed by {', '.join(a['signers'])}"
+                if a["signers"]
+                else f"by {a['approver'] or 'an unnamed approver'} (unsigned)"
+            )
+            out.print(f"  step {a['step']} ({a['name']}): {verdict} {who}", markup=False)
         for p in report.problems:
             out.print(f"  - {p}")
         if report.first_bad_step is not None:
