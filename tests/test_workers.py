@@ -435,3 +435,115 @@ def test_schema_1_store_is_upgraded_in_place(dialect: str, tmp_path: Path, reque
     upgraded.outbox_mark("old:1", "mined", 7, block_hash="0x" + "ab" * 32)
     assert upgraded.outbox_get("old:1").block_hash == "0x" + "ab" * 32  # type: ignore[union-attr]
     upgraded.engine.dispose()
+
+
+# ---- three real workers on PostgreSQL, one killed mid-run ---------------------------------------
+
+
+@pytest.mark.slow
+async def test_three_workers_on_postgres_sixty_procurements_one_killed(
+    temporal_address: str, pg_db: str, tmp_path: Path
+) -> None:
+    """Issue 13's acceptance test: three `ledgerflow worker` processes share the keys through
+    one PostgreSQL store; one is SIGKILLed while 60 procurements run. Every run completes,
+    every order is paid exactly once (counted from chain events), no root is anchored twice and
+    the runs verify."""
+    from ledgerflow.chain.deploy import deploy_all, save_deployment, seed_demo
+    from ledgerflow.dev.stack import free_port, start_anvil
+    from ledgerflow.sdk.client import LedgerflowClient
+    from ledgerflow.settings import ANVIL_DEFAULT_KEYS as DEV
+    from tests.support.chain import ChainAdmin
+
+    anvil_port = free_port()
+    anvil = start_anvil(anvil_port, log_path=tmp_path / "anvil.log")
+    rpc = f"http://127.0.0.1:{anvil_port}"
+    d = deploy_all(rpc, DEV[0], agent_key=DEV[1], approver_key=DEV[2])
+    seed_demo(rpc, d, DEV[0], DEV[1])
+    admin = ChainAdmin(rpc, d)
+    admin.set_agent_limits(cap_tusd=5_000, budget_tusd=1_000_000)
+    deployments = tmp_path / "deployments.json"
+    save_deployment(deployments, d)
+    queue = f"three-workers-{uuid.uuid4().hex[:8]}"
+    common = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("LEDGERFLOW_", "TEMPORAL_"))},
+        "LEDGERFLOW_TEMPORAL_ADDRESS": temporal_address,
+        "LEDGERFLOW_TASK_QUEUE": queue,
+        "LEDGERFLOW_RPC_URL": rpc,
+        "LEDGERFLOW_DATABASE_URL": pg_db,
+        "LEDGERFLOW_DEPLOYMENTS_FILE": str(deployments),
+        "LEDGERFLOW_ANCHOR_MAX_WAIT_SECONDS": "0.3",
+        "LEDGERFLOW_LEASE_SECONDS": "2",
+        "LEDGERFLOW_LOG_LEVEL": "WARNING",
+    }
+
+    def start(name: str) -> subprocess.Popen[bytes]:
+        env = {
+            **common,
+            "LEDGERFLOW_HOME": str(tmp_path / name),
+            "LEDGERFLOW_METRICS_PORT": str(free_port()),
+        }
+        log = open(tmp_path / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
+        return subprocess.Popen(
+            [sys.executable, "-m", "ledgerflow.cli", "worker"],
+            env=env,
+            cwd=tmp_path,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+
+    procs = {name: start(name) for name in ("w1", "w2", "w3")}
+    settings = Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        home=tmp_path / "client",
+        temporal_address=temporal_address,
+        task_queue=queue,
+        rpc_url=rpc,
+        deployments_file=deployments,
+        database_url=pg_db,
+    )
+    count = 60
+    request = {"sku": "WIDGET-42", "quantity": 1, "simulate_delivery_after_seconds": 1}
+    try:
+        async with LedgerflowClient.connect(settings) as lf:
+            ids = [f"three-{i:02d}-{uuid.uuid4().hex[:6]}" for i in range(count)]
+            await asyncio.gather(
+                *(lf.start("ProcurementWorkflow", request, workflow_id=i) for i in ids)
+            )
+            # w3 dies (SIGKILL) once payments are flowing.
+            deadline = time.monotonic() + 120
+            escrow = admin.c("Escrow")
+            while len(escrow.events.EscrowOpened.get_logs(from_block=0)) < 5:
+                assert time.monotonic() < deadline, "no payment within 120 s"
+                await asyncio.sleep(0.5)
+            procs["w3"].send_signal(signal.SIGKILL)
+            results = await asyncio.wait_for(
+                asyncio.gather(*(lf.result(i) for i in ids)), timeout=420
+            )
+            assert [r.outcome for r in results] == ["completed"] * count, [
+                (r.outcome, r.reason) for r in results if r.outcome != "completed"
+            ]
+            for r in results:
+                assert admin.escrow_opened_events(r.order_id) == 1, r.order_id
+            registry = admin.c("CheckpointRegistry")
+            roots = [
+                bytes(log["args"]["root"])
+                for log in registry.events.RootAnchored.get_logs(from_block=0)
+            ]
+            assert roots and len(roots) == len(set(roots)), "a root was anchored twice"
+            for wf_id in ids[::6]:
+                report = await lf.verify(wf_id)
+                assert report.ok, (wf_id, report.problems)
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs.values():
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(10)
+        anvil.stop()
+    assert procs["w1"].returncode == 0, (tmp_path / "w1.log").read_text()[-3000:]
+    assert procs["w2"].returncode == 0, (tmp_path / "w2.log").read_text()[-3000:]
