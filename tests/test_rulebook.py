@@ -114,7 +114,16 @@ async def test_over_the_unsigned_limit_only_m_valid_signatures_pay(
     assert status.awaiting == "approval" and status.state.approval.signed_by == [APPROVERS[0]]
     assert admin.vault_balance(stack.deployment.agent) == before
 
-    assert await stack.client.approve(wf_id, key=DEMO_APPROVER_KEYS[1]) == "approved"
+    # The second approver signs elsewhere and sends the signature over a signed webhook.
+    from tests.test_api import WF, http, post_signed
+
+    second = terms.sign(DEMO_APPROVER_KEYS[1], expiry).model_dump(mode="json")
+    async with http(stack) as api:
+        resp = await post_signed(
+            api, f"/webhooks/{WF}/{wf_id}/update/approve", {"approver": "a2", "signature": second}
+        )
+    assert resp.status_code == 200, resp.text
+    assert "approved" in resp.text
     await stack.client.wait_until_awaiting(wf_id, "delivery")
     await stack.client.confirm_delivery(wf_id, reference="pod-7")
     res = await _result(stack, wf_id)
