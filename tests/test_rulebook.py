@@ -48,9 +48,8 @@ class TightBudget:
         agent = self.admin.d.agent
         budget = int(policy.functions.agentConfig(agent).call()[4])
         remaining = int(policy.functions.budgetOf(agent).call()[0])
-        spent = budget - remaining
-        assert spent % TUSD == 0
-        self.admin.set_agent_limits(cap_tusd=5_000, budget_tusd=spent // TUSD + tusd)
+        spent = budget - remaining  # in token units: earlier purchases need not be whole tUSD
+        self.admin.set_agent_limits(cap_tusd=5_000, budget_tusd=0, budget_units=spent + tusd * TUSD)
 
 
 @pytest.fixture

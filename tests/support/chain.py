@@ -72,14 +72,16 @@ class ChainAdmin:
         window_seconds: int = 86_400,
         buckets: int = 4,
         lifetime_tusd: int = 10**12,
+        budget_units: int | None = None,
     ) -> None:
-        """Set the agent's limits (the unsigned limit defaults to four times the cap)."""
+        """Set the agent's limits (the unsigned limit defaults to four times the cap;
+        ``budget_units``, in token units, overrides ``budget_tusd``)."""
         p = self.c("AgentPolicy")
         unsigned = 4 * cap_tusd if unsigned_limit_tusd is None else unsigned_limit_tusd
         limits = (
             cap_tusd * TUSD,
             unsigned * TUSD,
-            budget_tusd * TUSD,
+            budget_tusd * TUSD if budget_units is None else budget_units,
             window_seconds,
             buckets,
             lifetime_tusd * TUSD,
