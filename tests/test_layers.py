@@ -42,7 +42,6 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "ledgerflow.runtime",
             "ledgerflow.temporal",
             "ledgerflow.converter",
-            "ledgerflow.provenance",
             "ledgerflow.codec",
         ),
     ),

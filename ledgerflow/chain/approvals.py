@@ -28,8 +28,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import coincurve
-from Crypto.Hash import keccak as _keccak
 from eth_abi import encode as abi_encode
 from eth_account import Account
 from eth_account.messages import encode_typed_data
@@ -37,8 +35,16 @@ from eth_utils import keccak
 from pydantic import Field
 from web3 import Web3
 
+from ledgerflow.chain.eip712 import (
+    address_word,
+    domain_separator,
+    keccak256,
+    recover_digest_signer,
+    typed_digest,
+    uint_word,
+)
 from ledgerflow.errors import ConfigError
-from ledgerflow.types import Address, Bytes32, StrictModel, eip55
+from ledgerflow.types import Address, Bytes32, StrictModel
 
 __all__ = [
     "APPROVAL_TYPES",
@@ -321,66 +327,30 @@ class ApprovalTerms(StrictModel):
         return ApprovalSignature.of(signed)
 
 
-def _k(data: bytes) -> bytes:
-    return _keccak.new(data=data, digest_bits=256).digest()
-
-
-_DOMAIN_TYPEHASH = _k(
-    b"EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)"
-)
-_APPROVAL_TYPEHASH = _k(
+_APPROVAL_TYPEHASH = keccak256(
     b"Approval(bytes32 orderId,address agent,address supplier,uint256 amount,"
     b"bytes32 decisionHash,uint64 expiry)"
 )
-_SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
-
-
-def _word(value: int) -> bytes:
-    return value.to_bytes(32, "big")
-
-
-def _addr_word(address: str) -> bytes:
-    return bytes(12) + bytes.fromhex(address[2:])
 
 
 def terms_digest(terms: ApprovalTerms, expiry: int) -> bytes:
     """The EIP-712 digest of ``terms`` with ``expiry``, computed by hand (the same 32 bytes as
     :func:`digest` and ``AgentPolicy.approvalDigest``; tested against both)."""
-    domain = _k(
-        _DOMAIN_TYPEHASH
-        + _k(DOMAIN_NAME.encode())
-        + _k(DOMAIN_VERSION.encode())
-        + _word(terms.chain_id)
-        + _addr_word(terms.policy)
-    )
-    struct = _k(
+    struct = keccak256(
         _APPROVAL_TYPEHASH
         + bytes.fromhex(terms.order_id[2:])
-        + _addr_word(terms.agent)
-        + _addr_word(terms.supplier)
-        + _word(terms.amount)
+        + address_word(terms.agent)
+        + address_word(terms.supplier)
+        + uint_word(terms.amount)
         + bytes.fromhex(terms.decision_hash[2:])
-        + _word(expiry)
+        + uint_word(expiry)
     )
-    return _k(b"\x19\x01" + domain + struct)
+    domain = domain_separator(DOMAIN_NAME, DOMAIN_VERSION, terms.chain_id, terms.policy)
+    return typed_digest(domain, struct)
 
 
 def signer_of(terms: ApprovalTerms, signature: ApprovalSignature) -> str | None:
     """The EOA whose key made ``signature`` over ``terms`` (checksummed), or None when the bytes
     are no valid 65-byte secp256k1 signature (high-s and bad ``v`` refused, as OpenZeppelin's
     ECDSA does). Needs neither eth_utils nor eth_account: safe in Temporal's sandbox."""
-    raw = bytes.fromhex(signature.signature[2:])
-    if len(raw) != 65:
-        return None
-    r, s, v = int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:64], "big"), raw[64]
-    if v in (27, 28):
-        v -= 27
-    if v not in (0, 1) or not (0 < r < _SECP256K1_N) or not (0 < s <= _SECP256K1_N // 2):
-        return None
-    try:
-        key = coincurve.PublicKey.from_signature_and_message(
-            raw[:64] + bytes([v]), terms_digest(terms, signature.expiry), hasher=None
-        )
-    except (ValueError, TypeError):
-        return None
-    return eip55("0x" + _k(key.format(compressed=False)[1:])[-20:].hex())
+    return recover_digest_signer(terms_digest(terms, signature.expiry), signature.signature)

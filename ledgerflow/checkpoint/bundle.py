@@ -531,8 +531,6 @@ def _approval_of(seq: int, name: str, values: dict[str, Any]) -> dict[str, Any]:
     inp: dict[str, Any] = raw_in if isinstance(raw_in, dict) else {}
     out: dict[str, Any] = raw_out if isinstance(raw_out, dict) else {}
     signers = out.get("signers")
-    if signers is None and isinstance(inp.get("approvals"), list):
-        signers = [a.get("signer") for a in inp["approvals"] if isinstance(a, dict)]
     return {
         "step": seq,
         "name": name,

@@ -94,7 +94,7 @@ def provenance(
         from web3 import AsyncHTTPProvider, AsyncWeb3
 
         from ledgerflow.activities.provenance import file_hashes
-        from ledgerflow.provenance.lookup import FileHash, add_store_proofs, lookup
+        from ledgerflow.provenance.lookup import FileHash, judge_credentials, lookup
 
         address, chain, start = _registry_of(settings, registry, chain_id, from_block)
         credential = _read_credentials(settings, file, data)
@@ -116,26 +116,10 @@ def provenance(
             )
         finally:
             await w3.provider.disconnect()
-        if no_store or not report.registrations:
-            if credential is not None:
-                _judge_credentials(report, credential)
-            return report
-        from ledgerflow.runtime import Runtime
-        from ledgerflow.store import Store
-
-        try:
-            runtime = Runtime(settings, store=Store(settings.database_url, create=False))
-        except LedgerflowError:
-            # No store here: the chain's answer is the answer.
-            if credential is not None:
-                _judge_credentials(report, credential)
-            return report
-        try:
-            await add_store_proofs(runtime, report)
-        finally:
-            await runtime.aclose()
+        if not no_store and report.registrations:
+            await _add_store_proofs(settings, report)
         if credential is not None:
-            _judge_credentials(report, credential)
+            judge_credentials(report, credential)
         return report
 
     try:
@@ -166,30 +150,21 @@ def _read_credentials(settings: Settings, file: Path, data: bytes) -> Any:
     return None if report.status == "missing" else report
 
 
-def _judge_credentials(report: Any, credential: Any) -> None:
-    """Attach the credentials to the report; a copy counts as registered only when its manifest
-    is intact and names a claim the chain holds for the original."""
-    claim = credential.claim
-    on_chain = claim is not None and any(
-        r.ok and r.claim_hash == claim.claim_hash and r.content_hash == claim.content_hash
-        for r in report.registrations
-    )
-    report.credentials = {
-        "status": credential.status,
-        "signature_valid": credential.signature_valid,
-        "content_matches": credential.content_matches,
-        "trusted": credential.trusted,
-        "digital_source_type": credential.digital_source_type,
-        "ai_generated": credential.ai_generated,
-        "claim": claim.model_dump(mode="json") if claim is not None else None,
-        "claim_on_chain": on_chain,
-        "failures": [f.model_dump(mode="json") for f in credential.failures][:10],
-    }
-    file_hashes = {h.content_hash for h in report.hashes if h.method != "hash"}
-    registered_itself = any(r.ok and r.content_hash in file_hashes for r in report.registrations)
-    report.registered = registered_itself or (
-        on_chain and credential.status in ("valid", "untrusted")
-    )
+async def _add_store_proofs(settings: Settings, report: Any) -> None:
+    """Each registration's claim-step proof, when a store is readable here (else the chain's
+    answer stands alone)."""
+    from ledgerflow.provenance.lookup import add_store_proofs
+    from ledgerflow.runtime import Runtime
+    from ledgerflow.store import Store
+
+    try:
+        runtime = Runtime(settings, store=Store(settings.database_url, create=False))
+    except LedgerflowError:
+        return
+    try:
+        await add_store_proofs(runtime, report)
+    finally:
+        await runtime.aclose()
 
 
 def credentials(

@@ -24,10 +24,11 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-import coincurve
-from Crypto.Hash import keccak as _keccak
 from pydantic import Field
 
+from ledgerflow.chain.eip712 import domain_separator, recover_digest_signer, typed_digest
+from ledgerflow.chain.eip712 import keccak256 as _k
+from ledgerflow.chain.eip712 import uint_word as _word
 from ledgerflow.checkpoint.canonical import canonical_bytes
 from ledgerflow.types import Address, Bytes32, StrictModel, eip55
 
@@ -42,7 +43,6 @@ __all__ = [
     "claim_digest",
     "claim_json",
     "claim_signer",
-    "recover_digest_signer",
     "sign_claim",
     "typed_data",
 ]
@@ -77,7 +77,6 @@ _DOMAIN_FIELDS = [
     {"name": "chainId", "type": "uint256"},
     {"name": "verifyingContract", "type": "address"},
 ]
-_SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 
 
 class ContentClaim(StrictModel):
@@ -148,13 +147,6 @@ def typed_data(claim: ContentClaim, *, chain_id: int, registry: str) -> dict[str
     }
 
 
-def _k(data: bytes) -> bytes:
-    return _keccak.new(data=data, digest_bits=256).digest()
-
-
-_DOMAIN_TYPEHASH = _k(
-    b"EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)"
-)
 _CLAIM_TYPEHASH = _k(
     (
         "ContentClaim("
@@ -164,21 +156,10 @@ _CLAIM_TYPEHASH = _k(
 )
 
 
-def _word(value: int) -> bytes:
-    return value.to_bytes(32, "big")
-
-
 def claim_digest(claim: ContentClaim, *, chain_id: int, registry: str) -> bytes:
     """The EIP-712 digest of ``claim`` (the claim hash), computed by hand: sandbox-safe, and
     the same 32 bytes as eth_account's ``encode_typed_data`` (tested)."""
-    domain = _k(
-        _DOMAIN_TYPEHASH
-        + _k(DOMAIN_NAME.encode())
-        + _k(DOMAIN_VERSION.encode())
-        + _word(chain_id)
-        + bytes(12)
-        + bytes.fromhex(eip55(registry)[2:])
-    )
+    domain = domain_separator(DOMAIN_NAME, DOMAIN_VERSION, chain_id, registry)
     struct = _k(
         _CLAIM_TYPEHASH
         + bytes.fromhex(claim.content_hash[2:])
@@ -194,30 +175,7 @@ def claim_digest(claim: ContentClaim, *, chain_id: int, registry: str) -> bytes:
         + _k(claim.run_id.encode())
         + _word(claim.step_seq)
     )
-    return _k(b"\x19\x01" + domain + struct)
-
-
-def recover_digest_signer(digest: bytes, signature: str) -> str | None:
-    """The EOA that signed the 32-byte ``digest`` (checksummed), or None when ``signature`` is no
-    valid low-s 65-byte secp256k1 signature (as OpenZeppelin's ECDSA refuses). Sandbox-safe."""
-    try:
-        raw = bytes.fromhex(signature.removeprefix("0x"))
-    except ValueError:
-        return None
-    if len(raw) != 65:
-        return None
-    r, s, v = int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:64], "big"), raw[64]
-    if v in (27, 28):
-        v -= 27
-    if v not in (0, 1) or not (0 < r < _SECP256K1_N) or not (0 < s <= _SECP256K1_N // 2):
-        return None
-    try:
-        key = coincurve.PublicKey.from_signature_and_message(
-            raw[:64] + bytes([v]), digest, hasher=None
-        )
-    except (ValueError, TypeError):
-        return None
-    return eip55("0x" + _k(key.format(compressed=False)[1:])[-20:].hex())
+    return typed_digest(domain, struct)
 
 
 def claim_signer(signed: SignedClaim) -> str | None:

@@ -23,20 +23,17 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
+from ledgerflow.chain.eip712 import recover_digest_signer
 from ledgerflow.checkpoint.canonical import keccak, to_hex
 from ledgerflow.errors import ConfigError
-from ledgerflow.provenance.claims import (
-    ContentClaim,
-    claim_digest,
-    claim_json,
-    recover_digest_signer,
-)
+from ledgerflow.provenance.claims import ContentClaim, claim_digest, claim_json
 from ledgerflow.provenance.identity import did_pkh
 
 __all__ = [
     "FileHash",
     "ProvenanceReport",
     "Registration",
+    "judge_credentials",
     "lookup",
     "parse_content_hash",
 ]
@@ -291,3 +288,30 @@ async def add_store_proofs(runtime: Any, report: ProvenanceReport) -> None:
         elif not check.ok:
             reg.proof_note = "; ".join(check.problems)
     report.registered = any(r.ok for r in report.registrations)
+
+
+def judge_credentials(report: ProvenanceReport, credential: Any) -> None:
+    """Attach a file's C2PA report (``credentials.read``) to its lookup; a copy counts as
+    registered only when its manifest is intact and names a claim the chain holds for the
+    original it names."""
+    claim = credential.claim
+    on_chain = claim is not None and any(
+        r.ok and r.claim_hash == claim.claim_hash and r.content_hash == claim.content_hash
+        for r in report.registrations
+    )
+    report.credentials = {
+        "status": credential.status,
+        "signature_valid": credential.signature_valid,
+        "content_matches": credential.content_matches,
+        "trusted": credential.trusted,
+        "digital_source_type": credential.digital_source_type,
+        "ai_generated": credential.ai_generated,
+        "claim": claim.model_dump(mode="json") if claim is not None else None,
+        "claim_on_chain": on_chain,
+        "failures": [f.model_dump(mode="json") for f in credential.failures][:10],
+    }
+    file_hashes = {h.content_hash for h in report.hashes if h.method != "hash"}
+    registered_itself = any(r.ok and r.content_hash in file_hashes for r in report.registrations)
+    report.registered = registered_itself or (
+        on_chain and credential.status in ("valid", "untrusted")
+    )
