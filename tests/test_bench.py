@@ -110,8 +110,15 @@ def test_signer_sends_everything_exactly_once_in_order(report: dict[str, Any]) -
 
 def test_verification_and_webhook_sections_verify_and_start(report: dict[str, Any]) -> None:
     v = report["verification"]
-    assert v["fast"]["ok"] and v["baseline"]["ok"] and v["end_to_end"]["ok"]
-    assert v["roots"] >= 1 and v["fast"]["roots_checked"] == v["roots"]
+    assert v["spec_version"] == 2 and v["roots"] >= 1
+    for path in ("store", "bundle"):  # every check, sealed, nothing found
+        assert v[path]["ok"] and v[path]["sealed"] and v[path]["findings"] == 0, path
+        assert {"parse", "records", "proofs", "chain", "seal"} <= set(v[path]["phases"]), path
+    assert "load" in v["store"]["phases"]
+    assert v["baseline"]["ok"]
+    cli = v["cli"]
+    assert cli["ok"] and cli["steps"] == 10 and cli["startup_s"] > 0 and cli["wall_s"] > 0
+    assert isinstance(cli["met"], bool) and set(v["met_detail"]) == {"store", "bundle", "cli"}
     w = report["webhook"]
     assert w["webhook"]["refused"] == 0
     assert w["transport"].startswith("real HTTP")

@@ -22,7 +22,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
-from eth_utils import keccak
 from sqlalchemy import (
     BigInteger,
     Column,
@@ -487,7 +486,9 @@ def _handle_db_error(context: Any) -> None:
 
 def _advisory_key(*parts: object) -> int:
     """A signed 64-bit key for ``pg_advisory_lock`` from ``parts``."""
-    digest = keccak(text=":".join(str(p) for p in ("ledgerflow", *parts)))
+    from ledgerflow.checkpoint.canonical import keccak  # not at import: the CLI starts faster
+
+    digest = keccak(":".join(str(p) for p in ("ledgerflow", *parts)).encode("utf-8"))
     return int.from_bytes(digest[:8], "big", signed=True)
 
 
@@ -933,6 +934,38 @@ class Store:
                 .order_by(StepRow.id)  # type: ignore[arg-type]
             )
             return list(s.exec(q))
+
+    #: The columns :meth:`step_tuples` reads, in its tuples' order.
+    STEP_TUPLE_COLUMNS = (
+        "seq",
+        "kind",
+        "name",
+        "status",
+        "input_hash",
+        "output_hash",
+        "prev",
+        "spec_version",
+        "input_preimage",
+        "output_preimage",
+        "input_salt",
+        "output_salt",
+        "redacted_at",
+        "anchor_id",
+        "proof",
+    )
+
+    def step_tuples(self, workflow_id: str, run_id: str) -> list[tuple[Any, ...]]:
+        """A run's steps as plain tuples of :data:`STEP_TUPLE_COLUMNS`, ordered by seq: one SQL
+        query and no ORM objects (what export and verification read, about 10x cheaper than
+        :meth:`get_steps` for long runs)."""
+        cols = [getattr(StepRow, c) for c in self.STEP_TUPLE_COLUMNS]
+        q = (
+            select(*cols)
+            .where(col(StepRow.workflow_id) == workflow_id, col(StepRow.run_id) == run_id)
+            .order_by(col(StepRow.seq))
+        )
+        with self.engine.connect() as conn:
+            return [tuple(r) for r in conn.execute(q)]
 
     def steps_of_kind(self, workflow_id: str, run_id: str, kind: str) -> list[tuple[str, str]]:
         """``(name, status)`` of a run's steps of one kind, in order (no preimages read)."""
