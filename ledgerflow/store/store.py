@@ -965,7 +965,7 @@ class Store:
             .order_by(col(StepRow.seq))
         )
         with self.engine.connect() as conn:
-            return [tuple(r) for r in conn.execute(q)]
+            return [tuple(r) for r in conn.execute(q).all()]
 
     def steps_of_kind(self, workflow_id: str, run_id: str, kind: str) -> list[tuple[str, str]]:
         """``(name, status)`` of a run's steps of one kind, in order (no preimages read)."""
