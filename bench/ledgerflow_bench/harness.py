@@ -871,6 +871,59 @@ def _api_env(settings: Any, port: int, metrics_port: int) -> dict[str, str]:
     return env
 
 
+async def _webhook_server_seconds(http: Any, metrics_url: str) -> tuple[float, int] | None:
+    """(sum, count) of the API's own ``ledgerflow_webhook_latency_seconds{kind="start"}`` (from
+    the request entering the app to the answer's last byte), or None if it cannot be read."""
+    try:
+        text = (await http.get(metrics_url)).text
+    except Exception:
+        return None
+    total, count = None, None
+    for line in text.splitlines():
+        if not line.startswith("ledgerflow_webhook_latency_seconds_") or 'kind="start"' not in line:
+            continue
+        name, _, value = line.rpartition(" ")
+        if name.startswith("ledgerflow_webhook_latency_seconds_sum"):
+            total = float(value)
+        elif name.startswith("ledgerflow_webhook_latency_seconds_count"):
+            count = int(float(value))
+    return None if total is None or count is None else (total, count)
+
+
+class _RawHttp:
+    """A minimal HTTP/1.1 keep-alive client on asyncio streams: what a sender's HTTP client costs
+    at the least, next to httpx (which spends about 1 ms of CPU per request here)."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def post(self, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        assert self.reader is not None
+        head = [f"POST {path} HTTP/1.1", f"host: {self.host}:{self.port}"]
+        head += [f"{k}: {v}" for k, v in headers.items()]
+        head.append(f"content-length: {len(body)}")
+        self.writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + body)
+        raw = await self.reader.readuntil(b"\r\n\r\n")
+        lines = raw.decode("latin-1").split("\r\n")
+        status = int(lines[0].split(" ", 2)[1])
+        length = 0
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            if name.strip().lower() == "content-length":
+                length = int(value)
+        return status, await self.reader.readexactly(length)
+
+    async def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            with contextlib.suppress(Exception):
+                await self.writer.wait_closed()
+
+
 class _ApiProcess:
     """``ledgerflow api`` in a process of its own, as in production (see docs/operations.md)."""
 
@@ -969,6 +1022,7 @@ async def _bench_webhook(world: _World, cfg: BenchConfig) -> dict[str, Any]:
     health: list[float] = []
     checks: list[float] = []
     binds: list[float] = []
+    raw: list[float] = []
     refused: list[str] = []
     load_before = _loadavg()
 
@@ -1005,6 +1059,18 @@ async def _bench_webhook(world: _World, cfg: BenchConfig) -> dict[str, Any]:
                 dt = time.perf_counter() - t0
                 if resp.status_code != 202 or not resp.json().get("run_id"):
                     refused.append(f"{resp.status_code}: {resp.text[:200]}")
+                return dt
+
+            raw_http = _RawHttp("127.0.0.1", port)
+
+            async def via_raw(i: int) -> float:
+                body = json.dumps({}).encode()
+                headers = signed(f"bench-raw-{tag}-{i}", body)
+                t0 = time.perf_counter()
+                status, answer = await raw_http.post(f"/webhooks/{workflow_type}", body, headers)
+                dt = time.perf_counter() - t0
+                if status != 202 or not json.loads(answer).get("run_id"):
+                    refused.append(f"{status}: {answer[:200]!r}")
                 return dt
 
             async def via_sdk(i: int) -> float:
@@ -1047,13 +1113,19 @@ async def _bench_webhook(world: _World, cfg: BenchConfig) -> dict[str, Any]:
             for i in range(cfg.webhook_warmup):
                 await via_webhook(-1 - i)
                 await via_sdk(-1 - i)
+                await via_raw(-1 - i)
             refused.clear()
+            metrics_url = f"http://127.0.0.1:{api.metrics_port}/metrics" if api else ""
+            served_before = await _webhook_server_seconds(http, metrics_url) if api else None
             for i in range(cfg.webhooks):  # interleaved, so drift hits all alike
                 hook.append(await via_webhook(i))
                 sdk.append(await via_sdk(i))
                 health.append(await via_health())
                 checks.append(check(i))
                 binds.append(await bind(i))
+                raw.append(await via_raw(i))
+            await raw_http.close()
+            served_after = await _webhook_server_seconds(http, metrics_url) if api else None
     finally:
         if api is not None:
             await asyncio.to_thread(api.stop)
@@ -1071,6 +1143,11 @@ async def _bench_webhook(world: _World, cfg: BenchConfig) -> dict[str, Any]:
         "store_bind": _latency(binds)["p50_ms"],
         "start": sdk_stats["p50_ms"],
     }
+    served_mean_ms = None
+    if served_before is not None and served_after is not None:
+        n = served_after[1] - served_before[1]
+        if n > 0:
+            served_mean_ms = round((served_after[0] - served_before[0]) / n * 1000, 2)
     return {
         "transport": (
             "real HTTP: uvicorn serving the FastAPI app on a free port in this process"
@@ -1090,8 +1167,22 @@ async def _bench_webhook(world: _World, cfg: BenchConfig) -> dict[str, Any]:
             "first_refusal": refused[0] if refused else None,
         },
         "baseline": {"method": "LedgerflowClient.start (SDK) until it returns", **sdk_stats},
+        "webhook_minimal_client": {
+            "method": "the same signed POST from a minimal HTTP/1.1 client on asyncio streams "
+            "(what remains without httpx's own cost), interleaved with the others",
+            **_latency(raw),
+            "ratio": _ratio(_latency(raw)["p50_ms"], sdk_stats["p50_ms"]),
+            "ratio_p95": _ratio(_latency(raw)["p95_ms"], sdk_stats["p95_ms"]),
+        },
         "ratio": ratio,
         "ratio_p95": _ratio(webhook_stats["p95_ms"], sdk_stats["p95_ms"]),
+        "server_mean_ms": {
+            "webhook_in_api": served_mean_ms,
+            "webhook_seen_by_client": webhook_stats["mean_ms"],
+            "note": "the API's own ledgerflow_webhook_latency_seconds{kind=start} over the "
+            "measured deliveries (app entry to the answer's last byte; includes the start), next "
+            "to the client's mean",
+        },
         "components_p50_ms": {
             **parts,
             "rest": round(webhook_stats["p50_ms"] - sum(parts.values()), 2),
@@ -1305,7 +1396,11 @@ def render_report(report: dict[str, Any], console: Any) -> None:
         table = Table(title=f"5. Webhook → run started ({w['requests']} each, real HTTP)")
         for col in ("path", "p50 ms", "p95 ms", "mean ms"):
             table.add_column(col, justify="left" if col == "path" else "right")
-        for name, row in (("signed webhook", w["webhook"]), ("SDK start", w["baseline"])):
+        paths = [("signed webhook (httpx)", w["webhook"])]
+        if w.get("webhook_minimal_client"):
+            paths.append(("signed webhook (minimal client)", w["webhook_minimal_client"]))
+        paths.append(("SDK start", w["baseline"]))
+        for name, row in paths:
             table.add_row(
                 name, f"{row['p50_ms']:.2f}", f"{row['p95_ms']:.2f}", f"{row['mean_ms']:.2f}"
             )
