@@ -11,6 +11,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -207,6 +208,107 @@ def test_save_steps_is_idempotent_and_refuses_a_different_hash(store: Store) -> 
     assert [r.step_hash for r in after] == [r.step_hash for r in rows]
     with pytest.raises(StoreError):
         store.get_run("no-such-workflow")
+
+
+def test_record_flush_is_one_idempotent_transaction(store: Store) -> None:
+    wf, run, rows = make_run(store, 9, spec=2)
+    rk = store.get_run(wf, run).run_key
+
+    def flush(part: list[StepRow], *, final: str | None = None, seal: bool = False) -> Any:
+        return store.record_flush(
+            workflow_id=wf,
+            run_id=run,
+            workflow_type="Synthetic",
+            run_key=rk,
+            anchor_mode="batched",
+            spec_version=2,
+            steps=_copy(part),
+            seal=SealRow(workflow_id=wf, run_id=run, run_key=rk, steps=9, head=rows[-1].head)
+            if seal
+            else None,
+            final_status=final,
+            count_kind="llm",
+        )
+
+    first = flush(rows[:4])
+    assert (first.new, first.ended, first.counted) == (4, False, [])
+    last = flush(rows[4:], final="completed", seal=True)
+    assert last.new == 5 + 1 and last.ended  # five steps and the seal; the run ended here
+    assert last.counted == [(r.name, r.status) for r in rows if r.kind == "llm"]
+    again = flush(rows[4:], final="completed", seal=True)  # the retried final flush
+    assert (again.new, again.ended, again.counted) == (0, False, [])
+    info = store.get_run(wf, run)
+    assert (info.status, info.steps, info.head) == ("completed", 9, rows[-1].head)
+    seal = store.get_seal(wf, run)
+    assert seal is not None and (seal.steps, seal.status) == (9, "pending")
+
+    # A different record for a stored seq, or another seal: refused, and nothing of it is kept.
+    wf2, run2, rows2 = make_run(store, 3, spec=2)
+    forged = _copy(rows2)
+    forged[2].step_hash = to_hex(keccak(b"forged"))
+    store.save_steps(_copy(rows2[2:]))
+    with pytest.raises(StoreError, match="already stored with another hash"):
+        store.record_flush(
+            workflow_id=wf2,
+            run_id=run2,
+            workflow_type="Synthetic",
+            run_key=store.get_run(wf2, run2).run_key,
+            anchor_mode="batched",
+            spec_version=2,
+            steps=forged,
+            final_status="completed",
+        )
+    assert [r.seq for r in store.get_steps(wf2, run2)] == [2]
+    assert store.get_run(wf2, run2).status == "running"
+    with pytest.raises(StoreError, match="already sealed"):
+        store.record_flush(
+            workflow_id=wf,
+            run_id=run,
+            workflow_type="Synthetic",
+            run_key=rk,
+            anchor_mode="batched",
+            spec_version=2,
+            steps=[],
+            seal=SealRow(workflow_id=wf, run_id=run, run_key=rk, steps=8, head=rows[-2].head),
+        )
+
+    # A flush of a run the store has not seen yet creates its row.
+    wf3, run3 = f"wf-{uuid.uuid4().hex[:8]}", str(uuid.uuid4())
+    made = store.record_flush(
+        workflow_id=wf3,
+        run_id=run3,
+        workflow_type="Synthetic",
+        run_key=rk,
+        anchor_mode="batched",
+        spec_version=2,
+        steps=[],
+    )
+    assert made.new == 0 and store.get_run(wf3, run3).status == "running"
+
+
+def test_run_anchor_state_reads_the_run_in_one_go(store: Store) -> None:
+    wf, run, rows = make_run(store, 6, spec=2)
+    store.save_steps(_copy(rows))
+    seal_of(store, rows)
+    state = store.run_anchor_state(wf, run)
+    assert state.pending == 6 and state.anchors == {}
+    assert [r.seq for r in state.steps] == list(range(6))
+    assert state.seal is not None and state.seal.status == "pending"
+    claimed = store.claim_batch(4, build_batch, chain_id=CHAIN_ID, registry=REGISTRY)
+    assert claimed is not None
+    anchor, steps = claimed
+    assert [s.seq for s in steps] == [0, 1, 2, 3] and anchor.id is not None
+    assert store.run_anchor_state(wf, run).pending == 6  # claimed is not confirmed
+    store.confirm_anchor(anchor.id, tx_hash="0x" + "ab" * 32, block_number=3)
+    state = store.run_anchor_state(wf, run)
+    assert state.pending == 2 and set(state.anchors) == {anchor.id}
+    assert state.seal is not None and state.seal.status == "pending"  # its last steps wait
+    second = store.claim_batch(4, build_batch, chain_id=CHAIN_ID, registry=REGISTRY)
+    assert second is not None and second[0].id is not None
+    assert store.anchor_seals(second[0].id)[0].workflow_id == wf  # the seal rides along
+    store.confirm_anchor(second[0].id, tx_hash="0x" + "cd" * 32, block_number=4)
+    state = store.run_anchor_state(wf, run)
+    assert state.pending == 0 and state.seal is not None and state.seal.status == "confirmed"
 
 
 def test_unanchored_count_and_pending_stats(store: Store) -> None:
