@@ -122,6 +122,12 @@ def test_verification_and_webhook_sections_verify_and_start(report: dict[str, An
     w = report["webhook"]
     assert w["webhook"]["refused"] == 0
     assert w["transport"].startswith("real HTTP")
+    # Served as deployed: `ledgerflow api` in a process of its own, whose own latency histogram
+    # the bench reads; the aiohttp client's deliveries were accepted too (counted in refused).
+    assert w["server"] == "process"
+    assert w["server_mean_ms"]["webhook_in_api"] is not None
+    assert w["webhook_aiohttp"]["p50_ms"] > 0
+    assert set(w["components_p50_ms"]) >= {"http_round_trip", "store_bind", "start", "rest"}
 
 
 def test_report_renders_as_tables(report: dict[str, Any]) -> None:

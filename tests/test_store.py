@@ -404,6 +404,66 @@ def test_claim_batch_is_atomic_under_concurrency(
             assert verify_proof(leaf, proof, bytes.fromhex(root[2:]))
 
 
+# ---- webhook deliveries -------------------------------------------------------------------------
+
+
+def test_delivery_bind_binds_once_to_one_route_and_run(store: Store) -> None:
+    wid = f"msg_{uuid.uuid4().hex}"
+    row, mine = store.delivery_bind(wid, "Wf", "wf-1")
+    assert mine and (row.webhook_id, row.workflow_type, row.workflow_id) == (wid, "Wf", "wf-1")
+    assert (row.status, row.run_id) == ("pending", None)
+    # A duplicate of a pending delivery is not this caller's; another route or run is refused.
+    assert store.delivery_bind(wid, "Wf", "wf-1")[1] is False
+    other, mine = store.delivery_bind(wid, "Wf/signal/x", "wf-1")
+    assert not mine and other.workflow_type == "Wf"
+    assert store.delivery_bind(wid, "Wf", "wf-2")[1] is False
+    # The run: first writer wins, and the delivery is accepted.
+    assert store.delivery_set_run(wid, "run-a") == "run-a"
+    assert store.delivery_set_run(wid, "run-b") == "run-a"
+    got = store.delivery_get(wid)
+    assert got is not None and (got.status, got.run_id) == ("accepted", "run-a")
+    assert store.delivery_bind(wid, "Wf", "wf-1")[1] is False  # an accepted one is not retried
+    # A failed (or refused) delivery is taken up again by a retry to the same route and run.
+    wid2 = f"msg_{uuid.uuid4().hex}"
+    store.delivery_bind(wid2, "Wf", "wf-3")
+    store.delivery_finish(wid2, "failed", detail="engine down")
+    assert store.delivery_bind(wid2, "Wf", "wf-4")[1] is False
+    again, mine = store.delivery_bind(wid2, "Wf", "wf-3")
+    assert mine and (again.status, again.detail) == ("pending", None)
+    assert store.delivery_bind(wid2, "Wf", "wf-3")[1] is False
+
+
+def test_delivery_bind_is_mine_for_exactly_one_of_many(store: Store) -> None:
+    """Concurrent binds of one webhook-id (and concurrent retries of a failed one): one wins."""
+    wid = f"msg_{uuid.uuid4().hex}"
+    n = 8
+
+    def race() -> list[bool]:
+        barrier = threading.Barrier(n)
+        results: list[bool] = []
+        errors: list[BaseException] = []
+
+        def bind() -> None:
+            try:
+                barrier.wait()
+                results.append(store.delivery_bind(wid, "Wf", "wf-1")[1])
+            except BaseException as exc:  # reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=bind) for _ in range(n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert not errors, errors
+        return results
+
+    for attempt in range(2):
+        results = race()
+        assert sorted(results) == [False] * (n - 1) + [True], (attempt, results)
+        store.delivery_finish(wid, "failed")  # the second round: retries of a failed delivery
+
+
 # ---- the signer's outbox ------------------------------------------------------------------------
 
 

@@ -657,6 +657,10 @@ def bench(
     signer_txs: Annotated[int | None, typer.Option(help="signer: M concurrent sends")] = None,
     verify_steps: Annotated[int | None, typer.Option(help="verification: steps")] = None,
     webhooks: Annotated[int | None, typer.Option(help="webhook: starts per path")] = None,
+    webhook_server: Annotated[
+        str | None,
+        typer.Option(help="webhook: `process` (ledgerflow api apart, the default) or `in-process`"),
+    ] = None,
 ) -> None:
     """Measure checkpointing against its baselines on a throw-away stack of its own."""
     try:
@@ -686,6 +690,7 @@ def bench(
             signer_txs=signer_txs,
             verify_steps=verify_steps,
             webhooks=webhooks,
+            webhook_server=webhook_server,
         )
     except LedgerflowError as exc:
         err.print(f"[red]error:[/red] {exc}")

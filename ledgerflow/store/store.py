@@ -366,6 +366,19 @@ class WebhookDelivery(SQLModel, table=True):
 #: Delivery statuses a retry of the same delivery to the same route may take up again.
 DELIVERY_RETRYABLE = ("failed", "refused")
 
+_DELIVERIES = WebhookDelivery.__table__  # type: ignore[attr-defined]
+#: A start delivery's run, once started: accepted, and the first run id recorded wins.
+_SET_RUN = (
+    update(_DELIVERIES)
+    .where(_DELIVERIES.c.webhook_id == bindparam("b_webhook_id"))
+    .values(
+        status="accepted",
+        detail=None,
+        run_id=func.coalesce(_DELIVERIES.c.run_id, bindparam("b_run_id")),
+    )
+)
+_SET_RUN_RETURNING = _SET_RUN.returning(_DELIVERIES.c.run_id)
+
 
 class InvoiceReconciliation(SQLModel, table=True):
     """The one invoice that reconciled an escrow order (an order is paid for once)."""
@@ -1571,45 +1584,49 @@ class Store:
         retry), so the caller acts on it; False when the row belongs to another route or run
         (the caller refuses) or is ``pending``/``accepted`` (a duplicate). Atomic under
         concurrency: of many equal calls exactly one gets ``mine``.
+
+        One transaction on one connection: an ``INSERT ... ON CONFLICT DO NOTHING`` (a first
+        delivery ends there), then, for a webhook-id seen before, the row and a conditional
+        take-over of a retryable one.
         """
-        with self.session() as s:
-            s.add(
-                WebhookDelivery(
-                    webhook_id=webhook_id,
-                    workflow_type=route,
-                    workflow_id=workflow_id,
-                    run_id=run_id,
-                    status="pending",
-                )
+        table = WebhookDelivery.__table__  # type: ignore[attr-defined]
+        values: dict[str, Any] = {
+            "webhook_id": webhook_id,
+            "workflow_type": route,
+            "workflow_id": workflow_id,
+            "run_id": run_id,
+            "status": "pending",
+            "detail": None,
+            "created_at": _now(),
+        }
+        with self.engine.begin() as conn:
+            if _insert_if_absent(conn, table, values, "webhook_id"):
+                return WebhookDelivery(**values), True
+            found = (
+                conn.execute(core_select(table).where(table.c.webhook_id == webhook_id))
+                .mappings()
+                .first()
             )
-            try:
-                s.commit()
-            except IntegrityError:
-                s.rollback()
+            if found is None:  # pragma: no cover - deleted in between; bind it again
+                row = None
             else:
-                row = self.delivery_get(webhook_id)
-                assert row is not None
-                return row, True
-        row = self.delivery_get(webhook_id)
-        if row is None:  # pragma: no cover - deleted in between; bind it again
-            return self.delivery_bind(webhook_id, route, workflow_id, run_id)
-        if row.workflow_type != route or row.workflow_id != workflow_id:
-            return row, False
-        if row.status in DELIVERY_RETRYABLE:
-            with self.session() as s:
-                taken = s.exec(  # type: ignore[call-overload]
-                    update(WebhookDelivery)
-                    .where(
-                        col(WebhookDelivery.webhook_id) == webhook_id,
-                        col(WebhookDelivery.status) == row.status,
-                    )
+                row = WebhookDelivery(**found)
+                if row.workflow_type != route or row.workflow_id != workflow_id:
+                    return row, False
+                if row.status not in DELIVERY_RETRYABLE:
+                    return row, False
+                taken = conn.execute(
+                    update(table)
+                    .where(table.c.webhook_id == webhook_id, table.c.status == row.status)
                     .values(status="pending", detail=None)
                 )
-                s.commit()
-            fresh = self.delivery_get(webhook_id)
-            assert fresh is not None
-            return fresh, taken.rowcount == 1
-        return row, False
+                if taken.rowcount == 1:
+                    row.status, row.detail = "pending", None
+                    return row, True
+        if row is None:  # pragma: no cover
+            return self.delivery_bind(webhook_id, route, workflow_id, run_id)
+        fresh = self.delivery_get(webhook_id)  # another retry took it up first
+        return (fresh or row), False
 
     def delivery_finish(
         self,
@@ -1642,9 +1659,19 @@ class Store:
 
     def delivery_set_run(self, webhook_id: str, run_id: str) -> str:
         """Fill in the run of a bound start delivery (first writer wins) and mark it accepted;
-        returns the recorded run."""
-        row = self.delivery_finish(webhook_id, "accepted", run_id=run_id)
-        return (row.run_id if row is not None else None) or run_id
+        returns the recorded run. One statement (``UPDATE ... RETURNING``) where the database
+        has it."""
+        table = WebhookDelivery.__table__  # type: ignore[attr-defined]
+        params = {"b_webhook_id": webhook_id, "b_run_id": run_id}
+        with self.engine.begin() as conn:
+            if conn.dialect.update_returning:
+                recorded = conn.execute(_SET_RUN_RETURNING, params).scalar()
+            else:  # pragma: no cover - SQLite >= 3.35 and PostgreSQL have RETURNING
+                conn.execute(_SET_RUN, params)
+                recorded = conn.execute(
+                    core_select(table.c.run_id).where(table.c.webhook_id == webhook_id)
+                ).scalar()
+        return recorded or run_id
 
     # ---- invoice reconciliations ------------------------------------------------------------
 
@@ -1807,6 +1834,47 @@ class Store:
         with self.session() as s:
             s.exec(delete(LeaseRow).where(col(LeaseRow.name) == name))  # type: ignore[call-overload]
             s.commit()
+
+
+#: Prepared ``INSERT ... ON CONFLICT DO NOTHING`` statements: (dialect, table, columns, key) →
+#: statement. Built once, so each execution only binds its values (SQLAlchemy caches the SQL).
+_INSERT_IF_ABSENT: dict[tuple[str, str, tuple[str, ...], str], Any] = {}
+
+
+def _insert_if_absent(conn: Connection, table: Any, values: dict[str, Any], key: str) -> bool:
+    """Insert ``values`` unless a row with the same unique ``key`` exists; True if inserted.
+
+    SQLite and PostgreSQL: one ``INSERT ... ON CONFLICT (key) DO NOTHING RETURNING``. Others: a
+    plain insert in a savepoint, a unique violation meaning "already there".
+    """
+    name = conn.dialect.name
+    if name not in ("sqlite", "postgresql"):  # pragma: no cover - not a supported store
+        try:
+            with conn.begin_nested():
+                conn.execute(table.insert().values(**values))
+        except IntegrityError:
+            return False
+        return True
+    cache_key = (name, table.name, tuple(values), key)
+    stmt = _INSERT_IF_ABSENT.get(cache_key)
+    if stmt is None:
+        if name == "sqlite":
+            from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+            base: Any = sqlite_insert(table)
+        else:
+            from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+            base = pg_insert(table)
+        # RETURNING says whether a row went in (a driver's rowcount need not, once the dialect
+        # adds its own RETURNING for the primary key).
+        stmt = (
+            base.values({c: bindparam(c) for c in values})
+            .on_conflict_do_nothing(index_elements=[key])
+            .returning(table.c[key])
+        )
+        _INSERT_IF_ABSENT[cache_key] = stmt
+    return conn.execute(stmt, values).first() is not None
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
