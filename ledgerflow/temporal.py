@@ -26,13 +26,14 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import secrets
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from temporalio.client import Client
+from temporalio.client import Client, Interceptor, OutboundInterceptor, StartWorkflowInput
 from temporalio.converter import DataConverter
 from temporalio.envconfig import ClientConfigProfile
 from temporalio.runtime import Runtime
@@ -43,8 +44,9 @@ from ledgerflow.converter import data_converter as plain_converter
 from ledgerflow.errors import ConfigError, StackError
 from ledgerflow.observability.telemetry import process_runtime
 from ledgerflow.settings import Settings
+from ledgerflow.types import SALT_SECRET_MEMO
 
-__all__ = ["TemporalTarget", "connect", "resolve_target"]
+__all__ = ["SaltSecretInterceptor", "TemporalTarget", "connect", "resolve_target"]
 
 DEFAULT_ADDRESS = "localhost:7233"
 DEFAULT_NAMESPACE = "default"
@@ -191,7 +193,7 @@ async def connect(
                 resolved.address,
                 data_converter=converter or plain_converter,
                 runtime=runtime or process_runtime(),
-                interceptors=list(interceptors),
+                interceptors=[*interceptors, SaltSecretInterceptor()],
                 **resolved.connect_kwargs(),
             )
             # The port opens before the namespace is ready; a cheap call proves readiness.
@@ -206,6 +208,29 @@ async def connect(
             break
         await asyncio.sleep(0.25)
     raise StackError(last)
+
+
+class SaltSecretInterceptor(Interceptor):
+    """Gives every workflow this client starts a fresh random secret in its memo
+    (:data:`~ledgerflow.types.SALT_SECRET_MEMO`).
+
+    A checkpointed run derives its salt seed from that secret and its run id, so it needs no
+    ``checkpoint.open_run`` local activity (one history event and one store write fewer per
+    run). Runs started elsewhere (the Temporal UI, a schedule, a child workflow) have no such memo
+    and ask ``open_run`` as before. The secret is as private as the run's history, which holds
+    the step values themselves; :func:`connect` installs this on every ledgerflow client.
+    """
+
+    def intercept_client(self, next: OutboundInterceptor) -> OutboundInterceptor:
+        return _SaltSecretOutbound(next)
+
+
+class _SaltSecretOutbound(OutboundInterceptor):
+    async def start_workflow(self, input: StartWorkflowInput) -> Any:
+        memo = dict(input.memo or {})
+        memo.setdefault(SALT_SECRET_MEMO, "0x" + secrets.token_hex(32))
+        input.memo = memo
+        return await super().start_workflow(input)
 
 
 _STATUS = re.compile(r'code: (\w+), message: "((?:[^"\\]|\\.)*)"')

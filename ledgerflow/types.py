@@ -34,6 +34,7 @@ __all__ = [
     "MAX_LEAD_TIME_DAYS",
     "MAX_QUANTITY",
     "MAX_WAIT_SECONDS",
+    "SALT_SECRET_MEMO",
     "Address",
     "Amount",
     "AnchorMode",
@@ -54,6 +55,11 @@ __all__ = [
 ]
 
 AnchorMode = Literal["batched", "per-step"]
+
+#: The memo key under which ledgerflow's clients give every run they start a random 32-byte
+#: secret (0x-hex); a checkpointed run derives its salt seed from it and its run id instead of
+#: asking ``checkpoint.open_run`` (see :meth:`ledgerflow.flow.ledger.Ledger.open`).
+SALT_SECRET_MEMO = "ledgerflow.salt-secret"
 
 
 class StrictModel(BaseModel):

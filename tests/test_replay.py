@@ -215,3 +215,75 @@ async def test_fresh_history_replays_bench(stack: Stack, mode: str) -> None:
         for old in HISTORIES.glob(f"bench-v2-{mode}-*.json"):
             old.unlink()
         (HISTORIES / f"{wf_id}.json").write_text(history.to_json())
+
+
+async def test_a_run_started_by_ledgerflow_needs_no_open_run(stack: Stack) -> None:
+    """A ledgerflow client puts a salt secret into every start's memo: the run derives its seed
+    from it and its run id (no ``checkpoint.open_run``, one event fewer); a run started without
+    one (the Temporal UI, a plain client) asks ``open_run``. Both verify; two runs given the same
+    secret still get different salts."""
+    from ledgerflow_bench.activities import BenchInput, bench_step
+    from ledgerflow_bench.workflow import BenchWorkflow
+    from temporalio.api.enums.v1 import EventType
+    from temporalio.client import Client
+
+    from ledgerflow.checkpoint.anchorer import Anchorer
+    from ledgerflow.checkpoint.verify import verify_run
+    from ledgerflow.types import SALT_SECRET_MEMO
+    from ledgerflow.worker.runner import build_worker
+
+    ours = stack.client.temporal
+    plain = await Client.connect(
+        stack.settings.temporal_address, namespace=ours.namespace, data_converter=data_converter
+    )
+    task_queue = f"bench-salt-{uuid.uuid4().hex[:8]}"
+    worker = build_worker(
+        ours,
+        stack.runtime,
+        task_queue=task_queue,
+        workflows=[BenchWorkflow],
+        activities=[bench_step, *CheckpointActivities(stack.runtime).all()],
+    )
+    stop = asyncio.Event()
+    anchorer = asyncio.create_task(Anchorer(stack.runtime, batch_size=64, max_wait=0.1).run(stop))
+    secret = "0x" + "ab" * 32
+
+    async def run(client: Client, memo: dict[str, str] | None = None) -> tuple[str, int]:
+        wf_id = f"bench-salt-{uuid.uuid4().hex[:8]}"
+        handle = await client.start_workflow(
+            "BenchWorkflow",
+            BenchInput(steps=2, mode="batched"),  # type: ignore[arg-type]
+            id=wf_id,
+            task_queue=task_queue,
+            memo=memo,
+        )
+        await handle.result()
+        history = await handle.fetch_history()
+        await _replayer().replay_workflow(history)
+        markers = sum(
+            1 for e in history.events if e.event_type == EventType.EVENT_TYPE_MARKER_RECORDED
+        )
+        return wf_id, markers
+
+    try:
+        async with worker:
+            by_ledgerflow, markers_ours = await run(ours)
+            by_plain, markers_plain = await run(plain)
+            same_a, _ = await run(plain, {SALT_SECRET_MEMO: secret})
+            same_b, _ = await run(plain, {SALT_SECRET_MEMO: secret})
+    finally:
+        stop.set()
+        await anchorer
+    assert markers_ours == 1  # the final flush only
+    assert markers_plain == 2  # open_run, then the final flush
+    for wf_id in (by_ledgerflow, by_plain, same_a, same_b):
+        report = await verify_run(stack.runtime, wf_id)
+        assert report.ok, report.problems
+    salts = [
+        {
+            s.input_salt
+            for s in stack.runtime.store.get_steps(w, stack.runtime.store.get_run(w).run_id)
+        }
+        for w in (same_a, same_b)
+    ]
+    assert salts[0] and not salts[0] & salts[1]  # one secret, two runs: no salt in common

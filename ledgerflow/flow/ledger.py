@@ -20,6 +20,7 @@ each record exactly once.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -47,7 +48,7 @@ with workflow.unsafe.imports_passed_through():
         next_head,
         run_key,
     )
-    from ledgerflow.types import AnchorMode, ErrorType
+    from ledgerflow.types import SALT_SECRET_MEMO, AnchorMode, ErrorType
 
 __all__ = ["DEFAULT_ANCHOR_MODE", "Ledger", "failure_output"]
 
@@ -74,6 +75,21 @@ CHECKPOINT_RETRY_POLICY = RetryPolicy(
 _sa_status = SearchAttributeKey.for_keyword("LedgerflowStatus")
 _sa_anchor_state = SearchAttributeKey.for_keyword("LedgerflowAnchorState")
 _sa_anchor_mode = SearchAttributeKey.for_keyword("LedgerflowAnchorMode")
+
+
+_SEED_DOMAIN = b"ledgerflow:salt-seed:"
+_SECRET = re.compile(r"0x[0-9a-f]{64}")
+
+
+def _memo_secret() -> bytes | None:
+    """The starter's salt secret from the run's memo, if it gave a well-formed one."""
+    try:
+        value = workflow.memo_value(SALT_SECRET_MEMO, None, type_hint=str)
+    except Exception:  # a memo value that does not decode as a string: not ours
+        return None
+    if isinstance(value, str) and _SECRET.fullmatch(value):
+        return bytes.fromhex(value[2:])
+    return None
 
 
 def failure_output(err: BaseException) -> dict[str, Any]:
@@ -121,7 +137,19 @@ class Ledger:
         return self.seq
 
     async def open(self) -> None:
-        """Version 2: get the run's salt seed (one local activity, recorded in history)."""
+        """Version 2: the run's salt seed.
+
+        A run started by a ledgerflow client carries a random secret in its memo
+        (:data:`~ledgerflow.types.SALT_SECRET_MEMO`): the seed is
+        ``keccak256("ledgerflow:salt-seed:" || secret || run_id)``, unique per run even where a
+        retry, a cron run or a continue-as-new reuses the memo, and the same on replay. Any other
+        run asks ``checkpoint.open_run`` for 32 random bytes (one local activity, recorded in
+        history).
+        """
+        secret = _memo_secret()
+        if secret is not None:
+            self._seed = keccak(_SEED_DOMAIN + secret + self.run_id.encode())
+            return
         opened = await workflow.execute_local_activity(
             OPEN_RUN_ACTIVITY,
             OpenRun(
