@@ -1016,6 +1016,17 @@ class Store:
         with self.session() as s:
             return s.exec(select(OutboxTx).where(col(OutboxTx.key) == key)).first()
 
+    def outbox_get_many(self, keys: Sequence[str]) -> dict[str, OutboxTx]:
+        """The rows of those of ``keys`` that have one, by key (one query per 500 keys)."""
+        out: dict[str, OutboxTx] = {}
+        unique = list(dict.fromkeys(keys))
+        with self.session() as s:
+            for i in range(0, len(unique), 500):
+                part = unique[i : i + 500]
+                for row in s.exec(select(OutboxTx).where(col(OutboxTx.key).in_(part))):
+                    out[row.key] = row
+        return out
+
     def outbox_put(self, tx: OutboxTx) -> OutboxTx:
         """Persist a signed transaction; raises IntegrityError if the key or nonce is taken."""
         with self.session() as s:
