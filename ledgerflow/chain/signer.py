@@ -358,6 +358,8 @@ class Signer:
         self._estimates = _Coalesced(
             lambda txs: self._rpc_many([("eth_estimateGas", [tx]) for tx in txs])
         )
+        self._states = _Coalesced(self._states_many, max_batch=500, parallel=1)
+        self._rebroadcasts = _Coalesced(self._rebroadcast_many)
         self._receipts = _Coalesced(
             lambda hashes: self._rpc_many([("eth_getTransactionReceipt", [h]) for h in hashes])
         )
@@ -828,10 +830,13 @@ class Signer:
             if time.monotonic() < next_nudge:
                 continue
             next_nudge = time.monotonic() + self.rebroadcast_every
-            row = await self._refresh(row)
+            # The row and whether its key is closed, and the rebroadcast: shared with every
+            # other send waiting meanwhile (one store query, one JSON-RPC batch).
+            stored, closed = await self._states(row.key)
+            row = stored if stored is not None else row
             if row.status in ("mined", "reverted", "voided"):
                 continue  # another process settled it: the next round finds its receipt
-            if not voiding and await asyncio.to_thread(self.store.outbox_is_closed, row.key):
+            if not voiding and closed:
                 # Its owner closed the key while it is pending: outbid it with a no-op, so that
                 # whichever is mined says whether the effect happened.
                 voiding = True
@@ -839,7 +844,7 @@ class Signer:
                 continue
             underpriced = False
             try:
-                await self._broadcast(row)
+                self._accepted(row, await self._rebroadcasts(row))
             except _Underpriced:
                 underpriced = True
             except ChainError as exc:
@@ -851,10 +856,6 @@ class Signer:
                 replaced, blocked = await self._replace(row, underpriced=underpriced)
                 if replaced is not None:
                     row, variant_since = replaced, time.monotonic()
-
-    async def _refresh(self, row: OutboxTx) -> OutboxTx:
-        fresh = await asyncio.to_thread(self.store.outbox_get, row.key)
-        return fresh if fresh is not None else row
 
     async def _is_final(self, receipt: Receipt, deadline: float) -> bool:
         """Whether ``receipt`` has ``confirmations`` blocks on top and is still canonical."""
@@ -1127,6 +1128,19 @@ class Signer:
             message = err.get("message", "") if isinstance(err, dict) else str(err)
             raise ChainError(bounded(f"eth_getTransactionCount failed: {message}"))
         return int(result, 16)
+
+    async def _states_many(self, keys: list[str]) -> list[tuple[OutboxTx | None, bool]]:
+        rows, closed = await asyncio.to_thread(self.store.outbox_states, keys)
+        return [(rows.get(k), k in closed) for k in keys]
+
+    async def _rebroadcast_many(self, rows: list[OutboxTx]) -> list[Any]:
+        """Rebroadcasts of waiting sends, in one batch in nonce order."""
+        order = sorted(range(len(rows)), key=lambda i: rows[i].nonce)
+        answers = await self._send_raw([rows[i] for i in order])
+        out: list[Any] = [None] * len(rows)
+        for i, answer in zip(order, answers, strict=True):
+            out[i] = answer
+        return out
 
     async def _lookup_many(self, keys: list[str]) -> list[OutboxTx | None]:
         rows = await asyncio.to_thread(self.store.outbox_get_many, keys)

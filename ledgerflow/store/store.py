@@ -1401,6 +1401,20 @@ class Store:
             s.commit()
             return row
 
+    def outbox_states(self, keys: Sequence[str]) -> tuple[dict[str, OutboxTx], set[str]]:
+        """The rows of ``keys`` (by key) and which of them are closed, in one session: what
+        many waiting sends check at once."""
+        unique = list(dict.fromkeys(keys))
+        rows: dict[str, OutboxTx] = {}
+        closed: set[str] = set()
+        with self.session() as s:
+            for i in range(0, len(unique), 500):
+                part = unique[i : i + 500]
+                for row in s.exec(select(OutboxTx).where(col(OutboxTx.key).in_(part))):
+                    rows[row.key] = row
+                closed |= self._closed_among(s, part)
+        return rows, closed
+
     def outbox_is_closed(self, key: str) -> bool:
         with self.session() as s:
             return s.get(OutboxClosure, key) is not None
