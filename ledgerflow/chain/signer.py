@@ -135,6 +135,7 @@ class _Coalesced:
         self.parallel = parallel
         self._queue: list[tuple[Any, asyncio.Future[Any]]] = []
         self._drainers: set[asyncio.Task[None]] = set()
+        self._active = 0
         #: Batches sent and items answered (what a send costs in requests).
         self.batches = 0
         self.items = 0
@@ -143,13 +144,22 @@ class _Coalesced:
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         fut.add_done_callback(_retrieve)
         self._queue.append((item, fut))
-        if len(self._drainers) < self.parallel:
+        if self._active < self.parallel:
+            self._active += 1
             task = asyncio.create_task(self._drain())
-            self._drainers.add(task)
+            self._drainers.add(task)  # referenced until done
             task.add_done_callback(self._drainers.discard)
         return await fut
 
     async def _drain(self) -> None:
+        try:
+            await self._drain_queue()
+        finally:
+            # No await between the queue found empty and this: an item queued after it
+            # starts a drainer of its own.
+            self._active -= 1
+
+    async def _drain_queue(self) -> None:
         while self._queue:
             batch = [(i, f) for i, f in self._queue[: self.max_batch] if not f.done()]
             del self._queue[: self.max_batch]
