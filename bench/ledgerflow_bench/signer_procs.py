@@ -58,9 +58,9 @@ async def _run(args: argparse.Namespace) -> None:
             errors.append(f"{type(exc).__name__}: {exc}")
             return False
 
-    started = time.monotonic()
+    started, cpu = time.monotonic(), time.process_time()
     results = await asyncio.gather(*(one(i, c) for i, c in enumerate(calls)))
-    finished = time.monotonic()
+    finished, cpu = time.monotonic(), time.process_time() - cpu
     out: dict[str, Any] = {
         "started": started,
         "finished": finished,
@@ -70,6 +70,7 @@ async def _run(args: argparse.Namespace) -> None:
         "error_count": len(errors),
         "nonce_errors": signer.nonce_errors,
         "rpc_requests": signer.rpc_requests - requests_before,
+        "cpu_seconds": cpu,
         "address": signer.address,
     }
     Path(args.out).write_text(json.dumps(out))
