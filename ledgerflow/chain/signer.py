@@ -370,6 +370,11 @@ class Signer:
         )
         self._states = _Coalesced(self._states_many, max_batch=500, parallel=1)
         self._rebroadcasts = _Coalesced(self._rebroadcast_many)
+        self._variant_lookups = _Coalesced(
+            lambda rows: asyncio.to_thread(self.store.outbox_variants_many, rows),
+            max_batch=500,
+            parallel=1,
+        )
         self._receipts = _Coalesced(
             lambda hashes: self._rpc_many([("eth_getTransactionReceipt", [h]) for h in hashes])
         )
@@ -899,7 +904,9 @@ class Signer:
         return Receipt(_format_receipt(result)) if isinstance(result, dict) else None
 
     async def _variants(self, row: OutboxTx) -> list[OutboxAttempt]:
-        return await asyncio.to_thread(self.store.outbox_variants, row)
+        """Every signed variant of ``row`` (one store query shared with concurrent callers)."""
+        variants: list[OutboxAttempt] = await self._variant_lookups(row)
+        return variants
 
     async def _find_receipt(self, row: OutboxTx) -> tuple[Receipt, OutboxAttempt] | None:
         """The receipt of whichever variant of ``row`` is mined (the current one is asked first,

@@ -1144,14 +1144,25 @@ class Store:
 
     def outbox_variants(self, row: OutboxTx) -> list[OutboxAttempt]:
         """Every signed variant of ``row`` at its nonce, the current one first."""
+        return self.outbox_variants_many([row])[0]
+
+    def outbox_variants_many(self, rows: Sequence[OutboxTx]) -> list[list[OutboxAttempt]]:
+        """:meth:`outbox_variants` of each of ``rows``, in one query per 500 rows."""
+        by_id: dict[int | None, list[OutboxAttempt]] = {}
+        ids = list(dict.fromkeys(r.id for r in rows if r.id is not None))
         with self.session() as s:
-            attempts = list(
-                s.exec(
+            for i in range(0, len(ids), 500):
+                found = s.exec(
                     select(OutboxAttempt)
-                    .where(OutboxAttempt.outbox_id == row.id)
+                    .where(col(OutboxAttempt.outbox_id).in_(ids[i : i + 500]))
                     .order_by(col(OutboxAttempt.id).desc())
                 )
-            )
+                for a in found:
+                    by_id.setdefault(a.outbox_id, []).append(a)
+        return [self._variants_of(row, by_id.get(row.id, [])) for row in rows]
+
+    @staticmethod
+    def _variants_of(row: OutboxTx, attempts: list[OutboxAttempt]) -> list[OutboxAttempt]:
         current = [a for a in attempts if a.tx_hash == row.tx_hash]
         if not current:
             current = [
