@@ -639,7 +639,11 @@ async def _bench_signer(world: _World, cfg: BenchConfig) -> dict[str, Any]:
         base_s, base_ok, base_missing = base_s + b_s, base_ok + b_ok, base_missing + b_missing
         sign_s, sign_ok = sign_s + s_s, sign_ok + s_ok
         per_round.append(
-            {"baseline_tx_per_s": round(m / b_s, 1), "signer_tx_per_s": round(m / s_s, 1)}
+            {
+                "baseline_tx_per_s": round(m / b_s, 1),
+                "signer_tx_per_s": round(m / s_s, 1),
+                "ratio": round(b_s / s_s, 4),
+            }
         )
     total = m * cfg.signer_rounds
     latest, pending = await _nonces(w3, base_acct.address)
@@ -852,6 +856,7 @@ async def _signer_shared_key(
                 {
                     "baseline_tx_per_s": round(m / b_s, 1),
                     "signer_tx_per_s": round(per_proc * procs_n / s_s, 1),
+                    "ratio": round((per_proc * procs_n / s_s) / (m / b_s), 4),
                 }
             )
         total_base = cfg.signer_txs * cfg.signer_rounds
