@@ -103,7 +103,7 @@ class BenchConfig(BaseModel):
     signer_pg_url: str | None = Field(
         None,
         description="a PostgreSQL server for the shared-key measurement (a database of the "
-        "run's own is created there and dropped); default LEDGERFLOW_BENCH_PG_URL, else "
+        "run's own is created there and dropped); default LEDGERFLOW_TEST_PG_URL, else "
         "postgresql+psycopg://127.0.0.1:5432/postgres",
     )
     # 4. verification
@@ -714,7 +714,7 @@ def _tail(path: Path, chars: int = 600) -> str:
 
 def _pg_admin_url() -> str:
     return (
-        os.environ.get("LEDGERFLOW_BENCH_PG_URL") or "postgresql+psycopg://127.0.0.1:5432/postgres"
+        os.environ.get("LEDGERFLOW_TEST_PG_URL") or "postgresql+psycopg://127.0.0.1:5432/postgres"
     )
 
 
