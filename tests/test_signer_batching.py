@@ -18,7 +18,7 @@ from web3 import AsyncWeb3
 from ledgerflow.chain.artifacts import load_artifact
 from ledgerflow.chain.rpc import FailoverProvider, connect_async
 from ledgerflow.chain.signer import Signer
-from ledgerflow.errors import ContractRevert
+from ledgerflow.errors import ContractRevert, RPCUnavailable
 from ledgerflow.store import Store
 from tests.support.anvil import LocalAnvil, fund
 from tests.test_proofs import deploy_registry
@@ -45,7 +45,7 @@ class Recording(FailoverProvider):
     """Records every HTTP request (a batch is one) and, for ``eth_sendRawTransaction``, the
     nonce order in which signed bytes reached the node; optionally refuses batches."""
 
-    def __init__(self, url: str, *, batches: bool = True) -> None:
+    def __init__(self, url: str, *, batches: bool | str = True) -> None:
         super().__init__([url])
         self.batches = batches
         self.http: list[list[str]] = []
@@ -59,6 +59,8 @@ class Recording(FailoverProvider):
 
     async def make_batch_request(self, requests: list[tuple[Any, Any]]) -> Any:
         self.http.append([str(m) for m, _ in requests])
+        if self.batches == "http-429":  # a gateway refusing batches at the HTTP level
+            raise RPCUnavailable("no JSON-RPC endpoint answered a batch: HTTP 429")
         if not self.batches:  # what a node without batch support answers
             return {"jsonrpc": "2.0", "id": None, "error": {"code": -32600, "message": "no"}}
         self.sent += [p[0] for m, p in requests if m == "eth_sendRawTransaction"]
@@ -71,9 +73,13 @@ def nonces_of(raws: list[str]) -> list[int]:
     return [int(decode_signed(r)[0]["nonce"]) for r in raws]
 
 
-@pytest.mark.parametrize("batches", [True, False], ids=["batched", "node-without-batches"])
+@pytest.mark.parametrize(
+    "batches",
+    [True, False, "http-429"],
+    ids=["batched", "node-without-batches", "gateway-refusing-batches"],
+)
 async def test_concurrent_sends_share_requests_and_keep_nonce_order(
-    chain: LocalAnvil, store: Store, batches: bool
+    chain: LocalAnvil, store: Store, batches: bool | str
 ) -> None:
     provider = Recording(chain.url, batches=batches)
     signer = Signer(AsyncWeb3(provider), fund(chain.url), store, 31337, rebroadcast_every=0.3)
@@ -96,7 +102,7 @@ async def test_concurrent_sends_share_requests_and_keep_nonce_order(
     for i, nonce in enumerate(nonces_of(provider.sent)):
         first.setdefault(nonce, i)
     assert sorted(first, key=first.__getitem__) == list(range(n))
-    if batches:
+    if batches is True:
         # an estimate, a broadcast and a receipt per send would be 3 * n requests
         assert len(provider.http) < n, len(provider.http)
         assert any(len(b) > 1 and b[0] == "eth_sendRawTransaction" for b in provider.http)

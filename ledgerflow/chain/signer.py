@@ -61,6 +61,7 @@ from ledgerflow.errors import (
     ContractRevert,
     FeeTooHigh,
     LedgerflowError,
+    RPCUnavailable,
     StoreError,
     TxVoided,
     bounded,
@@ -1173,7 +1174,18 @@ class Signer:
         provider: Any = self.w3.provider
         if len(calls) > 1 and self._batch_rpc:
             self.rpc_requests += 1
-            answer = await provider.make_batch_request([(RPCEndpoint(m), p) for m, p in calls])
+            try:
+                answer = await provider.make_batch_request([(RPCEndpoint(m), p) for m, p in calls])
+            except RPCUnavailable:
+                # A gateway may refuse batches at the HTTP level (429, 5xx). If the first call
+                # alone is answered, it was the batch; if not, the node is down and that error
+                # is raised. Every call batched here is safe to repeat (reads, and signed bytes
+                # that a node answers "already known" to).
+                self.rpc_requests += 1
+                first = await provider.make_request(RPCEndpoint(calls[0][0]), calls[0][1])
+                self._batch_rpc = False
+                log.info("the node does not answer JSON-RPC batches; sending requests one by one")
+                return [first, *await self._rpc_many(calls[1:])]
             if (
                 isinstance(answer, list)
                 and len(answer) == len(calls)
