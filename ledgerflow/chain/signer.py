@@ -31,7 +31,10 @@ network (each one tested against anvil, see tests/test_signer*.py):
 Concurrent sends are group-committed: gas is estimated concurrently (a revert surfaces before
 anything is signed), then whoever holds the nonce lock takes every send queued so far, signs them
 with consecutive nonces, persists all of them in one store transaction and only then broadcasts
-them in nonce order. Marking final transactions is group-committed the same way.
+them in nonce order (one JSON-RPC batch per 100). Marking final transactions is group-committed
+the same way, and concurrent sends share their other requests too: outbox lookups are one store
+query, gas estimates, receipt lookups and rebroadcasts go out as JSON-RPC batches (one by one to
+a node that refuses batches), and waiting sends share one poll of the sender's mined nonce count.
 """
 
 from __future__ import annotations
