@@ -81,84 +81,82 @@ class CheckpointActivities(Activities):
         )
         return RunOpened(salt_seed="0x" + secrets.token_bytes(32).hex())
 
-    async def _save(self, batch: CheckpointBatch) -> None:
-        await asyncio.to_thread(self._save_sync, batch)
+    async def _save(self, batch: CheckpointBatch) -> int:
+        """Store the flush (run row, steps, seal, final status) in one transaction, in one
+        thread hop; returns how many steps and seals were new (0 for a retried flush)."""
+        return await asyncio.to_thread(self._save_sync, batch)
 
-    def _save_sync(self, batch: CheckpointBatch) -> None:
-        # One thread hop for the whole flush (run row, steps, seal, final status).
-        store = self.rt.store
-        run = store.ensure_run(
+    def _save_sync(self, batch: CheckpointBatch) -> int:
+        seal = None
+        if batch.seal is not None and batch.anchor_mode == "batched":
+            # The anchorer puts it into the transaction that anchors the run's last steps.
+            seal = SealRow(
+                workflow_id=batch.workflow_id,
+                run_id=batch.run_id,
+                run_key=batch.run_key,
+                steps=batch.seal.steps,
+                head=batch.seal.head,
+                anchor_mode="batched",
+            )
+        done = self.rt.store.record_flush(
             workflow_id=batch.workflow_id,
             run_id=batch.run_id,
             workflow_type=batch.workflow_type,
             run_key=batch.run_key,
             anchor_mode=batch.anchor_mode,
             spec_version=batch.spec_version,
+            steps=_rows(batch),
+            seal=seal,
+            final_status=batch.final_status,
+            count_kind="compensation",
         )
-        store.save_steps(_rows(batch))
-        if batch.seal is not None and batch.anchor_mode == "batched":
-            # The anchorer puts it into the transaction that anchors the run's last steps.
-            store.save_seal(
-                SealRow(
-                    workflow_id=batch.workflow_id,
-                    run_id=batch.run_id,
-                    run_key=batch.run_key,
-                    steps=batch.seal.steps,
-                    head=batch.seal.head,
-                    anchor_mode="batched",
-                )
-            )
-        if batch.final_status is not None:
-            store.finish_run(batch.workflow_id, batch.run_id, batch.final_status)
-            if run.status == "running":  # the first time this run's end is recorded
-                self._count_end(batch)
+        if done.ended:  # the first time this run's end is recorded
+            self._count_end(batch, done.counted)
+        return done.new
 
-    def _count_end(self, batch: CheckpointBatch) -> None:
+    @staticmethod
+    def _count_end(batch: CheckpointBatch, compensations: list[tuple[str, str]]) -> None:
         """The run's end in ``ledgerflow_runs_total`` and its compensations (the whole run's, so
         ones flushed before a wait count too)."""
         m = metrics.current()
         assert batch.final_status is not None
         m.run_ended(batch.workflow_type, batch.final_status)
-        store = self.rt.store
-        for name, status in store.steps_of_kind(batch.workflow_id, batch.run_id, "compensation"):
+        for name, status in compensations:
             m.compensation(batch.workflow_type, name, status)
 
-    def _sealed(self, batch: CheckpointBatch) -> bool:
-        if batch.seal is None:
-            return True
-        seal = self.rt.store.get_seal(batch.workflow_id, batch.run_id)
-        return seal is not None and seal.status == "confirmed"
+    def _anchor_state(self, batch: CheckpointBatch) -> tuple[bool, list[AnchorInfo]]:
+        """Whether every step of the run is anchored (and its seal, if it has one, confirmed),
+        and its anchors: one store read."""
+        state = self.rt.store.run_anchor_state(batch.workflow_id, batch.run_id)
+        sealed = batch.seal is None or (state.seal is not None and state.seal.status == "confirmed")
+        return state.pending == 0 and sealed, anchor_infos(state.steps, state.anchors)
 
     async def _anchors(self, batch: CheckpointBatch) -> tuple[bool, list[AnchorInfo]]:
-        store = self.rt.store
-        steps = await asyncio.to_thread(store.get_steps, batch.workflow_id, batch.run_id)
-        anchors = await asyncio.to_thread(
-            store.get_anchors, [s.anchor_id for s in steps if s.anchor_id]
-        )
-        infos = anchor_infos(steps, anchors)
-        pending = await asyncio.to_thread(store.unanchored_count, batch.workflow_id, batch.run_id)
-        return pending == 0, infos
+        return await asyncio.to_thread(self._anchor_state, batch)
 
     @activity.defn(name="checkpoint.store_steps")
     @mapped_errors
     async def store_steps(self, batch: CheckpointBatch) -> CheckpointAck:
         """Batched mode (run as a local activity): store records; on the last flush, wait until
         the anchorer has anchored every step of the run."""
-        await self._save(batch)
-        anchored, infos = False, list[AnchorInfo]()
-        if batch.wait_for_anchor:
-            deadline = time.monotonic() + ANCHOR_WAIT_SECONDS
-            store = self.rt.store
+        if not batch.wait_for_anchor:
+            await self._save(batch)
+            return CheckpointAck(step_hashes=[s.step_hash for s in batch.steps], anchored=False)
+        deadline = time.monotonic() + ANCHOR_WAIT_SECONDS
+        run = (batch.workflow_id, batch.run_id)
+        events = self.rt.anchor_events
+        try:
+            # Woken by this process's anchorer when a batch with this run's steps or seal
+            # confirms; the timeout covers an anchorer in another process. What was just
+            # stored cannot be anchored yet: the first read waits for the first wake-up.
+            woken = events.wait(run)
+            if await self._save(batch):
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(woken, ANCHOR_POLL_SECONDS)
             while True:
-                # Woken by this process's anchorer when a batch confirms; the timeout covers an
-                # anchorer in another process. One cheap count per wake-up, the full anchor
-                # list only once.
-                woken = self.rt.anchor_events.wait()
-                pending = await asyncio.to_thread(
-                    store.unanchored_count, batch.workflow_id, batch.run_id
-                )
-                if pending == 0 and await asyncio.to_thread(self._sealed, batch):
-                    anchored, infos = await self._anchors(batch)
+                woken = events.wait(run)
+                anchored, infos = await self._anchors(batch)
+                if anchored:
                     break
                 if time.monotonic() > deadline:
                     raise ApplicationError(
@@ -168,6 +166,8 @@ class CheckpointActivities(Activities):
                     )
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(woken, ANCHOR_POLL_SECONDS)
+        finally:
+            events.forget(run)
         return CheckpointAck(
             step_hashes=[s.step_hash for s in batch.steps], anchored=anchored, anchors=infos
         )

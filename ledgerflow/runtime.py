@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Iterable
 from functools import cached_property
 from typing import Any, cast
 
@@ -45,21 +46,45 @@ def _activity_heartbeat() -> None:
 
 
 class AnchorEvents:
-    """Wakes everyone waiting for an anchoring in this process (the anchorer notifies)."""
+    """Wakes those waiting for an anchoring in this process (the anchorer notifies).
+
+    A waiter names its run (``wait((workflow_id, run_id))``) and is woken only when a batch
+    holding that run's steps or seal is confirmed, so a confirmation costs one wake-up per run
+    in it, not one per waiting run. ``wait()`` without a run is woken by every confirmation.
+    """
 
     def __init__(self) -> None:
         self._future: asyncio.Future[None] | None = None
+        self._runs: dict[tuple[str, str], asyncio.Future[None]] = {}
 
-    def wait(self) -> asyncio.Future[None]:
-        """A future that completes at the next :meth:`notify` (take it before checking)."""
+    def wait(self, run: tuple[str, str] | None = None) -> asyncio.Future[None]:
+        """A future that completes at the next :meth:`notify` naming ``run`` (or any, without
+        one). Take it before checking, and :meth:`forget` the run when done waiting."""
+        if run is not None:
+            fut = self._runs.get(run)
+            if fut is None or fut.done():
+                fut = self._runs[run] = asyncio.get_running_loop().create_future()
+            return asyncio.shield(fut)
         if self._future is None or self._future.done():
             self._future = asyncio.get_running_loop().create_future()
         return asyncio.shield(self._future)
 
-    def notify(self) -> None:
+    def forget(self, run: tuple[str, str]) -> None:
+        self._runs.pop(run, None)
+
+    def notify(self, runs: Iterable[tuple[str, str]] | None = None) -> None:
+        """Wake the waiters of ``runs`` (every waiter when None) and all unnamed waiters."""
         if self._future is not None and not self._future.done():
             self._future.set_result(None)
         self._future = None
+        if runs is None:
+            woken = list(self._runs.values())
+            self._runs.clear()
+        else:
+            woken = [f for r in runs if (f := self._runs.pop(r, None)) is not None]
+        for fut in woken:
+            if not fut.done():
+                fut.set_result(None)
 
 
 class Runtime:
@@ -72,6 +97,7 @@ class Runtime:
         self._signer_lock = asyncio.Lock()
         self._deployment: Any = None
         self.anchor_events = AnchorEvents()
+        self._contracts: dict[tuple[str, str], AsyncContract] = {}
         #: Owners of idempotency keys, by the key's prefix before ``:`` (``escrow.open``): asked
         #: what to do when the chain loses one of their transactions (see :meth:`own_keys`).
         self.lost_tx_owners: dict[str, LostTxPolicy] = {}
@@ -143,8 +169,14 @@ class Runtime:
             raise ConfigError(f"contract {name} is not in the deployment file") from None
 
     def contract(self, name: str) -> AsyncContract:
+        """The deployed contract ``name`` (built once per address: building one parses its ABI,
+        about 1 ms, and the anchorer and every chain activity ask for one)."""
         address = cast(ChecksumAddress, self.address(name))
-        return self.w3.eth.contract(address=address, abi=load_artifact(name).abi)
+        built = self._contracts.get((name, address))
+        if built is None:
+            built = self.w3.eth.contract(address=address, abi=load_artifact(name).abi)
+            self._contracts[(name, address)] = built
+        return built
 
     @property
     def chain_id(self) -> int:

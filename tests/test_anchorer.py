@@ -23,7 +23,7 @@ from ledgerflow.checkpoint.proofs import (
     measure_seal_gas,
 )
 from ledgerflow.checkpoint.verify import verify_run
-from ledgerflow.runtime import Runtime
+from ledgerflow.runtime import AnchorEvents, Runtime
 from ledgerflow.settings import Settings
 from ledgerflow.store import AnchorRow, Store
 from tests.conftest import Anvil
@@ -429,3 +429,23 @@ async def test_seal_gas(procs: Processes) -> None:
     assert gas.anchor_root_gas[8] > gas.anchor_root_gas[1] > gas.anchor_root_gas[0]
     assert 0 < gas.seal_run_gas < 40_000  # a slot already written (steps), one event
     assert gas.per_step["batched@64"] < 100
+
+
+async def test_a_confirmation_wakes_only_the_runs_in_its_batch() -> None:
+    """A waiting flush names its run: a batch of other runs does not wake it (so a confirmation
+    costs one wake-up per run in it), its own batch and an unnamed notify (a resumed batch) do."""
+    events = AnchorEvents()
+    a, b = ("wf-a", "run-a"), ("wf-b", "run-b")
+    wait_a, wait_b, anyone = events.wait(a), events.wait(b), events.wait()
+    events.notify({b})
+    await asyncio.sleep(0)
+    assert wait_b.done() and anyone.done() and not wait_a.done()
+    events.notify(None)
+    await asyncio.sleep(0)
+    assert wait_a.done()
+    again = events.wait(a)
+    events.forget(a)  # the waiter gave up (timeout): a later notify finds nobody
+    events.notify({a})
+    await asyncio.sleep(0)
+    assert not again.done()
+    again.cancel()

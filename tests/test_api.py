@@ -24,6 +24,7 @@ from sqlmodel import select
 from standardwebhooks import Webhook
 from temporalio.service import RPCError, RPCStatusCode
 
+from ledgerflow.api import webhooks as webhooks_module
 from ledgerflow.api.webhooks import (
     create_app,
     decode_secret,
@@ -185,6 +186,80 @@ async def test_replay_after_store_loss_still_answers_the_existing_run(
     resp = await api.post(f"/webhooks/{WF}", content=body, headers=sign(body, msg_id=msg_id))
     assert resp.status_code == 202, resp.text
     assert resp.json() == first
+
+
+async def test_crash_between_start_and_record_cannot_start_a_second_run(
+    stack: Stack, api: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run id is recorded after the answer. Should the API die after the start and before
+    that record (with or without answering), the delivery stays ``pending`` without a run; a
+    retry of it (and a concurrent burst of retries) answers the same run, Temporal refusing a
+    second one for the webhook-id's workflow id, and records the run then."""
+    body = json.dumps({**ORDER, "simulate_delivery_after_seconds": 1})
+    msg_id = f"msg_{uuid.uuid4().hex}"
+
+    async def died(*_args: Any) -> None:  # the process died before recording the run
+        return None
+
+    with monkeypatch.context() as m:
+        m.setattr(webhooks_module._Webhooks, "_record_run", died)
+        resp = await api.post(f"/webhooks/{WF}", content=body, headers=sign(body, msg_id=msg_id))
+    assert resp.status_code == 202, resp.text
+    first = resp.json()
+    (row,) = delivery_rows(stack, msg_id)
+    assert (row.status, row.run_id) == ("pending", None)
+
+    # Retries while the run is running: the same run, exactly once.
+    responses = await asyncio.gather(
+        *(
+            api.post(f"/webhooks/{WF}", content=body, headers=sign(body, msg_id=msg_id))
+            for _ in range(3)
+        )
+    )
+    assert all(r.status_code == 202 for r in responses), [r.text for r in responses]
+    assert {(r.json()["workflow_id"], r.json()["run_id"]) for r in responses} == {
+        (first["workflow_id"], first["run_id"])
+    }
+    (row,) = delivery_rows(stack, msg_id)
+    assert (row.status, row.run_id) == ("accepted", first["run_id"])
+
+    # And after it has finished, with the record lost again: still that run, no second one.
+    await stack.client.result(first["workflow_id"])
+    with stack.runtime.store.session() as s:
+        for stored in s.exec(select(WebhookDelivery).where(WebhookDelivery.webhook_id == msg_id)):
+            stored.status, stored.run_id = "pending", None
+            s.add(stored)
+        s.commit()
+    resp = await api.post(f"/webhooks/{WF}", content=body, headers=sign(body, msg_id=msg_id))
+    assert resp.status_code == 202, resp.text
+    assert resp.json() == first
+    desc = await stack.client.temporal.get_workflow_handle(first["workflow_id"]).describe()
+    assert desc.run_id == first["run_id"]
+    runs = [
+        w
+        async for w in stack.client.temporal.list_workflows(
+            f"WorkflowId = '{first['workflow_id']}'"
+        )
+    ]
+    assert len(runs) <= 1
+
+
+async def test_crash_after_binding_before_start_lets_the_retry_start_the_run(
+    stack: Stack, api: httpx.AsyncClient
+) -> None:
+    """A delivery bound (``pending``) whose process died before the start: the retry starts the
+    run (once), bound to the same route and run as before."""
+    body = json.dumps({**ORDER, "simulate_delivery_after_seconds": 1})
+    msg_id = f"msg_{uuid.uuid4().hex}"
+    wf_id = webhook_workflow_id(WF, msg_id)
+    _row, mine = stack.runtime.store.delivery_bind(msg_id, WF, wf_id)
+    assert mine and not await run_exists(stack, wf_id)
+    resp = await api.post(f"/webhooks/{WF}", content=body, headers=sign(body, msg_id=msg_id))
+    assert resp.status_code == 202, resp.text
+    assert resp.json()["workflow_id"] == wf_id
+    (row,) = delivery_rows(stack, msg_id)
+    assert (row.status, row.run_id) == ("accepted", resp.json()["run_id"])
+    await stack.client.result(wf_id)
 
 
 async def test_ten_concurrent_deliveries_start_exactly_one_run(

@@ -11,6 +11,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -209,6 +210,107 @@ def test_save_steps_is_idempotent_and_refuses_a_different_hash(store: Store) -> 
         store.get_run("no-such-workflow")
 
 
+def test_record_flush_is_one_idempotent_transaction(store: Store) -> None:
+    wf, run, rows = make_run(store, 9, spec=2)
+    rk = store.get_run(wf, run).run_key
+
+    def flush(part: list[StepRow], *, final: str | None = None, seal: bool = False) -> Any:
+        return store.record_flush(
+            workflow_id=wf,
+            run_id=run,
+            workflow_type="Synthetic",
+            run_key=rk,
+            anchor_mode="batched",
+            spec_version=2,
+            steps=_copy(part),
+            seal=SealRow(workflow_id=wf, run_id=run, run_key=rk, steps=9, head=rows[-1].head)
+            if seal
+            else None,
+            final_status=final,
+            count_kind="llm",
+        )
+
+    first = flush(rows[:4])
+    assert (first.new, first.ended, first.counted) == (4, False, [])
+    last = flush(rows[4:], final="completed", seal=True)
+    assert last.new == 5 + 1 and last.ended  # five steps and the seal; the run ended here
+    assert last.counted == [(r.name, r.status) for r in rows if r.kind == "llm"]
+    again = flush(rows[4:], final="completed", seal=True)  # the retried final flush
+    assert (again.new, again.ended, again.counted) == (0, False, [])
+    info = store.get_run(wf, run)
+    assert (info.status, info.steps, info.head) == ("completed", 9, rows[-1].head)
+    seal = store.get_seal(wf, run)
+    assert seal is not None and (seal.steps, seal.status) == (9, "pending")
+
+    # A different record for a stored seq, or another seal: refused, and nothing of it is kept.
+    wf2, run2, rows2 = make_run(store, 3, spec=2)
+    forged = _copy(rows2)
+    forged[2].step_hash = to_hex(keccak(b"forged"))
+    store.save_steps(_copy(rows2[2:]))
+    with pytest.raises(StoreError, match="already stored with another hash"):
+        store.record_flush(
+            workflow_id=wf2,
+            run_id=run2,
+            workflow_type="Synthetic",
+            run_key=store.get_run(wf2, run2).run_key,
+            anchor_mode="batched",
+            spec_version=2,
+            steps=forged,
+            final_status="completed",
+        )
+    assert [r.seq for r in store.get_steps(wf2, run2)] == [2]
+    assert store.get_run(wf2, run2).status == "running"
+    with pytest.raises(StoreError, match="already sealed"):
+        store.record_flush(
+            workflow_id=wf,
+            run_id=run,
+            workflow_type="Synthetic",
+            run_key=rk,
+            anchor_mode="batched",
+            spec_version=2,
+            steps=[],
+            seal=SealRow(workflow_id=wf, run_id=run, run_key=rk, steps=8, head=rows[-2].head),
+        )
+
+    # A flush of a run the store has not seen yet creates its row.
+    wf3, run3 = f"wf-{uuid.uuid4().hex[:8]}", str(uuid.uuid4())
+    made = store.record_flush(
+        workflow_id=wf3,
+        run_id=run3,
+        workflow_type="Synthetic",
+        run_key=rk,
+        anchor_mode="batched",
+        spec_version=2,
+        steps=[],
+    )
+    assert made.new == 0 and store.get_run(wf3, run3).status == "running"
+
+
+def test_run_anchor_state_reads_the_run_in_one_go(store: Store) -> None:
+    wf, run, rows = make_run(store, 6, spec=2)
+    store.save_steps(_copy(rows))
+    seal_of(store, rows)
+    state = store.run_anchor_state(wf, run)
+    assert state.pending == 6 and state.anchors == {}
+    assert [r.seq for r in state.steps] == list(range(6))
+    assert state.seal is not None and state.seal.status == "pending"
+    claimed = store.claim_batch(4, build_batch, chain_id=CHAIN_ID, registry=REGISTRY)
+    assert claimed is not None
+    anchor, steps = claimed
+    assert [s.seq for s in steps] == [0, 1, 2, 3] and anchor.id is not None
+    assert store.run_anchor_state(wf, run).pending == 6  # claimed is not confirmed
+    store.confirm_anchor(anchor.id, tx_hash="0x" + "ab" * 32, block_number=3)
+    state = store.run_anchor_state(wf, run)
+    assert state.pending == 2 and set(state.anchors) == {anchor.id}
+    assert state.seal is not None and state.seal.status == "pending"  # its last steps wait
+    second = store.claim_batch(4, build_batch, chain_id=CHAIN_ID, registry=REGISTRY)
+    assert second is not None and second[0].id is not None
+    assert store.anchor_seals(second[0].id)[0].workflow_id == wf  # the seal rides along
+    store.confirm_anchor(second[0].id, tx_hash="0x" + "cd" * 32, block_number=4)
+    state = store.run_anchor_state(wf, run)
+    assert state.pending == 0 and state.seal is not None and state.seal.status == "confirmed"
+
+
 def test_unanchored_count_and_pending_stats(store: Store) -> None:
     wf, run, rows = make_run(store, 10)
     store.save_steps(rows)
@@ -300,6 +402,66 @@ def test_claim_batch_is_atomic_under_concurrency(
             proof = [bytes.fromhex(p[2:]) for p in json.loads(row.proof or "[]")]
             leaf = leaf_hash(bytes.fromhex(row.step_hash[2:]))
             assert verify_proof(leaf, proof, bytes.fromhex(root[2:]))
+
+
+# ---- webhook deliveries -------------------------------------------------------------------------
+
+
+def test_delivery_bind_binds_once_to_one_route_and_run(store: Store) -> None:
+    wid = f"msg_{uuid.uuid4().hex}"
+    row, mine = store.delivery_bind(wid, "Wf", "wf-1")
+    assert mine and (row.webhook_id, row.workflow_type, row.workflow_id) == (wid, "Wf", "wf-1")
+    assert (row.status, row.run_id) == ("pending", None)
+    # A duplicate of a pending delivery is not this caller's; another route or run is refused.
+    assert store.delivery_bind(wid, "Wf", "wf-1")[1] is False
+    other, mine = store.delivery_bind(wid, "Wf/signal/x", "wf-1")
+    assert not mine and other.workflow_type == "Wf"
+    assert store.delivery_bind(wid, "Wf", "wf-2")[1] is False
+    # The run: first writer wins, and the delivery is accepted.
+    assert store.delivery_set_run(wid, "run-a") == "run-a"
+    assert store.delivery_set_run(wid, "run-b") == "run-a"
+    got = store.delivery_get(wid)
+    assert got is not None and (got.status, got.run_id) == ("accepted", "run-a")
+    assert store.delivery_bind(wid, "Wf", "wf-1")[1] is False  # an accepted one is not retried
+    # A failed (or refused) delivery is taken up again by a retry to the same route and run.
+    wid2 = f"msg_{uuid.uuid4().hex}"
+    store.delivery_bind(wid2, "Wf", "wf-3")
+    store.delivery_finish(wid2, "failed", detail="engine down")
+    assert store.delivery_bind(wid2, "Wf", "wf-4")[1] is False
+    again, mine = store.delivery_bind(wid2, "Wf", "wf-3")
+    assert mine and (again.status, again.detail) == ("pending", None)
+    assert store.delivery_bind(wid2, "Wf", "wf-3")[1] is False
+
+
+def test_delivery_bind_is_mine_for_exactly_one_of_many(store: Store) -> None:
+    """Concurrent binds of one webhook-id (and concurrent retries of a failed one): one wins."""
+    wid = f"msg_{uuid.uuid4().hex}"
+    n = 8
+
+    def race() -> list[bool]:
+        barrier = threading.Barrier(n)
+        results: list[bool] = []
+        errors: list[BaseException] = []
+
+        def bind() -> None:
+            try:
+                barrier.wait()
+                results.append(store.delivery_bind(wid, "Wf", "wf-1")[1])
+            except BaseException as exc:  # reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=bind) for _ in range(n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert not errors, errors
+        return results
+
+    for attempt in range(2):
+        results = race()
+        assert sorted(results) == [False] * (n - 1) + [True], (attempt, results)
+        store.delivery_finish(wid, "failed")  # the second round: retries of a failed delivery
 
 
 # ---- the signer's outbox ------------------------------------------------------------------------

@@ -41,6 +41,7 @@ class BenchInput(_Model):
     mode: BenchMode = Field("batched", description="checkpoint mode; none = no Ledger")
     wait_for_anchor: bool = Field(True, description="batched: end only once anchored")
     seed: str = Field("", max_length=256, description="start value of the digest chain")
+    wait: bool = Field(False, description="after the steps, wait for the release signal")
 
 
 class BenchStepInput(_Model):
@@ -56,6 +57,8 @@ class BenchStepOutput(_Model):
 class BenchResult(_Model):
     mode: BenchMode
     steps: int
+    #: Step records checkpointed (the activity steps plus the outcome step; 0 without a Ledger).
+    records: int = 0
     digest: str
     head: str | None = None
     anchored: bool = False

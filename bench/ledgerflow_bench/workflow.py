@@ -31,13 +31,23 @@ STEP_RETRY_POLICY = RetryPolicy(maximum_interval=timedelta(seconds=5))
 
 @workflow.defn(name="BenchWorkflow")
 class BenchWorkflow:
+    def __init__(self) -> None:
+        self._released = False
+
+    @workflow.signal
+    def release(self) -> None:
+        """End a run that waits (``wait=True``) after its steps."""
+        self._released = True
+
     @workflow.run
     async def run(self, request: BenchInput) -> BenchResult:
         ledger = (
             None
             if request.mode == "none"
-            else Ledger(request.mode, wait_for_anchor=request.wait_for_anchor)
+            else Ledger(request.mode, wait_for_anchor=request.wait_for_anchor, spec=2)
         )
+        if ledger is not None:
+            await ledger.open()  # checkpoint spec v2: salted commitments, outcome step, seal
         digest = request.seed or workflow.info().workflow_id
         for index in range(request.steps):
             arg = BenchStepInput(index=index, digest=digest)
@@ -47,12 +57,18 @@ class BenchWorkflow:
                 run = functools.partial(self._step, arg)
                 out = await ledger.step("activity", STEP_ACTIVITY, arg, run)
             digest = out.digest
+        if request.wait:
+            # Like a product workflow waiting for a person: flush first, then wait.
+            if ledger is not None:
+                await ledger.flush()
+            await workflow.wait_condition(lambda: self._released)
         if ledger is None:
             return BenchResult(mode="none", steps=request.steps, digest=digest)
         await ledger.finish("completed")
         return BenchResult(
             mode=request.mode,
-            steps=ledger.steps,
+            steps=request.steps,
+            records=ledger.steps,  # the activity steps and the run's outcome step
             digest=digest,
             head=ledger.head,
             anchored=ledger.anchored,

@@ -44,6 +44,7 @@ from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, ValidationError
+from starlette.background import BackgroundTask
 from temporalio.client import WorkflowExecutionStatus, WorkflowUpdateFailedError
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.service import RPCError, RPCStatusCode
@@ -294,6 +295,16 @@ def _parse_json(body: bytes, limit: int) -> Any:
         raise WebhookError(422, str(exc)) from None
 
 
+def _accepted(
+    workflow_id: str, run_id: str, *, background: BackgroundTask | None = None
+) -> JSONResponse:
+    """The 202 of a start (a ``WebhookAccepted``), built directly rather than through FastAPI's
+    response-model validation, which would only re-check these two strings."""
+    return JSONResponse(
+        {"workflow_id": workflow_id, "run_id": run_id}, status_code=202, background=background
+    )
+
+
 def _refused_status(status: int) -> str:
     """How a refusal is recorded: ``refused`` when the delivery itself was refused, ``failed``
     when ledgerflow could not act on it (a sender's retry takes it up again either way)."""
@@ -441,29 +452,24 @@ class _Webhooks:
 
     # -- POST /webhooks/{workflow_type} --
 
-    async def start(self, request: Request, workflow_type: str) -> WebhookAccepted:
+    async def start(self, request: Request, workflow_type: str) -> JSONResponse:
         webhook_id, body = await self.authenticate(request)
         model = _inputs().get(workflow_type)
         if model is None:
             raise _not_found(workflow_type)
         workflow_id = webhook_workflow_id(workflow_type, webhook_id)
+        # The delivery is bound to its route and run (one store transaction, in a thread) while
+        # the body is parsed and validated here: a refused body is then recorded as refused.
+        binding = asyncio.ensure_future(self.bind(webhook_id, workflow_type, workflow_id))
         try:
-            data = _parse_json(body, self.settings.webhook_max_body_bytes)
-            try:
-                if isinstance(data, dict) and "trigger" in model.model_fields:
-                    if data.get("trigger") is not None:
-                        # Replaced below, but a caller's trigger must be valid like the rest.
-                        registry.parse_input(workflow_type, data)
-                    data = {**data, "trigger": f"webhook:{webhook_id}"}
-                arg = registry.parse_input(workflow_type, data)
-            except ConfigError as exc:
-                raise WebhookError(422, str(exc)) from None
+            arg = self._start_input(workflow_type, model, webhook_id, body)
         except WebhookError as refusal:
-            await self.refuse_unbound(webhook_id, workflow_type, workflow_id, refusal)
+            await self._refuse_bound(binding, webhook_id, refusal)
             raise
-
-        client = await self.client()
-        prior, mine = await self.bind(webhook_id, workflow_type, workflow_id)
+        except BaseException:
+            await self._refuse_bound(binding, webhook_id, WebhookError(500, "internal error"))
+            raise
+        prior, mine = await binding
         if not mine and prior.run_id is not None:
             log.info(
                 "webhook.replay",
@@ -471,10 +477,17 @@ class _Webhooks:
                 workflow_id=workflow_id,
                 run_id=prior.run_id,
             )
-            return WebhookAccepted(workflow_id=workflow_id, run_id=prior.run_id)
+            return _accepted(workflow_id, prior.run_id)
+        try:
+            client = await self.client()
+        except WebhookError as exc:
+            if mine:
+                await self.finish(webhook_id, "failed", detail=str(exc))
+            raise
 
         # One start call: a running run is returned (USE_EXISTING), a closed one refuses the
-        # start (REJECT_DUPLICATE) and is looked up, so a replay never starts a second run.
+        # start (REJECT_DUPLICATE) and is looked up, so a replay never starts a second run. This,
+        # not the store, is what deduplicates starts: the workflow id is the webhook-id's.
         try:
             handle = await client.start(
                 workflow_type,
@@ -497,16 +510,63 @@ class _Webhooks:
             raise WebhookError(503, "the workflow engine refused the start; retry later") from None
         if not run_id:  # pragma: no cover - Temporal always answers a run id
             raise WebhookError(503, "the workflow engine did not return a run id; retry later")
-        store = await self.store()
-        run_id = await asyncio.to_thread(store.delivery_set_run, webhook_id, run_id)
+        # The run id is recorded after the answer has been sent (the response's background task):
+        # it only lets a later replay answer without asking Temporal. Should this process die
+        # before it is written, the delivery stays ``pending`` and a replay starts with the same
+        # workflow id, which Temporal answers with this run (see above), and records it then.
+        return _accepted(
+            workflow_id,
+            run_id,
+            background=BackgroundTask(
+                self._record_run, webhook_id, workflow_type, workflow_id, run_id
+            ),
+        )
+
+    def _start_input(
+        self, workflow_type: str, model: type[BaseModel], webhook_id: str, body: bytes
+    ) -> BaseModel:
+        """The body as the workflow's input, its ``trigger`` naming the webhook."""
+        data = _parse_json(body, self.settings.webhook_max_body_bytes)
+        try:
+            if isinstance(data, dict) and "trigger" in model.model_fields:
+                if data.get("trigger") is not None:
+                    # Replaced below, but a caller's trigger must be valid like the rest.
+                    registry.parse_input(workflow_type, data)
+                data = {**data, "trigger": f"webhook:{webhook_id}"}
+            return registry.parse_input(workflow_type, data)
+        except ConfigError as exc:
+            raise WebhookError(422, str(exc)) from None
+
+    async def _refuse_bound(
+        self, binding: asyncio.Future[tuple[Any, bool]], webhook_id: str, refusal: WebhookError
+    ) -> None:
+        """Record the refusal of a delivery whose binding is under way. Best effort: a binding to
+        another route or run, or a store that is down, leaves the refusal simply answered."""
+        try:
+            _row, mine = await binding
+            if mine:
+                await self.finish(webhook_id, _refused_status(refusal.status), detail=str(refusal))
+        except WebhookError:
+            return
+        except Exception as exc:  # the store is down: the refusal itself still holds
+            log.warning("webhook.refusal_not_recorded", error=type(exc).__name__)
+
+    async def _record_run(
+        self, webhook_id: str, workflow_type: str, workflow_id: str, run_id: str
+    ) -> None:
+        try:
+            store = await self.store()
+            recorded = await asyncio.to_thread(store.delivery_set_run, webhook_id, run_id)
+        except Exception as exc:  # a replay asks Temporal instead; nothing is lost
+            log.warning("webhook.run_not_recorded", webhook_id=webhook_id, error=type(exc).__name__)
+            recorded = run_id
         log.info(
             "webhook.accepted",
             webhook_id=webhook_id,
             workflow_type=workflow_type,
             workflow_id=workflow_id,
-            run_id=run_id,
+            run_id=recorded,
         )
-        return WebhookAccepted(workflow_id=workflow_id, run_id=run_id)
 
     @staticmethod
     async def _existing_run(client: LedgerflowClient, workflow_id: str) -> str | None:
@@ -725,12 +785,16 @@ class _Observed:
             return
         kind, workflow_type = _classify(path)
         status = 500  # unless a response starts: an exception that escapes is a 500
+        answered: float | None = None  # when the response's last byte went out
 
         async def send_observed(message: MutableMapping[str, Any]) -> None:
-            nonlocal status
-            if message.get("type") == "http.response.start":
+            nonlocal status, answered
+            kind_ = message.get("type")
+            if kind_ == "http.response.start":
                 status = int(message["status"])
             await send(message)
+            if kind_ == "http.response.body" and not message.get("more_body", False):
+                answered = time.monotonic()
 
         started = time.monotonic()
         span_cm = (
@@ -756,7 +820,10 @@ class _Observed:
                         from opentelemetry.trace import Status, StatusCode
 
                         span.set_status(Status(StatusCode.ERROR, f"HTTP {status}"))
-                metrics.current().webhook(kind, workflow_type, status, time.monotonic() - started)
+                # The latency the sender saw: work after the answer (recording the run id of a
+                # start) is not counted.
+                done = answered if answered is not None else time.monotonic()
+                metrics.current().webhook(kind, workflow_type, status, done - started)
 
 
 def _server_kind() -> Any:
@@ -856,7 +923,7 @@ def create_app(
                 )
 
     @app.post("/webhooks/{workflow_type}", include_in_schema=False, status_code=202)
-    async def start_any(request: Request, workflow_type: str) -> WebhookAccepted:
+    async def start_any(request: Request, workflow_type: str) -> JSONResponse:
         return await hooks.start(request, workflow_type)
 
     @app.post(
@@ -900,8 +967,8 @@ def create_app(
 
 def _start_route(
     hooks: _Webhooks, workflow_type: str
-) -> Callable[[Request], Awaitable[WebhookAccepted]]:
-    async def endpoint(request: Request) -> WebhookAccepted:
+) -> Callable[[Request], Awaitable[JSONResponse]]:
+    async def endpoint(request: Request) -> JSONResponse:
         return await hooks.start(request, workflow_type)
 
     endpoint.__name__ = f"start_{workflow_type}"

@@ -152,7 +152,11 @@ class Anchorer:
         if claimed is None:
             return None
         anchor, steps = claimed
-        await self._send(anchor, stored_at=[s.created_at for s in steps])
+        await self._send(
+            anchor,
+            stored_at=[s.created_at for s in steps],
+            runs={(s.workflow_id, s.run_id) for s in steps},
+        )
         return anchor
 
     async def resume(self) -> int:
@@ -162,9 +166,15 @@ class Anchorer:
             await self._send(row)
         return len(rows)
 
-    async def _send(self, anchor: AnchorRow, stored_at: Sequence[datetime] = ()) -> None:
+    async def _send(
+        self,
+        anchor: AnchorRow,
+        stored_at: Sequence[datetime] = (),
+        runs: set[tuple[str, str]] | None = None,
+    ) -> None:
         """Send (or resume) one batch; ``stored_at`` are its steps' store times (for the anchor
-        lag metric; a batch resumed after a crash has none)."""
+        lag metric; a batch resumed after a crash has none) and ``runs`` the runs of its steps
+        (their waiting flushes are woken; all of them when None)."""
         assert anchor.root is not None and anchor.id is not None
         registry = self.rt.contract("CheckpointRegistry")
         signer = await self.rt.signer("orchestrator")
@@ -195,7 +205,9 @@ class Anchorer:
             requeue_seals=missing,
         )
         self.anchored_roots += 1
-        self.rt.anchor_events.notify()
+        if runs is not None:
+            runs |= {(x.workflow_id, x.run_id) for x in seals}
+        self.rt.anchor_events.notify(runs)
         metrics.current().anchored("batched", anchor.leaf_count, _ages(stored_at))
         log.info(
             "root anchored",

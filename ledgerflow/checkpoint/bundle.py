@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
@@ -27,7 +28,7 @@ from typing import Any, Literal, Protocol
 from pydantic import BaseModel, Field
 
 from ledgerflow.checkpoint.canonical import encode_string
-from ledgerflow.checkpoint.merkle import MultiVerifier
+from ledgerflow.checkpoint.merkle import MultiVerifier, standard_layout
 from ledgerflow.checkpoint.merkle import keccak256_bytes as _k
 from ledgerflow.checkpoint.records import (
     OUTCOME_STEP_NAME,
@@ -35,7 +36,7 @@ from ledgerflow.checkpoint.records import (
     STEP_KINDS_V2,
     CanonicalError,
     is_failure_output,
-    parse_canonical,
+    parse_canonical_text,
     run_key,
 )
 from ledgerflow.errors import ChainError, VerificationError
@@ -45,12 +46,15 @@ __all__ = [
     "BundleError",
     "BundleReport",
     "Chain",
+    "DeploymentRef",
     "Finding",
     "RpcChain",
     "TrustRoot",
     "Web3Chain",
     "build_bundle",
+    "checksum_address",
     "parse_bundle",
+    "read_deployment",
     "verify_bundle",
 ]
 
@@ -129,6 +133,56 @@ class TrustRoot(BaseModel):
 
     def trusts(self, address: str) -> bool:
         return address.lower() == self.registry.lower()
+
+
+class DeploymentRef(BaseModel):
+    """What verification needs of a deployments file: its chain, block and contracts."""
+
+    chain_id: int = Field(gt=0)
+    block_number: int = Field(ge=0)
+    contracts: dict[str, str]
+
+
+def read_deployment(path: Any) -> DeploymentRef:
+    """The chain id, deployment block and contract addresses of a deployments file (written
+    by ``ledgerflow deploy``), read without web3 (``ledgerflow verify`` starts faster): every
+    address must be 20-byte 0x-hex and CheckpointRegistry present.
+
+    Raises:
+        ConfigError: the file is missing or is not such a document.
+    """
+    from pathlib import Path
+
+    from pydantic import ValidationError
+
+    from ledgerflow.errors import ConfigError
+
+    p = Path(path)
+    try:
+        ref = DeploymentRef.model_validate_json(p.read_bytes())
+    except FileNotFoundError:
+        raise ConfigError(f"no deployment file at {p}; run `ledgerflow deploy`") from None
+    except (OSError, ValidationError) as exc:
+        raise ConfigError(f"{p} is not a valid deployment: {exc}") from None
+    bad = [name for name, a in ref.contracts.items() if not _ADDRESS.match(a)]
+    if bad or "CheckpointRegistry" not in ref.contracts:
+        raise ConfigError(f"{p} is not a valid deployment: contracts {bad or 'without a registry'}")
+    return ref
+
+
+def checksum_address(address: str) -> str:
+    """EIP-55 mixed-case form of a 20-byte 0x-hex address (any case).
+
+    Raises:
+        VerificationError: not such an address.
+    """
+    if not _ADDRESS.match(address or ""):
+        raise VerificationError(f"{address!r} is not a 20-byte 0x-hex address")
+    low = address[2:].lower()
+    digest = _k(low.encode("ascii")).hex()
+    return "0x" + "".join(
+        c.upper() if int(d, 16) >= 8 else c for c, d in zip(low, digest, strict=False)
+    )
 
 
 # ---- the chain, as the algorithm sees it -------------------------------------------------------
@@ -398,46 +452,107 @@ def parse_bundle(data: str | bytes | Mapping[str, Any]) -> dict[str, Any]:
     steps = b.get("steps")
     _need(isinstance(steps, list), "steps", "is not an array")
     kinds = STEP_KINDS_V2 if version == 2 else STEP_KINDS_V1
+    root_anchor = [a["type"] == "root" for a in anchors]
+    n_anchors = len(anchors)
+    v2 = version == 2
+    # One cheap test per step (member sets by key views, every hex member of the step, proof
+    # and salts included, in one regular expression); a step that fails it gets the detailed
+    # checks, which say what is wrong.
+    hex_many = _HEX32_MANY.fullmatch
     for i, st in enumerate(steps):
-        where = f"steps[{i}]"
-        _need(isinstance(st, dict) and set(st) == _STEP_KEYS, where, "members")
-        r = st["record"]
-        _need(isinstance(r, dict) and set(r) == _RECORD_KEYS, f"{where}.record", "members")
-        _need(type(r["v"]) is int and r["v"] == version, f"{where}.record.v", "is not the version")
-        _need(_int(r["seq"]), f"{where}.record.seq", "is not an integer")
-        _need(r["kind"] in kinds, f"{where}.record.kind", "is not a kind of this version")
-        _need(isinstance(r["name"], str), f"{where}.record.name", "is not a string")
-        _need(r["status"] in ("ok", "failed"), f"{where}.record.status", "is not ok or failed")
-        hexes = (r["run"], r["input"], r["output"], r["prev"])
-        if not (
-            all(type(x) is str and len(x) == 66 for x in hexes)
-            and _HEX32_FOUR.fullmatch("".join(hexes))
-        ):
-            for key in ("run", "input", "output", "prev"):
-                _need(_hex32(r[key]), f"{where}.record.{key}", "is not hex32")
-        for part in ("input", "output"):
-            p = st[part]
-            if p is None:
+        try:
+            r = st["record"]
+            a_idx = st["anchor"]
+            proof = st["proof"]
+            inp, out = st["input"], st["output"]
+            hexes = [r["run"], r["input"], r["output"], r["prev"]]
+            if a_idx is None:
+                ok = proof is None
+            else:
+                ok = type(a_idx) is int and 0 <= a_idx < n_anchors
+                if ok and root_anchor[a_idx]:
+                    ok = type(proof) is list
+                    if ok:
+                        hexes += proof
+                else:
+                    ok = ok and proof is None
+            for p in (inp, out):
+                if p is not None:
+                    ok = ok and type(p) is dict and p.keys() == _PART_KEYS
+                    ok = ok and type(p["preimage"]) is str
+                    if v2:
+                        hexes.append(p["salt"])
+                    else:
+                        ok = ok and p["salt"] is None
+            if (
+                ok
+                and type(st) is dict
+                and st.keys() == _STEP_KEYS
+                and type(r) is dict
+                and r.keys() == _RECORD_KEYS
+                and type(r["v"]) is int
+                and r["v"] == version
+                and type(r["seq"]) is int
+                and 0 <= r["seq"] < _MAX_INT
+                and r["kind"] in kinds
+                and type(r["name"]) is str
+                and r["status"] in _STATUSES
+                and {*map(len, hexes)} == _LEN66
+                and hex_many("".join(hexes)) is not None
+            ):
                 continue
-            _need(isinstance(p, dict) and set(p) == _PART_KEYS, f"{where}.{part}", "members")
-            _need(isinstance(p["preimage"], str), f"{where}.{part}.preimage", "not a string")
-            salt_ok = _hex32(p["salt"]) if version == 2 else p["salt"] is None
-            _need(salt_ok, f"{where}.{part}.salt", "is not hex32 (v2) or null (v1)")
-        a_idx = st["anchor"]
-        _need(a_idx is None or (_int(a_idx) and a_idx < len(anchors)), where, "anchor index")
-        is_root = a_idx is not None and anchors[a_idx]["type"] == "root"
-        proof = st["proof"]
-        if is_root:
-            _need(
-                isinstance(proof, list)
-                and all(type(x) is str and len(x) == 66 for x in proof)
-                and _HEX32_MANY.fullmatch("".join(proof)) is not None,
-                where,
-                "proof array",
-            )
-        else:
-            _need(proof is None, where, "has a proof without a root anchor")
+        except (TypeError, KeyError, AttributeError):
+            pass
+        _check_step(i, st, version, kinds, anchors)
     return b
+
+
+_STATUSES = frozenset(("ok", "failed"))
+_LEN66 = {66}
+
+
+def _check_step(i: int, st: Any, version: int, kinds: Any, anchors: list[dict[str, Any]]) -> None:
+    """The detailed shape checks of one step entry: raise :class:`BundleError` saying what is
+    wrong (called for a step that failed the quick test of :func:`parse_bundle`; a mapping that
+    is not a plain dict but is well-formed passes)."""
+    where = f"steps[{i}]"
+    _need(isinstance(st, dict) and set(st) == _STEP_KEYS, where, "members")
+    r = st["record"]
+    _need(isinstance(r, dict) and set(r) == _RECORD_KEYS, f"{where}.record", "members")
+    _need(type(r["v"]) is int and r["v"] == version, f"{where}.record.v", "is not the version")
+    _need(_int(r["seq"]), f"{where}.record.seq", "is not an integer")
+    _need(r["kind"] in kinds, f"{where}.record.kind", "is not a kind of this version")
+    _need(isinstance(r["name"], str), f"{where}.record.name", "is not a string")
+    _need(r["status"] in ("ok", "failed"), f"{where}.record.status", "is not ok or failed")
+    hexes = (r["run"], r["input"], r["output"], r["prev"])
+    if not (
+        all(type(x) is str and len(x) == 66 for x in hexes)
+        and _HEX32_FOUR.fullmatch("".join(hexes))
+    ):
+        for key in ("run", "input", "output", "prev"):
+            _need(_hex32(r[key]), f"{where}.record.{key}", "is not hex32")
+    for part in ("input", "output"):
+        p = st[part]
+        if p is None:
+            continue
+        _need(isinstance(p, dict) and set(p) == _PART_KEYS, f"{where}.{part}", "members")
+        _need(isinstance(p["preimage"], str), f"{where}.{part}.preimage", "not a string")
+        salt_ok = _hex32(p["salt"]) if version == 2 else p["salt"] is None
+        _need(salt_ok, f"{where}.{part}.salt", "is not hex32 (v2) or null (v1)")
+    a_idx = st["anchor"]
+    _need(a_idx is None or (_int(a_idx) and a_idx < len(anchors)), where, "anchor index")
+    is_root = a_idx is not None and anchors[a_idx]["type"] == "root"
+    proof = st["proof"]
+    if is_root:
+        _need(
+            isinstance(proof, list)
+            and all(type(x) is str and len(x) == 66 for x in proof)
+            and _HEX32_MANY.fullmatch("".join(proof)) is not None,
+            where,
+            "proof array",
+        )
+    else:
+        _need(proof is None, where, "has a proof without a root anchor")
 
 
 # ---- the report --------------------------------------------------------------------------------
@@ -480,6 +595,20 @@ class BundleReport(BaseModel):
     @property
     def verdict(self) -> tuple[bool, bool, int | None]:
         return self.ok, self.sealed, self.first_bad_step
+
+
+class _Clock:
+    """Adds the seconds since the last lap to ``timings[name]`` (nothing without timings)."""
+
+    def __init__(self, timings: dict[str, float] | None) -> None:
+        self.timings = timings
+        self.last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        if self.timings is not None:
+            now = time.perf_counter()
+            self.timings[name] = self.timings.get(name, 0.0) + now - self.last
+            self.last = now
 
 
 class _Findings:
@@ -550,6 +679,7 @@ def _phase2(
     v2 = run.version == 2
     head = run.rk
     rk_hex = run.rk_hex
+    fromhex = bytes.fromhex
     for i, st in enumerate(run.steps):
         r = st["record"]
         sh = _k(_record_preimage(r))
@@ -557,7 +687,7 @@ def _phase2(
             f.add(i, "seq", f"position {i} holds the record of seq {r['seq']}")
         if r["run"] != rk_hex:
             f.add(i, "run", "the record belongs to another run")
-        if r["prev"] != _h(head):
+        if r["prev"] != "0x" + head.hex():
             f.add(i, "prev", "prev is not the head of the steps before it")
         head = _k(head + sh)
         run.sh.append(sh)
@@ -569,18 +699,19 @@ def _phase2(
             if p is None:
                 parts.append(part)
                 continue
+            text = p["preimage"]
             try:
-                data = p["preimage"].encode("utf-8")
+                data = text.encode("utf-8")
             except UnicodeError:
                 f.add(i, "preimage", f"the {part} preimage is not valid Unicode")
                 continue
             try:
-                values[part] = parse_canonical(data)
+                values[part] = parse_canonical_text(text)
             except CanonicalError as exc:
                 f.add(i, "preimage", f"the {part} preimage is not canonical LCE-1 ({exc})")
                 continue
-            salt = bytes.fromhex(p["salt"][2:]) if v2 else b""
-            if _h(_k(salt + data)) != r[part]:
+            salt = fromhex(p["salt"][2:]) if v2 else b""
+            if "0x" + _k(salt + data).hex() != r[part]:
                 f.add(i, "commitment", f"{part} preimage does not match its commitment")
         if parts:
             redacted.append({"step": i, "parts": parts})
@@ -673,14 +804,19 @@ async def _gather_receipts(chain: Chain, tx_hashes: Iterable[str]) -> dict[str, 
 
 
 async def _phase3(
-    run: _Run, trust: TrustRoot, chain: Chain | None, rng: tuple[int, int], f: _Findings
+    run: _Run,
+    trust: TrustRoot,
+    chain: Chain | None,
+    rng: tuple[int, int],
+    f: _Findings,
+    clock: _Clock | None = None,
 ) -> int:
     """Anchors; returns the number of unanchored steps."""
     b = run.b
     want = "root" if b["anchor_mode"] == "batched" else "step"
     verifier = MultiVerifier()
-    v2 = run.version == 2
     refs: dict[int, list[int]] = {}
+    root_users: dict[int, list[int]] = {}
     pending = 0
     for i, st in enumerate(run.steps):
         idx = st["anchor"]
@@ -707,16 +843,17 @@ async def _phase3(
             )
             trusted = False
         if a["type"] == "root":
-            leaf = _k(_k(run.sh[i])) if v2 else _k(b"\x00" + run.sh[i])
-            raw = bytes.fromhex("".join(x[2:] for x in st["proof"]))
-            proof = [raw[j : j + 32] for j in range(0, len(raw), 32)]
-            if not verifier.verify(leaf, proof, bytes.fromhex(a["root"][2:])):
-                f.add(i, "proof", "the Merkle proof does not lead to the anchored root")
+            root_users.setdefault(idx, []).append(i)
         elif a["seq"] != i:
             f.add(i, "anchor_tx", f"the step's anchor is the checkpoint of step {a['seq']}")
             continue
         if trusted and (a["type"] == "root" or a["seq"] < run.m):
             refs.setdefault(idx, []).append(i)
+    for idx, users in root_users.items():
+        for i in _proof_failures(run, run.anchors[idx], users, verifier):
+            f.add(i, "proof", "the Merkle proof does not lead to the anchored root")
+    if clock is not None:
+        clock.lap("proofs")
     if chain is None:
         return pending
     receipts = await _gather_receipts(chain, (run.anchors[idx]["tx_hash"] for idx in refs))
@@ -745,6 +882,52 @@ async def _phase3(
         if any(s >= run.m for s in by_seq):
             f.add(run.m, "checkpoint_log", "the registry holds steps beyond the bundle's")
     return pending
+
+
+def _proof_failures(
+    run: _Run, a: Mapping[str, Any], users: list[int], verifier: MultiVerifier
+) -> list[int]:
+    """The steps among ``users`` (all anchored by root anchor ``a``) whose proof does not fold
+    from their leaf to ``a.root`` (spec section 10.4, check 4).
+
+    Every step's proof is folded (:class:`MultiVerifier`), except in one case that gives the
+    same answers for less: a version 2 bundle holding every leaf of the batch (as many steps
+    as ``leaf_count``). Its tree is then rebuilt from those leaves; when the rebuilt root is
+    ``a.root``, a proof equal to the rebuilt path of its leaf folds to that root by
+    construction, so it passes without being folded. Any other proof (and every proof when the
+    rebuilt root differs) is folded as usual.
+    """
+    steps, sh = run.steps, run.sh
+    k = _k
+    if run.version == 2:
+        leaves = [k(k(sh[i])) for i in users]
+    else:
+        leaves = [k(b"\x00" + sh[i]) for i in users]
+    root_hex = a["root"]
+    root = bytes.fromhex(root_hex[2:])
+    tree_hex: list[str] | None = None
+    index: list[int] = []
+    if run.version == 2 and len(users) == a["leaf_count"]:
+        tree, index = standard_layout(leaves)
+        if tree[0] == root:
+            tree_hex = ["0x" + x.hex() for x in tree]
+    bad: list[int] = []
+    for n, i in enumerate(users):
+        proof = steps[i]["proof"]
+        if tree_hex is not None:
+            j = index[n]
+            for x in proof:
+                if j == 0 or x != tree_hex[j + 1 if j & 1 else j - 1]:
+                    break
+                j = (j - 1) >> 1
+            else:
+                if j == 0:
+                    continue  # the rebuilt path of this leaf, up to the anchored root
+        raw = bytes.fromhex("".join(proof).replace("0x", ""))
+        siblings = [raw[j : j + 32] for j in range(0, len(raw), 32)]
+        if not verifier.verify(leaves[n], siblings, root):
+            bad.append(i)
+    return bad
 
 
 def _anchor_problem(
@@ -905,21 +1088,26 @@ async def verify_bundle(
     *,
     allow_unsealed_v1: bool = False,
     extra_findings: Sequence[Finding] = (),
+    timings: dict[str, float] | None = None,
 ) -> BundleReport:
     """Verify an audit bundle against a trust root (docs/checkpoint-spec.md, section 10).
 
     ``chain`` None checks offline only: every chain finding is then missing and the report can
-    never be ok (``node_chain`` at step 0 says why).
+    never be ok (``node_chain`` at step 0 says why). ``timings``, when given, receives the
+    seconds spent per phase (``parse``, ``records``, ``proofs``, ``chain``, ``seal``,
+    ``effects``; the benchmark reports them).
 
     Raises:
         BundleError: the bundle is malformed (no verdict).
         ChainError: the node cannot be queried.
     """
+    clock = _Clock(timings)
     b = parse_bundle(bundle)
     run = _Run(b)
     f = _Findings()
     redacted: list[dict[str, Any]] = []
     approvals: list[dict[str, Any]] = []
+    clock.lap("parse")
     # phase 1: trust and chain
     if b["run_key"] != run.rk_hex:
         f.add(0, "run_key", "the bundle's run_key is not the run key of its workflow and run id")
@@ -947,11 +1135,13 @@ async def verify_bundle(
                 live = None
             else:
                 rng = (trust.from_block, await chain.block_number())
+        clock.lap("chain")
         # phase 2: records, commitments, head chain (offline)
         _phase2(run, f, redacted, approvals)
         head = run.heads[-1]
-        # phase 3: anchors
-        pending = await _phase3(run, trust, live, rng, f)
+        clock.lap("records")
+        # phase 3: anchors (the proofs offline, then each anchor's receipt once)
+        pending = await _phase3(run, trust, live, rng, f, clock)
         # phase 4: the seal
         sealed, seal = False, None
         if live is not None:
@@ -960,6 +1150,7 @@ async def verify_bundle(
                     f.add(run.m, "unsealed", "version 1 runs have no seal (--allow-unsealed-v1)")
             else:
                 sealed, seal = await _phase4(run, trust, live, rng, head, f)
+        clock.lap("seal")
         # phase 5: chain effects
         contracts_source: Literal["trust_root", "bundle"] = (
             "trust_root" if trust.contracts is not None else "bundle"
@@ -967,6 +1158,7 @@ async def verify_bundle(
         if live is not None and run.version == 2:
             known = trust.contracts if trust.contracts is not None else b["contracts"].values()
             await _phase5(run, {c.lower() for c in known}, live, f)
+        clock.lap("effects")
     except (OSError, ValueError) as exc:
         raise ChainError(f"chain query failed while verifying: {exc}") from None
     items = sorted([*f.items, *extra_findings], key=lambda x: (x.step, x.code))
@@ -1004,6 +1196,48 @@ def _part(preimage: str | None, salt: str | None, version: int) -> dict[str, Any
     return {"salt": salt if version == 2 else None, "preimage": preimage}
 
 
+_STEP_TUPLE_COLUMNS = (
+    "seq",
+    "kind",
+    "name",
+    "status",
+    "input_hash",
+    "output_hash",
+    "prev",
+    "spec_version",
+    "input_preimage",
+    "output_preimage",
+    "input_salt",
+    "output_salt",
+    "redacted_at",
+    "anchor_id",
+    "proof",
+)
+
+
+def _step_tuples(store: Any, workflow_id: str, run_id: str) -> list[tuple[Any, ...]]:
+    """The run's steps as tuples (``Store.step_tuples``: one query, no ORM objects), or from
+    ``get_steps`` for a store without it; ordered by seq."""
+    fast = getattr(store, "step_tuples", None)
+    if fast is not None:
+        return list(fast(workflow_id, run_id))
+    rows = sorted(store.get_steps(workflow_id, run_id), key=lambda r: r.seq)
+    return [tuple(getattr(r, c, None) for c in _STEP_TUPLE_COLUMNS) for r in rows]
+
+
+#: A stored proof as the anchorer writes it (``json.dumps`` of 0x-hex siblings).
+_PROOF_TEXT = re.compile(r'\[(?:"0x[0-9a-f]{64}"(?:, "0x[0-9a-f]{64}")*)?\]')
+
+
+def _stored_proof(text: str | None) -> Any:
+    """A stored proof column as the bundle's ``proof`` array (``[]`` for none)."""
+    if not text:
+        return []
+    if _PROOF_TEXT.fullmatch(text):  # the anchorer's own format: split, not a JSON parse
+        return text[2:-2].split('", "') if len(text) > 2 else []
+    return json.loads(text)
+
+
 def build_bundle(
     store: Any,
     workflow_id: str,
@@ -1024,54 +1258,68 @@ def build_bundle(
         StoreError: no such run.
     """
     run = store.get_run(workflow_id, run_id)
-    rows = sorted(store.get_steps(run.workflow_id, run.run_id), key=lambda r: r.seq)
-    anchor_rows = store.get_anchors([r.anchor_id for r in rows if r.anchor_id is not None])
     version = int(getattr(run, "spec_version", 1) or 1)
+    rows = _step_tuples(store, run.workflow_id, run.run_id)
+    anchor_rows = store.get_anchors({r[13] for r in rows if r[13] is not None})
     anchors: list[dict[str, Any]] = []
     index: dict[int, int] = {}
+    for a_id, a in sorted(anchor_rows.items()):
+        if a.status == "confirmed" and a.tx_hash and a.id is not None:
+            index[a_id] = -1  # numbered in order of first use below
     steps: list[dict[str, Any]] = []
-    for row in rows:
-        a = anchor_rows.get(row.anchor_id) if row.anchor_id is not None else None
-        ref: int | None = None
-        if a is not None and a.status == "confirmed" and a.tx_hash and a.id is not None:
-            key = a.id
-            if key not in index:
-                base = {
-                    "chain_id": int(a.chain_id if a.chain_id is not None else chain_id),
-                    "registry": a.registry_address or registry,
-                    "tx_hash": a.tx_hash,
-                    "block_number": int(a.block_number or 0),
-                }
-                if a.mode == "batched":
-                    entry = {"type": "root", **base, "root": a.root, "leaf_count": a.leaf_count}
-                else:
-                    entry = {"type": "step", **base, "seq": row.seq}
-                index[key] = len(anchors)
-                anchors.append(entry)
-            ref = index[key]
+    append = steps.append
+    rk = run.run_key
+    for (
+        seq,
+        kind,
+        name,
+        status,
+        input_hash,
+        output_hash,
+        prev,
+        row_version,
+        input_preimage,
+        output_preimage,
+        input_salt,
+        output_salt,
+        redacted_at,
+        anchor_id,
+        proof,
+    ) in rows:
+        ref = index.get(anchor_id) if anchor_id is not None else None
+        if ref == -1:
+            a = anchor_rows[anchor_id]
+            base = {
+                "chain_id": int(a.chain_id if a.chain_id is not None else chain_id),
+                "registry": a.registry_address or registry,
+                "tx_hash": a.tx_hash,
+                "block_number": int(a.block_number or 0),
+            }
+            if a.mode == "batched":
+                entry = {"type": "root", **base, "root": a.root, "leaf_count": a.leaf_count}
+            else:
+                entry = {"type": "step", **base, "seq": seq}
+            ref = index[anchor_id] = len(anchors)
+            anchors.append(entry)
         is_root = ref is not None and anchors[ref]["type"] == "root"
-        redacted = getattr(row, "redacted_at", None) is not None
-        steps.append(
+        redacted = redacted_at is not None
+        append(
             {
                 "record": {
-                    "v": int(getattr(row, "spec_version", version) or version),
-                    "run": run.run_key,
-                    "seq": row.seq,
-                    "kind": row.kind,
-                    "name": row.name,
-                    "input": row.input_hash,
-                    "output": row.output_hash,
-                    "status": row.status,
-                    "prev": row.prev,
+                    "v": int(row_version or version),
+                    "run": rk,
+                    "seq": seq,
+                    "kind": kind,
+                    "name": name,
+                    "input": input_hash,
+                    "output": output_hash,
+                    "status": status,
+                    "prev": prev,
                 },
-                "input": None
-                if redacted
-                else _part(row.input_preimage, getattr(row, "input_salt", None), version),
-                "output": None
-                if redacted
-                else _part(row.output_preimage, getattr(row, "output_salt", None), version),
+                "input": None if redacted else _part(input_preimage, input_salt, version),
+                "output": None if redacted else _part(output_preimage, output_salt, version),
                 "anchor": ref,
-                "proof": (json.loads(row.proof) if row.proof else []) if is_root else None,
+                "proof": _stored_proof(proof) if is_root else None,
             }
         )
     seal_entry: dict[str, Any] | None = None

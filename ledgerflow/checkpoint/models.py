@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Protocol
 
 from pydantic import Field
 
@@ -10,7 +11,7 @@ from ledgerflow.checkpoint.records import StepKind, StepStatus
 from ledgerflow.types import AnchorMode, StrictModel
 
 if TYPE_CHECKING:
-    from ledgerflow.store import AnchorRow, StepRow
+    from ledgerflow.store import AnchorRow
 
 __all__ = [
     "AnchorInfo",
@@ -99,7 +100,17 @@ class CheckpointAck(StrictModel):
     anchors: list[AnchorInfo] = Field(default_factory=list)
 
 
-def anchor_infos(steps: list[StepRow], anchors: dict[int, AnchorRow]) -> list[AnchorInfo]:
+class _StepRef(Protocol):
+    """What :func:`anchor_infos` reads of a step (a ``StepRow`` or a ``StepAnchorRef``)."""
+
+    @property
+    def seq(self) -> int: ...
+
+    @property
+    def anchor_id(self) -> int | None: ...
+
+
+def anchor_infos(steps: Sequence[_StepRef], anchors: dict[int, AnchorRow]) -> list[AnchorInfo]:
     """One entry per distinct confirmed anchor of ``steps`` (per-step anchors name their step)."""
     out: list[AnchorInfo] = []
     seen: set[int] = set()

@@ -12,6 +12,8 @@ Version 2 differs from version 1 in: the run key preimage (``"spec": 2``), salte
 from __future__ import annotations
 
 import json
+import json.encoder
+import json.scanner
 import sys
 import threading
 from typing import Any, Literal
@@ -37,6 +39,7 @@ __all__ = [
     "leaf_hash_v2",
     "next_head",
     "parse_canonical",
+    "parse_canonical_text",
     "run_key",
     "step_hash",
 ]
@@ -161,10 +164,30 @@ def _no_constant(text: str) -> Any:
     raise CanonicalError(f"{text} has no canonical encoding")
 
 
-_loads = json.JSONDecoder(parse_float=_no_float, parse_constant=_no_constant).decode
+_DECODER = json.JSONDecoder(parse_float=_no_float, parse_constant=_no_constant)
+_loads = _DECODER.decode
 _dumps = json.JSONEncoder(
     ensure_ascii=False, sort_keys=True, separators=(",", ":"), allow_nan=False
 ).encode
+
+
+def _no_default(value: Any) -> Any:  # pragma: no cover - parsed JSON holds no other types
+    raise CanonicalError(f"no canonical encoding for {type(value).__name__}")
+
+
+# The C scanner and encoder behind ``_loads`` and ``_dumps``, made once: the same results
+# without the per-call set-up of JSONDecoder.decode and JSONEncoder.encode (about 3x faster for
+# the small preimages a verifier reads by the thousand). No cycle check: parsed JSON has none.
+_c_scan: Any = getattr(json.scanner, "c_make_scanner", None)
+_c_encoder: Any = getattr(json.encoder, "c_make_encoder", None)
+_scan_once = _c_scan(_DECODER) if _c_scan is not None else None
+_encode_once = (
+    _c_encoder(
+        None, _no_default, json.encoder.encode_basestring, None, ":", ",", True, False, False
+    )
+    if _c_encoder is not None
+    else None
+)
 
 
 #: The deepest nesting :func:`parse_canonical` reads. LCE-1 sets no limit; ledgerflow never
@@ -196,6 +219,13 @@ def _nesting(text: str) -> int:
 
 
 def _round_trip(text: str) -> tuple[Any, str]:
+    if _scan_once is not None and _encode_once is not None:
+        try:
+            value, end = _scan_once(text, 0)
+        except StopIteration:
+            end = -1  # no JSON value at the start: the full decoder says what is wrong
+        if end == len(text):
+            return value, "".join(_encode_once(value, 0))
     return (value := _loads(text)), _dumps(value)
 
 
@@ -238,6 +268,28 @@ def parse_canonical(data: bytes) -> Any:
     except (UnicodeError, ValueError, RecursionError) as exc:
         raise CanonicalError(f"not an LCE-1 text: {exc}") from None
     if again != data:
+        raise CanonicalError("not the canonical encoding of its value")
+    return value
+
+
+def parse_canonical_text(text: str) -> Any:
+    """:func:`parse_canonical` of ``text.encode("utf-8")`` for a ``text`` that has a UTF-8
+    encoding (the caller encodes it first): the same value or the same error, without decoding
+    the bytes again. A string compares equal exactly when its UTF-8 encodings do.
+
+    Raises:
+        CanonicalError: as :func:`parse_canonical`.
+    """
+    try:
+        try:
+            value, encoded = _round_trip(text)
+        except RecursionError:
+            value, encoded = _round_trip_deep(text)
+    except CanonicalError:
+        raise
+    except (ValueError, RecursionError) as exc:
+        raise CanonicalError(f"not an LCE-1 text: {exc}") from None
+    if encoded != text:
         raise CanonicalError("not the canonical encoding of its value")
     return value
 

@@ -8,22 +8,24 @@ checkpoint flush and the head and step count in the workflow's result must be th
 ``verify <workflow-id>`` and ``verify --bundle`` of its export can only differ by that
 cross-check.
 
-:func:`verify_steps` and :func:`decode_proof` are the version 1 store fast path the benchmark
-harness measures.
+:func:`verify_stored` is the same from its parts (a store or
+:class:`~ledgerflow.checkpoint.sqlite_read.SqliteReader`, the deployment, any chain client):
+``ledgerflow verify <id>`` uses it without a runtime, web3 or, with ``--no-history``, Temporal.
+
+:func:`verify_steps` and :func:`decode_proof` check version 1 step rows directly (the store's
+tests, and the benchmark's per-step baseline, use them).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
-
-from temporalio.api.enums.v1 import EventType
-from temporalio.client import Client
-from temporalio.service import RPCError
+import time
+from typing import TYPE_CHECKING, Any
 
 from ledgerflow.checkpoint.bundle import (
     BundleReport,
+    Chain,
     Finding,
     TrustRoot,
     Web3Chain,
@@ -32,10 +34,22 @@ from ledgerflow.checkpoint.bundle import (
 )
 from ledgerflow.checkpoint.canonical import encode_string, keccak
 from ledgerflow.checkpoint.records import next_head, run_key
-from ledgerflow.runtime import Runtime
-from ledgerflow.store import StepRow
 
-__all__ = ["VerifyReport", "export_run", "trust_root", "verify_run", "verify_steps"]
+if TYPE_CHECKING:  # not at run time: `ledgerflow verify` imports neither Temporal nor web3
+    from temporalio.client import Client
+
+    from ledgerflow.runtime import Runtime
+    from ledgerflow.store import StepRow
+
+__all__ = [
+    "VerifyReport",
+    "export_run",
+    "export_stored",
+    "trust_root",
+    "verify_run",
+    "verify_steps",
+    "verify_stored",
+]
 
 CHECKPOINT_ACTIVITIES = {"checkpoint.anchor_steps", "checkpoint.store_steps"}
 
@@ -128,6 +142,9 @@ async def _check_history(
     client: Client, workflow_id: str, run_id: str, hashes: list[str], head: str
 ) -> tuple[bool, list[Finding]]:
     """Cross-check against Temporal history; (False, []) when it is no longer retained."""
+    from temporalio.api.enums.v1 import EventType
+    from temporalio.service import RPCError
+
     handle = client.get_workflow_handle(workflow_id, run_id=run_id)
     try:
         history = await handle.fetch_history()
@@ -220,18 +237,30 @@ def trust_root(rt: Runtime) -> TrustRoot:
 
 def export_run(rt: Runtime, workflow_id: str, run_id: str | None = None) -> dict[str, Any]:
     """The audit bundle of a stored run (synchronous: call it in a thread from async code)."""
-    dep = rt.deployment
-    registry = rt.address("CheckpointRegistry")
-    contracts = {name: str(addr) for name, addr in dep.contracts.items()}
+    return export_stored(
+        rt.store, rt.deployment, rt.address("CheckpointRegistry"), workflow_id, run_id
+    )
+
+
+def export_stored(
+    store: Any,
+    deployment: Any,
+    registry: str,
+    workflow_id: str,
+    run_id: str | None = None,
+) -> dict[str, Any]:
+    """:func:`export_run` from its parts: a store, the deployment the run used (``chain_id``,
+    ``block_number``, ``contracts``) and the registry address in force."""
+    contracts = {name: str(addr) for name, addr in deployment.contracts.items()}
     contracts["CheckpointRegistry"] = registry
-    own = str(dep.contracts["CheckpointRegistry"]).lower() == registry.lower()
+    own = str(deployment.contracts["CheckpointRegistry"]).lower() == registry.lower()
     return build_bundle(
-        rt.store,
+        store,
         workflow_id,
         run_id,
-        chain_id=rt.chain_id,
+        chain_id=int(deployment.chain_id),
         registry=registry,
-        registry_deployment_block=int(dep.block_number) if own else 0,
+        registry_deployment_block=int(deployment.block_number) if own else 0,
         contracts=contracts,
     )
 
@@ -244,6 +273,7 @@ async def verify_run(
     client: Client | None = None,
     trust: TrustRoot | None = None,
     allow_unsealed_v1: bool = False,
+    timings: dict[str, float] | None = None,
 ) -> VerifyReport:
     """Verify one stored run (the latest of ``workflow_id`` unless ``run_id`` is given) as its
     audit bundle, against ``trust`` (default: the runtime's deployments file).
@@ -253,8 +283,50 @@ async def verify_run(
         ConfigError: no deployments file (and no ``trust``).
         ChainError: the node cannot be queried.
     """
-    bundle = await asyncio.to_thread(export_run, rt, workflow_id, run_id)
-    trust = trust or trust_root(rt)
+    return await verify_stored(
+        rt.store,
+        rt.deployment,
+        rt.address("CheckpointRegistry"),
+        workflow_id,
+        run_id,
+        chain=Web3Chain(rt.w3),
+        client=client,
+        trust=trust or trust_root(rt),
+        allow_unsealed_v1=allow_unsealed_v1,
+        timings=timings,
+    )
+
+
+async def verify_stored(
+    store: Any,
+    deployment: Any,
+    registry: str,
+    workflow_id: str,
+    run_id: str | None = None,
+    *,
+    chain: Chain,
+    trust: TrustRoot,
+    client: Client | None = None,
+    allow_unsealed_v1: bool = False,
+    timings: dict[str, float] | None = None,
+) -> VerifyReport:
+    """:func:`verify_run` from its parts (what ``ledgerflow verify <id>`` calls: a store, the
+    deployment, the registry in force and any :class:`~ledgerflow.checkpoint.bundle.Chain`,
+    without a runtime).
+
+    ``timings``, when given, receives the seconds per phase: ``load`` (the store read and the
+    bundle built from it), ``history`` and those of :func:`verify_bundle`.
+
+    Raises:
+        StoreError: no such run in the store.
+        ChainError: the node cannot be queried.
+    """
+    t0 = time.perf_counter()
+    bundle = await asyncio.to_thread(
+        export_stored, store, deployment, registry, workflow_id, run_id
+    )
+    if timings is not None:
+        timings["load"] = time.perf_counter() - t0
     extra: list[Finding] = []
     history_checked = False
     if client is not None:
@@ -265,12 +337,15 @@ async def verify_run(
         history_checked, extra = await _check_history(
             client, bundle["workflow_id"], bundle["run_id"], hashes, head
         )
+    if timings is not None:
+        timings["history"] = time.perf_counter() - t0 - timings["load"]
     report = await verify_bundle(
         bundle,
         trust,
-        Web3Chain(rt.w3),
+        chain,
         allow_unsealed_v1=allow_unsealed_v1,
         extra_findings=extra,
+        timings=timings,
     )
     report.history_checked = history_checked
     return report

@@ -386,7 +386,7 @@ def _trust(
         if contracts:
             trust.contracts = list(contracts)
         return trust
-    from ledgerflow.chain.deploy import load_deployment
+    from ledgerflow.checkpoint.bundle import read_deployment
 
     path = settings.deployments_path
     if not path.exists():
@@ -394,19 +394,25 @@ def _trust(
             f"no trust root: no deployments file at {path}; pass --registry ADDR --chain-id N "
             "(or set LEDGERFLOW_DEPLOYMENTS_FILE)"
         )
-    reg = None
-    if settings.registry_address:
-        from web3 import Web3
-
-        if not Web3.is_address(settings.registry_address.lower()):
-            raise LedgerflowError(
-                f"LEDGERFLOW_REGISTRY_ADDRESS {settings.registry_address!r} is not an address"
-            )
-        reg = Web3.to_checksum_address(settings.registry_address.lower())
-    trust = TrustRoot.from_deployment(load_deployment(path), registry=reg)
+    trust = TrustRoot.from_deployment(read_deployment(path), registry=_registry_override(settings))
     if from_block is not None:
         trust.from_block = min(trust.from_block, from_block)
     return trust
+
+
+def _registry_override(settings: Settings) -> str | None:
+    """``LEDGERFLOW_REGISTRY_ADDRESS`` (any case) checksummed, or None when unset."""
+    if not settings.registry_address:
+        return None
+    from ledgerflow.checkpoint.bundle import checksum_address
+    from ledgerflow.errors import VerificationError
+
+    try:
+        return checksum_address(settings.registry_address.strip().lower())
+    except VerificationError:
+        raise LedgerflowError(
+            f"LEDGERFLOW_REGISTRY_ADDRESS {settings.registry_address!r} is not an address"
+        ) from None
 
 
 def _reader_runtime(settings: Settings) -> Any:
@@ -503,11 +509,15 @@ def verify(
                 return await verify_bundle(text, trust, chain, allow_unsealed_v1=allow_unsealed_v1)
             finally:
                 await chain.aclose()
-        from ledgerflow.checkpoint.verify import verify_run
+        # Only what verification reads: the store, the deployments file and plain JSON-RPC
+        # (no runtime, no web3), Temporal only for the history cross-check.
+        from ledgerflow.checkpoint.bundle import RpcChain, read_deployment
+        from ledgerflow.checkpoint.sqlite_read import close_reader, open_reader
+        from ledgerflow.checkpoint.verify import verify_stored
 
         assert workflow_id is not None
-        if rpc_url:
-            settings.rpc_url = rpc_url
+        deployment = read_deployment(settings.deployments_path)
+        in_force = _registry_override(settings) or deployment.contracts["CheckpointRegistry"]
         client = None
         if not no_history:
             from ledgerflow.temporal import connect
@@ -516,18 +526,23 @@ def verify(
                 client = await connect(settings, timeout=5)
             except LedgerflowError as exc:
                 err.print(f"note: verifying without Temporal history: {exc}", markup=False)
-        runtime = _reader_runtime(settings)
+        store = open_reader(settings.database_url)  # SQLite: the stdlib driver, no SQLAlchemy
+        chain = RpcChain(rpc_url or settings.rpc_endpoints[0])
         try:
-            return await verify_run(
-                runtime,
+            return await verify_stored(
+                store,
+                deployment,
+                in_force,
                 workflow_id,
                 run_id,
+                chain=chain,
                 client=client,
                 trust=trust,
                 allow_unsealed_v1=allow_unsealed_v1,
             )
         finally:
-            await runtime.aclose()
+            await chain.aclose()
+            close_reader(store)
 
     report = _run(_main())
     if as_json:
@@ -642,6 +657,10 @@ def bench(
     signer_txs: Annotated[int | None, typer.Option(help="signer: M concurrent sends")] = None,
     verify_steps: Annotated[int | None, typer.Option(help="verification: steps")] = None,
     webhooks: Annotated[int | None, typer.Option(help="webhook: starts per path")] = None,
+    webhook_server: Annotated[
+        str | None,
+        typer.Option(help="webhook: `process` (ledgerflow api apart, the default) or `in-process`"),
+    ] = None,
 ) -> None:
     """Measure checkpointing against its baselines on a throw-away stack of its own."""
     try:
@@ -671,6 +690,7 @@ def bench(
             signer_txs=signer_txs,
             verify_steps=verify_steps,
             webhooks=webhooks,
+            webhook_server=webhook_server,
         )
     except LedgerflowError as exc:
         err.print(f"[red]error:[/red] {exc}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -33,6 +34,7 @@ from ledgerflow.worker.sampler import MetricsSampler
 __all__ = [
     "build_worker",
     "ensure_search_attributes",
+    "freeze_startup_heap",
     "run_worker",
     "workflow_classes",
 ]
@@ -104,6 +106,21 @@ def build_worker(
     )
 
 
+def freeze_startup_heap() -> int:
+    """Move everything allocated so far (modules, ABIs, the sandbox's pass-through modules, the
+    store's and the converter's caches) out of the garbage collector's reach; returns how many
+    objects that is.
+
+    The cyclic collector otherwise walks that whole long-lived heap on every full collection:
+    measured in ``ledgerflow bench``, one full collection per hundred batched runs cost 3-6 ms of
+    worker CPU per run, about 1 ms after this (``gc.freeze``, the standard remedy for a
+    long-running server; objects allocated later are collected as usual).
+    """
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()
+
+
 async def run_worker(settings: Settings, stop: asyncio.Event, *, anchorer: bool = True) -> None:
     """Run the worker (and the anchorer) until ``stop`` is set.
 
@@ -137,6 +154,7 @@ async def _run_worker(
     )
     await ensure_search_attributes(client, client.namespace)
     worker = build_worker(client, runtime, task_queue=settings.task_queue)
+    freeze_startup_heap()
     tasks = [
         asyncio.create_task(worker.run(), name="worker"),
         # lost blocks, nonce gaps and orphaned sends: at start, then periodically
