@@ -197,11 +197,11 @@ async def test_crash_after_signing_before_broadcast(
     rt.store.save_steps(rows)
     seal_of(rt.store, rows)
 
-    async def lost(self: Signer, row: Any) -> None:
+    async def lost(self: Signer, rows: Any) -> None:
         raise RuntimeError("simulated crash before broadcast")
 
     with monkeypatch.context() as m:
-        m.setattr(Signer, "_broadcast", lost)
+        m.setattr(Signer, "_send_raw", lost)
         with pytest.raises(RuntimeError, match="before broadcast"):
             await Anchorer(rt, batch_size=64, max_wait=0.1).anchor_once()
     (pending,) = rt.store.unfinished_anchors()

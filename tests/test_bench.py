@@ -106,6 +106,45 @@ def test_signer_sends_everything_exactly_once_in_order(report: dict[str, Any]) -
     assert s["signer"]["mined_ok"] == s["signer"]["txs"]
     assert s["signer"]["errors"] == 0
     assert s["nonce_errors"] == 0 and s["stuck"] == 0
+    assert s["signer"]["rpc_requests_per_send"] < 3  # requests are shared, not 3 per send
+
+
+def test_signer_two_processes_share_one_key_on_postgres(report: dict[str, Any]) -> None:
+    """Two worker processes, one key, one PostgreSQL store: every send mined exactly once,
+    nonces contiguous, nothing stuck (or the measurement says why it was skipped)."""
+    two = report["signer"]["two_processes"]
+    assert two["processes"] == 2
+    if two.get("skipped"):
+        assert two["met"] is False and "PostgreSQL" in two["skipped"]
+        return
+    cfg = BenchConfig.quick()
+    assert two["baseline"]["mined_ok"] == two["baseline"]["txs"]
+    sg = two["signer"]
+    assert sg["txs"] == (cfg.signer_txs // 2) * 2 * cfg.signer_rounds == sg["mined_ok"]
+    assert sg["errors"] == 0 and sg["nonce_errors"] == 0 and sg["stuck"] == 0
+    assert sg["every_send_mined_exactly_once"]
+    assert isinstance(two["ratio"], float) and two["ratio"] > 0
+    assert report["signer"]["met"] == (report["signer"]["met_one_process"] and two["met"])
+
+
+def test_signer_two_processes_skipped_without_postgres(tmp_path: Any) -> None:
+    """No PostgreSQL server: the shared-key measurement is skipped with its reason, not met."""
+    import asyncio
+
+    from ledgerflow_bench.harness import _signer_shared_key
+
+    class World:
+        runtime = None
+        tmp = tmp_path
+
+    cfg = BenchConfig.quick(signer_pg_url="postgresql+psycopg://nobody@127.0.0.1:1/none")
+
+    async def never() -> Any:
+        raise AssertionError("nothing is measured without a store")
+
+    out = asyncio.run(_signer_shared_key(World(), cfg, never, never))  # type: ignore[arg-type]
+    assert out["met"] is False and out["ratio"] is None
+    assert out["skipped"].startswith("PostgreSQL unreachable")
 
 
 def test_verification_and_webhook_sections_verify_and_start(report: dict[str, Any]) -> None:

@@ -89,7 +89,9 @@ async def test_first_healthy_endpoint_is_used_and_errors_switch(
     assert 1 <= first_wave <= 10
     # the forwarder goes away in the middle of the work: the next endpoint takes over
     sends = [asyncio.create_task(signer.send_tx(f"fo:b{i}", to=to, value=1)) for i in range(10)]
-    await asyncio.sleep(0.05)
+    # Once the sends have started (their outbox lookups are queued): ten sends share their
+    # requests and can finish within a few milliseconds, before a later stop would be noticed.
+    await asyncio.sleep(0)
     await forwarder.stop()
     await asyncio.wait_for(asyncio.gather(*sends), 30)
     assert provider.current == chain.url

@@ -141,14 +141,14 @@ async def test_gap_left_by_a_dead_process_is_rebroadcast_by_another(
     key = fund(chain.url)
     a, b = new_signer(signers, chain.url, key, pg_db), new_signer(signers, chain.url, key, pg_db)
     to = Account.create().address
-    real = Signer._broadcast
+    real = Signer._send_raw
 
-    async def dies(self: Signer, row: Any) -> bool:
+    async def dies(self: Signer, rows: Any) -> Any:
         if self is a:
             raise asyncio.CancelledError  # the process is gone: nothing after persisting runs
-        return await real(self, row)
+        return await real(self, rows)
 
-    monkeypatch.setattr(Signer, "_broadcast", dies)
+    monkeypatch.setattr(Signer, "_send_raw", dies)
     doomed = [asyncio.create_task(a.send_tx(f"dead:{i}", to=to, value=1)) for i in range(5)]
     await asyncio.gather(*doomed, return_exceptions=True)
     assert len(b.store.outbox_unmined(31337, a.address)) == 5  # persisted, never broadcast

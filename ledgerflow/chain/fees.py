@@ -14,6 +14,7 @@ no room for a 10 % bump, there is no replacement (:meth:`FeeOracle.replacement` 
 
 from __future__ import annotations
 
+import asyncio
 import statistics
 import time
 from dataclasses import dataclass
@@ -90,11 +91,32 @@ class FeeOracle:
         self.chain_id = chain_id
         self.cache_seconds = cache_seconds
         self._cached: tuple[float, Quote] | None = None
+        self._inflight: asyncio.Future[Quote] | None = None
 
     async def quote(self, *, fresh: bool = False) -> Quote:
+        """The current quote: cached for ``cache_seconds``; concurrent callers that find no
+        cached quote share one request (``fresh``: always a request of its own)."""
         now = time.monotonic()
         if not fresh and self._cached is not None and now - self._cached[0] < self.cache_seconds:
             return self._cached[1]
+        if not fresh and self._inflight is not None and not self._inflight.done():
+            return await asyncio.shield(self._inflight)
+        fut: asyncio.Future[Quote] = asyncio.get_running_loop().create_future()
+        fut.add_done_callback(lambda f: f.cancelled() or f.exception())
+        if not fresh:
+            self._inflight = fut
+        try:
+            q = await self._fetch(now)
+        except BaseException as exc:
+            fut.set_exception(exc if isinstance(exc, Exception) else ChainError("interrupted"))
+            raise
+        finally:
+            if self._inflight is fut:
+                self._inflight = None
+        fut.set_result(q)
+        return q
+
+    async def _fetch(self, now: float) -> Quote:
         p = self.policy
         resp: Any = await self.w3.provider.make_request(
             RPCEndpoint("eth_feeHistory"), [hex(p.blocks), "latest", [p.percentile]]

@@ -31,7 +31,10 @@ network (each one tested against anvil, see tests/test_signer*.py):
 Concurrent sends are group-committed: gas is estimated concurrently (a revert surfaces before
 anything is signed), then whoever holds the nonce lock takes every send queued so far, signs them
 with consecutive nonces, persists all of them in one store transaction and only then broadcasts
-them in nonce order. Marking final transactions is group-committed the same way.
+them in nonce order (one JSON-RPC batch per 100). Marking final transactions is group-committed
+the same way, and concurrent sends share their other requests too: outbox lookups are one store
+query, gas estimates, receipt lookups and rebroadcasts go out as JSON-RPC batches (one by one to
+a node that refuses batches), and waiting sends share one poll of the sender's mined nonce count.
 """
 
 from __future__ import annotations
@@ -61,6 +64,7 @@ from ledgerflow.errors import (
     ContractRevert,
     FeeTooHigh,
     LedgerflowError,
+    RPCUnavailable,
     StoreError,
     TxVoided,
     bounded,
@@ -81,6 +85,8 @@ _UNDERPRICED = (
     "fee too low",
     "feecap too low",
 )
+#: Signed transactions per ``eth_sendRawTransaction`` batch (a node may cap a batch's size).
+_BROADCAST_BATCH = 100
 #: Gas of a plain transfer: what a no-op that fills a nonce costs.
 _TRANSFER_GAS = 21_000
 
@@ -114,6 +120,70 @@ def _retrieve(fut: asyncio.Future[Any]) -> None:
     """Mark a future's exception as retrieved (its submitter may have gone away)."""
     if not fut.cancelled():
         fut.exception()
+
+
+class _Coalesced:
+    """Requests made while earlier ones are in flight go out together: each caller awaits its
+    own answer, ``run`` gets every item queued since the last batch left (at most
+    ``max_batch``), and at most ``parallel`` batches are in flight at once."""
+
+    def __init__(
+        self,
+        run: Callable[[list[Any]], Awaitable[list[Any]]],
+        *,
+        max_batch: int = 100,
+        parallel: int = 2,
+    ) -> None:
+        self._run = run
+        self.max_batch = max_batch
+        self.parallel = parallel
+        self._queue: list[tuple[Any, asyncio.Future[Any]]] = []
+        self._drainers: set[asyncio.Task[None]] = set()
+        self._active = 0
+        #: Batches sent and items answered (what a send costs in requests).
+        self.batches = 0
+        self.items = 0
+
+    async def __call__(self, item: Any) -> Any:
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        fut.add_done_callback(_retrieve)
+        self._queue.append((item, fut))
+        if self._active < self.parallel:
+            self._active += 1
+            task = asyncio.create_task(self._drain())
+            self._drainers.add(task)  # referenced until done
+            task.add_done_callback(self._drainers.discard)
+        return await fut
+
+    async def _drain(self) -> None:
+        try:
+            await self._drain_queue()
+        finally:
+            # No await between the queue found empty and this: an item queued after it
+            # starts a drainer of its own.
+            self._active -= 1
+
+    async def _drain_queue(self) -> None:
+        while self._queue:
+            batch = [(i, f) for i, f in self._queue[: self.max_batch] if not f.done()]
+            del self._queue[: self.max_batch]
+            if not batch:
+                continue
+            self.batches += 1
+            self.items += len(batch)
+            try:
+                results = await self._run([i for i, _ in batch])
+            except BaseException as exc:
+                failure = exc if isinstance(exc, Exception) else ChainError("interrupted")
+                for _, f in batch:
+                    if not f.done():
+                        f.set_exception(failure)
+                if not isinstance(exc, Exception):
+                    raise
+                continue
+            for (_, f), result in zip(batch, results, strict=True):
+                if not f.done():
+                    f.set_result(result)
 
 
 def _call_of(raw: str) -> tuple[str, str, int, int, Fees]:
@@ -293,9 +363,25 @@ class Signer:
         self._queue: list[_Submission] = []
         self._marks: list[tuple[tuple[Any, ...], asyncio.Future[None]]] = []
         self._mark_lock = asyncio.Lock()
-        # Bounds this signer's concurrent estimate/receipt requests, so that a burst of sends
-        # does not open hundreds of connections to the node at once.
-        self._rpc_slots = asyncio.Semaphore(16)
+        # Concurrent sends share requests: outbox lookups go to the store in one query, gas
+        # estimates and receipt lookups to the node in JSON-RPC batches (a burst of sends costs
+        # a few HTTP requests, not three per send, and never hundreds of connections at once).
+        self._batch_rpc = True
+        self.rpc_requests = 0  # HTTP requests this signer made (a batch counts once)
+        self._lookups = _Coalesced(self._lookup_many, max_batch=500, parallel=1)
+        self._estimates = _Coalesced(
+            lambda txs: self._rpc_many([("eth_estimateGas", [tx]) for tx in txs])
+        )
+        self._states = _Coalesced(self._states_many, max_batch=500, parallel=1)
+        self._rebroadcasts = _Coalesced(self._rebroadcast_many)
+        self._variant_lookups = _Coalesced(
+            lambda rows: asyncio.to_thread(self.store.outbox_variants_many, rows),
+            max_batch=500,
+            parallel=1,
+        )
+        self._receipts = _Coalesced(
+            lambda hashes: self._rpc_many([("eth_getTransactionReceipt", [h]) for h in hashes])
+        )
         # Sends waiting for their nonce to be mined or for a block height, and the one task
         # polling the chain for them.
         self._mined_count = 0
@@ -340,7 +426,7 @@ class Signer:
                 (a retry continues with the same bytes).
         """
         try:
-            row = await asyncio.to_thread(self.store.outbox_get, key)
+            row = await self._lookups(key)
             if row is not None:
                 return await self._until_final(row, contract, fresh=False)
             to, data = str(call.address), str(call._encode_transaction_data())  # encoded once
@@ -361,7 +447,7 @@ class Signer:
     ) -> Receipt:
         """:meth:`send` for a plain transaction (``to``, ``data``, ``value``)."""
         try:
-            row = await asyncio.to_thread(self.store.outbox_get, key)
+            row = await self._lookups(key)
             if row is not None:
                 return await self._until_final(row, contract, fresh=False)
             return await self._send_new(key, to, data, value, gas, contract)
@@ -417,8 +503,7 @@ class Signer:
         request to every estimate, and the call data is encoded once for estimate and signing.
         """
         tx = {"from": self.address, "to": to, "data": data, "value": hex(value)}
-        async with self._rpc_slots:
-            resp = await self.w3.provider.make_request(RPCEndpoint("eth_estimateGas"), [tx])
+        resp = await self._estimates(tx)
         error = resp.get("error")
         if error:
             err = error if isinstance(error, dict) else {"message": str(error)}
@@ -568,9 +653,26 @@ class Signer:
             return
 
     async def _broadcast_batch(self, signed: list[tuple[_Submission, OutboxTx]]) -> None:
-        for sub, row in signed:
+        """Broadcast persisted rows in nonce order: one JSON-RPC batch per 100 rows (its
+        requests in nonce order; a node answers a batch's calls in order), the batches one
+        after the other."""
+        for start in range(0, len(signed), _BROADCAST_BATCH):
+            part = signed[start : start + _BROADCAST_BATCH]
             try:
-                ok = await self._broadcast(row)
+                answers = await self._send_raw([row for _, row in part])
+            except ChainError as exc:  # the node is unreachable: the rows stay for a retry
+                for sub, _ in part:
+                    if not sub.future.done():
+                        sub.future.set_exception(exc)
+                continue
+            self._settle_broadcasts(part, answers)
+
+    def _settle_broadcasts(
+        self, signed: list[tuple[_Submission, OutboxTx]], answers: list[Any]
+    ) -> None:
+        for (sub, row), resp in zip(signed, answers, strict=True):
+            try:
+                ok = self._accepted(row, resp)
             except _Underpriced:
                 ok = True  # persisted; the wait replaces it with higher fees
             except ChainError as exc:
@@ -747,10 +849,13 @@ class Signer:
             if time.monotonic() < next_nudge:
                 continue
             next_nudge = time.monotonic() + self.rebroadcast_every
-            row = await self._refresh(row)
+            # The row and whether its key is closed, and the rebroadcast: shared with every
+            # other send waiting meanwhile (one store query, one JSON-RPC batch).
+            stored, closed = await self._states(row.key)
+            row = stored if stored is not None else row
             if row.status in ("mined", "reverted", "voided"):
                 continue  # another process settled it: the next round finds its receipt
-            if not voiding and await asyncio.to_thread(self.store.outbox_is_closed, row.key):
+            if not voiding and closed:
                 # Its owner closed the key while it is pending: outbid it with a no-op, so that
                 # whichever is mined says whether the effect happened.
                 voiding = True
@@ -758,7 +863,7 @@ class Signer:
                 continue
             underpriced = False
             try:
-                await self._broadcast(row)
+                self._accepted(row, await self._rebroadcasts(row))
             except _Underpriced:
                 underpriced = True
             except ChainError as exc:
@@ -770,10 +875,6 @@ class Signer:
                 replaced, blocked = await self._replace(row, underpriced=underpriced)
                 if replaced is not None:
                     row, variant_since = replaced, time.monotonic()
-
-    async def _refresh(self, row: OutboxTx) -> OutboxTx:
-        fresh = await asyncio.to_thread(self.store.outbox_get, row.key)
-        return fresh if fresh is not None else row
 
     async def _is_final(self, receipt: Receipt, deadline: float) -> bool:
         """Whether ``receipt`` has ``confirmations`` blocks on top and is still canonical."""
@@ -798,10 +899,7 @@ class Signer:
         Straight to the provider: web3's request and result formatters cost more CPU than
         the rest of a send, and a burst of sends asks for hundreds of receipts.
         """
-        async with self._rpc_slots:
-            resp: Any = await self.w3.provider.make_request(
-                RPCEndpoint("eth_getTransactionReceipt"), [tx_hash]
-            )
+        resp: Any = await self._receipts(tx_hash)
         if resp.get("error"):
             err = resp["error"]
             message = err.get("message", "") if isinstance(err, dict) else str(err)
@@ -810,7 +908,9 @@ class Signer:
         return Receipt(_format_receipt(result)) if isinstance(result, dict) else None
 
     async def _variants(self, row: OutboxTx) -> list[OutboxAttempt]:
-        return await asyncio.to_thread(self.store.outbox_variants, row)
+        """Every signed variant of ``row`` (one store query shared with concurrent callers)."""
+        variants: list[OutboxAttempt] = await self._variant_lookups(row)
+        return variants
 
     async def _find_receipt(self, row: OutboxTx) -> tuple[Receipt, OutboxAttempt] | None:
         """The receipt of whichever variant of ``row`` is mined (the current one is asked first,
@@ -1024,9 +1124,7 @@ class Signer:
                 return
             try:
                 if self._nonce_waiters:
-                    self._mined_count = int(
-                        await self.w3.eth.get_transaction_count(self.address, "latest")
-                    )
+                    self._mined_count = await self._mined_nonce_count()
                 if self._head_waiters:
                     self._head = int(await self.w3.eth.block_number)
             except Exception as exc:  # waiters time out and rebroadcast; keep polling
@@ -1042,6 +1140,70 @@ class Signer:
 
     # ---- broadcasting -------------------------------------------------------------------------
 
+    async def _mined_nonce_count(self) -> int:
+        """The sender's transaction count at the latest block (one plain request)."""
+        resp = (await self._rpc_many([("eth_getTransactionCount", [self.address, "latest"])]))[0]
+        result = resp.get("result")
+        if not isinstance(result, str):
+            err = resp.get("error")
+            message = err.get("message", "") if isinstance(err, dict) else str(err)
+            raise ChainError(bounded(f"eth_getTransactionCount failed: {message}"))
+        return int(result, 16)
+
+    async def _states_many(self, keys: list[str]) -> list[tuple[OutboxTx | None, bool]]:
+        rows, closed = await asyncio.to_thread(self.store.outbox_states, keys)
+        return [(rows.get(k), k in closed) for k in keys]
+
+    async def _rebroadcast_many(self, rows: list[OutboxTx]) -> list[Any]:
+        """Rebroadcasts of waiting sends, in one batch in nonce order."""
+        order = sorted(range(len(rows)), key=lambda i: rows[i].nonce)
+        answers = await self._send_raw([rows[i] for i in order])
+        out: list[Any] = [None] * len(rows)
+        for i, answer in zip(order, answers, strict=True):
+            out[i] = answer
+        return out
+
+    async def _lookup_many(self, keys: list[str]) -> list[OutboxTx | None]:
+        rows = await asyncio.to_thread(self.store.outbox_get_many, keys)
+        return [rows.get(k) for k in keys]
+
+    async def _rpc_many(self, calls: list[tuple[str, list[Any]]]) -> list[Any]:
+        """The answers to ``calls``, in order: one JSON-RPC batch when there are several (the
+        node answers them in one HTTP round trip), one by one if the node refuses batches.
+
+        Straight to the provider: web3's request and result formatters cost more CPU than the
+        rest of a send, and its validation middleware adds an ``eth_chainId`` to estimates.
+        """
+        provider: Any = self.w3.provider
+        if len(calls) > 1 and self._batch_rpc:
+            self.rpc_requests += 1
+            try:
+                answer = await provider.make_batch_request([(RPCEndpoint(m), p) for m, p in calls])
+            except RPCUnavailable:
+                # A gateway may refuse batches at the HTTP level (429, 5xx). If the first call
+                # alone is answered, it was the batch; if not, the node is down and that error
+                # is raised. Every call batched here is safe to repeat (reads, and signed bytes
+                # that a node answers "already known" to).
+                self.rpc_requests += 1
+                first = await provider.make_request(RPCEndpoint(calls[0][0]), calls[0][1])
+                self._batch_rpc = False
+                log.info("the node does not answer JSON-RPC batches; sending requests one by one")
+                return [first, *await self._rpc_many(calls[1:])]
+            if (
+                isinstance(answer, list)
+                and len(answer) == len(calls)
+                and all(isinstance(a, dict) for a in answer)
+            ):
+                return answer
+            # One error object for the whole batch, or a partial answer: no batches here.
+            self._batch_rpc = False
+            log.info("the node does not answer JSON-RPC batches; sending requests one by one")
+        out: list[Any] = []
+        for method, params in calls:
+            self.rpc_requests += 1
+            out.append(await provider.make_request(RPCEndpoint(method), params))
+        return out
+
     async def _broadcast(self, row: OutboxTx) -> bool:
         """Send the row's current raw bytes; False when the node says the nonce is already used.
 
@@ -1049,9 +1211,16 @@ class Signer:
             _Underpriced: the node wants a higher fee for this nonce.
             ChainError: the node refused the transaction for another reason.
         """
-        resp: Any = await self.w3.provider.make_request(
-            RPCEndpoint("eth_sendRawTransaction"), [row.raw]
-        )
+        return self._accepted(row, (await self._send_raw([row]))[0])
+
+    async def _send_raw(self, rows: list[OutboxTx]) -> list[Any]:
+        """The node's answers to ``eth_sendRawTransaction`` of each row's current bytes, sent in
+        this order in one JSON-RPC batch (the one place where signed bytes leave)."""
+        return await self._rpc_many([("eth_sendRawTransaction", [row.raw]) for row in rows])
+
+    def _accepted(self, row: OutboxTx, resp: Any) -> bool:
+        """What the node's answer to ``eth_sendRawTransaction`` of ``row`` says (see
+        :meth:`_broadcast`)."""
         error = resp.get("error")
         if error:
             message = str(error.get("message", "")) if isinstance(error, dict) else str(error)

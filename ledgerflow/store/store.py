@@ -1367,6 +1367,17 @@ class Store:
         with self.session() as s:
             return s.exec(select(OutboxTx).where(col(OutboxTx.key) == key)).first()
 
+    def outbox_get_many(self, keys: Sequence[str]) -> dict[str, OutboxTx]:
+        """The rows of those of ``keys`` that have one, by key (one query per 500 keys)."""
+        out: dict[str, OutboxTx] = {}
+        unique = list(dict.fromkeys(keys))
+        with self.session() as s:
+            for i in range(0, len(unique), 500):
+                part = unique[i : i + 500]
+                for row in s.exec(select(OutboxTx).where(col(OutboxTx.key).in_(part))):
+                    out[row.key] = row
+        return out
+
     def outbox_put(self, tx: OutboxTx) -> OutboxTx:
         """Persist a signed transaction; raises IntegrityError if the key or nonce is taken."""
         with self.session() as s:
@@ -1484,14 +1495,25 @@ class Store:
 
     def outbox_variants(self, row: OutboxTx) -> list[OutboxAttempt]:
         """Every signed variant of ``row`` at its nonce, the current one first."""
+        return self.outbox_variants_many([row])[0]
+
+    def outbox_variants_many(self, rows: Sequence[OutboxTx]) -> list[list[OutboxAttempt]]:
+        """:meth:`outbox_variants` of each of ``rows``, in one query per 500 rows."""
+        by_id: dict[int | None, list[OutboxAttempt]] = {}
+        ids = list(dict.fromkeys(r.id for r in rows if r.id is not None))
         with self.session() as s:
-            attempts = list(
-                s.exec(
+            for i in range(0, len(ids), 500):
+                found = s.exec(
                     select(OutboxAttempt)
-                    .where(OutboxAttempt.outbox_id == row.id)
+                    .where(col(OutboxAttempt.outbox_id).in_(ids[i : i + 500]))
                     .order_by(col(OutboxAttempt.id).desc())
                 )
-            )
+                for a in found:
+                    by_id.setdefault(a.outbox_id, []).append(a)
+        return [self._variants_of(row, by_id.get(row.id, [])) for row in rows]
+
+    @staticmethod
+    def _variants_of(row: OutboxTx, attempts: list[OutboxAttempt]) -> list[OutboxAttempt]:
         current = [a for a in attempts if a.tx_hash == row.tx_hash]
         if not current:
             current = [
@@ -1754,6 +1776,20 @@ class Store:
             row = s.exec(select(OutboxTx).where(col(OutboxTx.key) == key)).first()
             s.commit()
             return row
+
+    def outbox_states(self, keys: Sequence[str]) -> tuple[dict[str, OutboxTx], set[str]]:
+        """The rows of ``keys`` (by key) and which of them are closed, in one session: what
+        many waiting sends check at once."""
+        unique = list(dict.fromkeys(keys))
+        rows: dict[str, OutboxTx] = {}
+        closed: set[str] = set()
+        with self.session() as s:
+            for i in range(0, len(unique), 500):
+                part = unique[i : i + 500]
+                for row in s.exec(select(OutboxTx).where(col(OutboxTx.key).in_(part))):
+                    rows[row.key] = row
+                closed |= self._closed_among(s, part)
+        return rows, closed
 
     def outbox_is_closed(self, key: str) -> bool:
         with self.session() as s:
