@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -574,3 +577,36 @@ def test_verify_ten_thousand_steps(store: Store) -> None:
     findings = _Findings()
     verify_steps(wf, run, stored, findings)
     assert findings.first_bad == 6_543
+
+
+def test_a_second_store_on_the_file_keeps_the_processs_locks(tmp_path: Path) -> None:
+    """Another ``Store`` on the same SQLite file in a process with live connections must not
+    release their locks (closing any descriptor of a file drops the process's POSIX locks on
+    it): otherwise a reader in another process (``ledgerflow verify``), closing its last
+    connection, takes itself for the last one and deletes the WAL under the live writer."""
+    path = tmp_path / "store.db"
+    live = Store(f"sqlite:///{path}")
+    live.migrate()
+    with live.engine.connect() as conn:  # the pool keeps this connection open afterwards
+        conn.execute(text("SELECT count(*) FROM runs")).all()
+    wal = Path(f"{path}-wal")
+    assert wal.exists()
+
+    second = Store(f"sqlite:///{path}")  # as a second Runtime in the worker's process does
+    reader = (
+        "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); "
+        "c.execute('SELECT count(*) FROM runs').fetchall(); c.close()"
+    )
+    subprocess.run([sys.executable, "-c", reader, str(path)], check=True, timeout=60)
+    assert wal.exists(), "a reader in another process deleted the live store's WAL"
+    wf, run, rows = make_run(live, 3)  # the live store still writes; a new connection reads
+    live.save_steps(rows)
+    assert len(second.get_steps(wf, run)) == 3
+    src, dst = sqlite3.connect(path), sqlite3.connect(":memory:")
+    try:
+        src.backup(dst)  # SQLITE_IOERR_SHORT_READ when the WAL was deleted under the writer
+    finally:
+        src.close()
+        dst.close()
+    second.engine.dispose()
+    live.engine.dispose()

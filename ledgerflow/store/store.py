@@ -12,6 +12,7 @@ message names the failure but never quotes SQL or its parameters.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -584,7 +585,7 @@ class Store:
                     # Readable by the owner only: SQLite gives the -wal and -shm files the mode
                     # of the database file, so creating it 0600 covers all three.
                     Path(path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-                    os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+                    _create_private_file(path)
             connect_args = {"check_same_thread": False, "timeout": 30}
         # A pooled SQLite connection is a file handle that cannot go stale: pinging it before
         # every checkout only costs a round trip (measured: ~5 % of a batched run's worker CPU).
@@ -1911,6 +1912,21 @@ def _insert_if_absent(conn: Connection, table: Any, values: dict[str, Any], key:
         )
         _INSERT_IF_ABSENT[cache_key] = stmt
     return conn.execute(stmt, values).first() is not None
+
+
+def _create_private_file(path: str) -> None:
+    """Create the SQLite file ``path`` (mode 0600) if it is absent; never open it if it exists.
+
+    Opening and closing a file descriptor of a database this process already has open would
+    release every POSIX lock the process holds on it (``fcntl`` locks belong to the process,
+    not to the descriptor). SQLite's own connections keep a shared lock to tell other processes
+    they are there; without it, another process closing its last connection believes it is the
+    last one, checkpoints and deletes the WAL under this process's live connections (seen as
+    ``SQLITE_IOERR_SHORT_READ``, and a path to a corrupt store). So a second ``Store`` on the
+    same file in one process must not touch the file: ``O_EXCL`` creates it only when absent.
+    """
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
