@@ -146,3 +146,46 @@ async def test_a_revert_with_gas_given_surfaces_from_the_receipt_once(
         assert chain.nonce(outsider.address) == 1  # the retry signed nothing
     finally:
         await w3.provider.disconnect()  # type: ignore[attr-defined]
+
+
+async def test_a_revert_behind_another_transaction_in_its_block_is_explained(
+    chain: LocalAnvil, store: Store
+) -> None:
+    """Two sends in one block, the second reverting because of the first (as concurrent runs
+    spending one budget do): the second's reason is decoded, although its call succeeds on the
+    parent block's state."""
+    registry_address, key = deploy_registry(chain.url)
+    w3 = connect_async([chain.url])
+    registry = w3.eth.contract(
+        address=registry_address,  # type: ignore[arg-type]
+        abi=load_artifact("CheckpointRegistry").abi,
+    )
+    signer = Signer(w3, key, store, 31337, rebroadcast_every=0.3)
+    call = registry.functions.anchorRoot(b"\x07" * 32, 1, [])  # the second anchoring reverts
+    start = chain.nonce(signer.address)
+    chain.call("evm_setAutomine", False)
+    try:
+        sends = [
+            asyncio.create_task(signer.send(k, call, contract="CheckpointRegistry", gas=200_000))
+            for k in ("same-block:first", "same-block:second")
+        ]
+        for _ in range(200):
+            if chain.nonce(signer.address, "pending") == start + 2:
+                break
+            await asyncio.sleep(0.05)
+        chain.mine()
+        results = await asyncio.gather(*sends, return_exceptions=True)
+        mined = [r for r in results if not isinstance(r, BaseException)]
+        reverted = [r for r in results if isinstance(r, BaseException)]
+        assert len(mined) == 1 and len(reverted) == 1, results
+        assert isinstance(reverted[0], ContractRevert), reverted
+        assert reverted[0].error == "CheckpointRootAlreadyAnchored", reverted
+        keys = ("same-block:first", "same-block:second")
+        rows = [store.outbox_get(k) for k in keys]
+        row = next(r for r in rows if r is not None and r.status == "reverted")
+        receipt = chain.call("eth_getTransactionReceipt", row.tx_hash)
+        assert int(receipt["transactionIndex"], 16) == 1  # behind the other, in its block
+        assert int(receipt["blockNumber"], 16) == mined[0].block_number
+    finally:
+        chain.call("evm_setAutomine", True)
+        await w3.provider.disconnect()  # type: ignore[attr-defined]

@@ -1475,10 +1475,22 @@ class Signer:
     async def _explain_revert(
         self, tx_hash: str, receipt: Receipt, contract: str
     ) -> ContractRevert:
+        """The reason a mined transaction reverted, by replaying its call with ``eth_call``.
+
+        The exact state it ran in is the parent block's plus the transactions before it in its
+        block, which ``eth_call`` cannot name. The first of a block is replayed on the parent
+        block (exact). A later one is replayed on its own block first: that state includes the
+        transactions before it, which are what usually made a call that passed its gas estimate
+        revert (another run spent the budget; a block holds many transactions on a real chain,
+        and anvil puts concurrent sends into one block). The parent block comes second.
+        """
         tx = await self.w3.eth.get_transaction(HexStr(tx_hash))  # type: ignore[arg-type]
         call = {"from": tx["from"], "to": tx["to"], "data": tx["input"], "value": tx["value"]}
-        try:
-            await self.w3.eth.call(call, int(receipt["blockNumber"]) - 1)  # type: ignore[arg-type]
-        except ContractLogicError as exc:
-            return revert_from_exception(exc, contract=contract)
+        block = int(receipt["blockNumber"])
+        blocks = [block - 1] if int(receipt.get("transactionIndex", 0)) == 0 else [block, block - 1]
+        for at in blocks:
+            try:
+                await self.w3.eth.call(call, at)  # type: ignore[arg-type]
+            except ContractLogicError as exc:
+                return revert_from_exception(exc, contract=contract)
         return ContractRevert("Reverted", {"tx_hash": tx_hash}, contract=contract)
