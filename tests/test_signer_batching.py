@@ -163,11 +163,12 @@ async def test_a_revert_behind_another_transaction_in_its_block_is_explained(
     signer = Signer(w3, key, store, 31337, rebroadcast_every=0.3)
     call = registry.functions.anchorRoot(b"\x07" * 32, 1, [])  # the second anchoring reverts
     start = chain.nonce(signer.address)
+    keys = ("same-block:first", "same-block:second")
     chain.call("evm_setAutomine", False)
     try:
         sends = [
             asyncio.create_task(signer.send(k, call, contract="CheckpointRegistry", gas=200_000))
-            for k in ("same-block:first", "same-block:second")
+            for k in keys
         ]
         for _ in range(200):
             if chain.nonce(signer.address, "pending") == start + 2:
@@ -180,7 +181,6 @@ async def test_a_revert_behind_another_transaction_in_its_block_is_explained(
         assert len(mined) == 1 and len(reverted) == 1, results
         assert isinstance(reverted[0], ContractRevert), reverted
         assert reverted[0].error == "CheckpointRootAlreadyAnchored", reverted
-        keys = ("same-block:first", "same-block:second")
         rows = [store.outbox_get(k) for k in keys]
         row = next(r for r in rows if r is not None and r.status == "reverted")
         receipt = chain.call("eth_getTransactionReceipt", row.tx_hash)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -29,6 +28,7 @@ from ledgerflow.checkpoint.records import StepRecord, commitment, leaf_hash, nex
 from ledgerflow.checkpoint.verify import _Findings, verify_steps
 from ledgerflow.errors import StoreError
 from ledgerflow.store import SCHEMA_VERSION, OutboxTx, SealRow, StepRow, Store
+from tests.test_proofs import copy_store
 
 REGISTRY = "0x" + "5f" * 20
 CHAIN_ID = 31337
@@ -602,11 +602,7 @@ def test_a_second_store_on_the_file_keeps_the_processs_locks(tmp_path: Path) -> 
     wf, run, rows = make_run(live, 3)  # the live store still writes; a new connection reads
     live.save_steps(rows)
     assert len(second.get_steps(wf, run)) == 3
-    src, dst = sqlite3.connect(path), sqlite3.connect(":memory:")
-    try:
-        src.backup(dst)  # SQLITE_IOERR_SHORT_READ when the WAL was deleted under the writer
-    finally:
-        src.close()
-        dst.close()
+    # SQLite's backup API: SQLITE_IOERR_SHORT_READ when the WAL was deleted under the writer
+    copy_store(live, tmp_path / "copy.db").engine.dispose()
     second.engine.dispose()
     live.engine.dispose()
